@@ -1,0 +1,3 @@
+"""tee-sidecar: a local proxy that verifies confidential-AI providers."""
+
+__version__ = "0.1.0"
