@@ -1,0 +1,752 @@
+"""The policy engine: which verified facts about a node are acceptable, per model.
+
+Verifiers establish facts (a TDX quote verified with some TCB status, RTMR3 replayed, GPUs
+attested); the policy decides whether those facts are good enough for the model a request names.
+Rules are small objects that turn :class:`NodeFacts` into :class:`~sidecar.verify.checks.Check`
+records and compose with :class:`AllOf` / :class:`AnyOf`. A policy passes if and only if every
+check it returns passes; a composite with nothing in it fails (``policy.empty``), so a typo that
+empties a rule never turns into "allow everything".
+
+The user's policy file (TOML; see ``config/policy.toml``) is read once by :func:`load_policy`:
+pydantic models with ``extra="forbid"`` at the file edge, then frozen dataclasses inside
+(STYLE.md "Data"). Facts come from *verified* evidence only: registers from the verified quote,
+compose hash / app id / os image hash from an event log that replayed to RTMR3
+(provider-api.md §2), never from the report's ``info`` copy.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Final, Literal, Protocol, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from sidecar.errors import ConfigError, VerificationFailed
+from sidecar.verify.checks import Check
+
+__all__ = [
+    "BUILTIN_DEFAULT",
+    "FACT_FIELDS",
+    "AcceptedTcbStatuses",
+    "AllOf",
+    "AllowedValues",
+    "AnyOf",
+    "FactField",
+    "GpuRequirements",
+    "ModelPolicy",
+    "NodeFacts",
+    "OnFailure",
+    "Policy",
+    "PolicyReport",
+    "PolicySet",
+    "RequireEvidence",
+    "ToleratedAdvisories",
+    "build_model_policy",
+    "load_policy",
+]
+
+OnFailure = Literal["block", "flag"]
+
+# Facts that an allow-list can pin.
+FactField = Literal["mrtd", "rtmr0", "rtmr1", "rtmr2", "compose_hash", "app_id", "os_image_hash"]
+FACT_FIELDS: Final[tuple[FactField, ...]] = get_args(FactField)
+
+# TCB statuses dcap-qvl reports. "Revoked" is deliberately absent: no policy may accept it.
+TcbStatus = Literal[
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+]
+
+
+def _normalize_hex(value: str) -> str:
+    text = value.strip().lower()
+    return text[2:] if text.startswith("0x") else text
+
+
+# --------------------------------------------------------------------------------------------
+# Facts and rules
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What verification established about one serving node.
+
+    Every field must come from verified evidence: ``tdx_ok``/``tcb_status``/``advisory_ids`` from
+    the quote verification, ``mrtd``/``rtmr0..2`` from the verified quote body, and
+    ``compose_hash``/``app_id``/``os_image_hash`` from runtime events of an event log that replayed
+    to the quote's RTMR3 (provider-api.md §2). ``None`` means "not established".
+
+    Attributes:
+        has_tdx: the report carried a TDX quote.
+        has_nvidia: the report carried NVIDIA GPU evidence.
+        tdx_ok: the quote, its bindings and its event log verified.
+        gpu_ok: every GPU attested and met the GPU requirements.
+        mrtd, rtmr0, rtmr1, rtmr2: hex of the quote's registers.
+        compose_hash, app_id, os_image_hash: hex payloads of the verified runtime events.
+        tcb_status: the quote's TCB status (``UpToDate``, ``OutOfDate``, …).
+        advisory_ids: Intel security advisories the TCB level is subject to.
+    """
+
+    has_tdx: bool
+    has_nvidia: bool
+    tdx_ok: bool
+    gpu_ok: bool
+    mrtd: str | None = None
+    rtmr0: str | None = None
+    rtmr1: str | None = None
+    rtmr2: str | None = None
+    compose_hash: str | None = None
+    app_id: str | None = None
+    os_image_hash: str | None = None
+    tcb_status: str | None = None
+    advisory_ids: tuple[str, ...] = ()
+
+
+class Policy(Protocol):
+    """A rule over :class:`NodeFacts`. It passes iff every returned check passes."""
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Judge ``facts``; never raise for bad facts, return failing checks instead."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequireEvidence:
+    """Demand TDX and/or NVIDIA evidence, and that whatever evidence was sent verified.
+
+    Evidence that is present but failed verification fails even when not required: it means the
+    provider served something bad, not merely less.
+
+    Attributes:
+        tdx: a verified TDX quote is required.
+        nvidia: verified NVIDIA GPU evidence is required.
+    """
+
+    tdx: bool = True
+    nvidia: bool = True
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Return ``policy.tdx_evidence`` and ``policy.gpu_evidence``.
+
+        Codes: ``policy.tdx_required`` / ``policy.gpu_required`` (absent but required),
+        ``policy.tdx_not_verified`` / ``policy.gpu_not_verified`` (present but failed).
+
+        Raises:
+            Nothing.
+        """
+        return (
+            _evidence_check(
+                "policy.tdx_evidence", "TDX", "tdx", self.tdx, facts.has_tdx, facts.tdx_ok
+            ),
+            _evidence_check(
+                "policy.gpu_evidence", "NVIDIA GPU", "gpu", self.nvidia, facts.has_nvidia,
+                facts.gpu_ok,
+            ),
+        )
+
+
+def _evidence_check(
+    name: str, label: str, short: str, required: bool, present: bool, verified: bool
+) -> Check:
+    if present and not verified:
+        return Check.failed(name, f"policy.{short}_not_verified", f"{label} evidence failed verification")
+    if present:
+        return Check.passed(name, f"{label} evidence verified")
+    if required:
+        return Check.failed(name, f"policy.{short}_required", f"{label} evidence required but absent")
+    return Check.passed(name, f"{label} evidence not required by policy")
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedValues:
+    """Pin one fact to an allow-list of hex values (MRTD, RTMR0-2, compose hash, app id, …).
+
+    Attributes:
+        field: which :class:`NodeFacts` field; one of ``FACT_FIELDS``.
+        allowed: accepted values, hex (case and a ``0x`` prefix are ignored).
+    """
+
+    field: FactField
+    allowed: frozenset[str]
+
+    def __post_init__(self) -> None:
+        """Validate ``field`` and normalise ``allowed``.
+
+        Raises:
+            ValueError: if ``field`` is not one of ``FACT_FIELDS``.
+        """
+        if self.field not in FACT_FIELDS:
+            raise ValueError(f"cannot pin unknown fact {self.field!r}; known: {FACT_FIELDS}")
+        object.__setattr__(self, "allowed", frozenset(_normalize_hex(v) for v in self.allowed))
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Return ``policy.<field>``; code ``policy.<field>_not_allowed`` on failure.
+
+        An unestablished fact (``None``) fails: a pin cannot be met by missing evidence.
+
+        Raises:
+            Nothing.
+        """
+        name = f"policy.{self.field}"
+        code = f"policy.{self.field}_not_allowed"
+        value = getattr(facts, self.field)
+        if value is None:
+            return (Check.failed(name, code, f"{self.field} is pinned but was not established"),)
+        normalized = _normalize_hex(value)
+        if normalized not in self.allowed:
+            return (
+                Check.failed(
+                    name, code, f"{self.field} {normalized} is not in the policy's allow-list"
+                ),
+            )
+        return (Check.passed(name, f"{self.field} {normalized} is allowed"),)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedTcbStatuses:
+    """Accept only the listed TCB statuses of the verified quote.
+
+    Attributes:
+        statuses: accepted statuses, e.g. ``{"UpToDate"}``.
+    """
+
+    statuses: frozenset[str]
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Return ``policy.tcb_status``; code ``policy.tcb_status_not_allowed`` on failure.
+
+        Raises:
+            Nothing.
+        """
+        name = "policy.tcb_status"
+        code = "policy.tcb_status_not_allowed"
+        if facts.tcb_status is None:
+            return (Check.failed(name, code, "no TCB status: no verified TDX quote"),)
+        if facts.tcb_status not in self.statuses:
+            accepted = ", ".join(sorted(self.statuses)) or "none"
+            return (
+                Check.failed(
+                    name, code, f"TCB status {facts.tcb_status} not accepted (accepted: {accepted})"
+                ),
+            )
+        return (Check.passed(name, f"TCB status {facts.tcb_status} accepted"),)
+
+
+@dataclass(frozen=True, slots=True)
+class ToleratedAdvisories:
+    """Every Intel advisory the platform is subject to must be explicitly tolerated.
+
+    Attributes:
+        advisory_ids: tolerated ids, e.g. ``{"INTEL-SA-00837"}``.
+    """
+
+    advisory_ids: frozenset[str]
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Return ``policy.advisories``; code ``policy.advisory_not_tolerated`` on failure.
+
+        Raises:
+            Nothing.
+        """
+        untolerated = sorted(set(facts.advisory_ids) - self.advisory_ids)
+        if untolerated:
+            return (
+                Check.failed(
+                    "policy.advisories",
+                    "policy.advisory_not_tolerated",
+                    f"advisories not tolerated by policy: {', '.join(untolerated)}",
+                ),
+            )
+        listed = ", ".join(facts.advisory_ids) or "none"
+        return (Check.passed("policy.advisories", f"advisories tolerated: {listed}"),)
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """Every rule must pass. Empty fails (``policy.empty``).
+
+    Attributes:
+        rules: the rules, evaluated in order; all their checks are returned.
+    """
+
+    rules: tuple[Policy, ...]
+
+    def __init__(self, rules: Iterable[Policy]) -> None:
+        object.__setattr__(self, "rules", tuple(rules))
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Return the checks of every rule, or ``policy.all_of`` failing when empty.
+
+        Raises:
+            Nothing.
+        """
+        if not self.rules:
+            return (Check.failed("policy.all_of", "policy.empty", "all-of with no rules"),)
+        return tuple(check for rule in self.rules for check in rule.evaluate(facts))
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """At least one rule must pass. Empty fails (``policy.empty``).
+
+    Attributes:
+        rules: the alternatives, tried in order.
+    """
+
+    rules: tuple[Policy, ...]
+
+    def __init__(self, rules: Iterable[Policy]) -> None:
+        object.__setattr__(self, "rules", tuple(rules))
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Return ``policy.any_of`` followed by the checks of the first passing alternative.
+
+        When none passes, only ``policy.any_of`` is returned, failing with code
+        ``policy.any_of_failed`` and a detail naming each alternative's failures; the failing
+        checks of the alternatives are not returned separately, because a failure of one
+        alternative does not fail an any-of.
+
+        Raises:
+            Nothing.
+        """
+        name = "policy.any_of"
+        if not self.rules:
+            return (Check.failed(name, "policy.empty", "any-of with no alternatives"),)
+        reasons: list[str] = []
+        for index, rule in enumerate(self.rules, start=1):
+            checks = rule.evaluate(facts)
+            failures = [check for check in checks if not check.ok]
+            if checks and not failures:
+                return (Check.passed(name, f"alternative {index} of {len(self.rules)} passed"), *checks)
+            reasons.append(
+                f"alternative {index}: "
+                + ("; ".join(f"{c.code}: {c.detail}" for c in failures) or "no checks")
+            )
+        return (
+            Check.failed(
+                name, "policy.any_of_failed", "no alternative passed (" + " | ".join(reasons) + ")"
+            ),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Per-model policies
+
+
+@dataclass(frozen=True, slots=True)
+class GpuRequirements:
+    """What each attested GPU must show. Plain fields, the same as ``nvidia.GpuPolicy``'s.
+
+    Attributes:
+        require_measres_success: ``measres`` must be ``"success"``.
+        require_secure_boot: ``secboot`` must be true.
+        require_debug_disabled: ``dbgstat`` must be ``"disabled"``.
+        allowed_driver_versions: accepted driver versions; ``None`` = any.
+        allowed_vbios_versions: accepted VBIOS versions; ``None`` = any.
+    """
+
+    require_measres_success: bool = True
+    require_secure_boot: bool = True
+    require_debug_disabled: bool = True
+    allowed_driver_versions: frozenset[str] | None = None
+    allowed_vbios_versions: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReport:
+    """A model policy's verdict on one node.
+
+    Attributes:
+        pattern: the glob of the policy entry that judged.
+        checks: every check the rule returned.
+        on_failure: what the entry says to do when not ``ok`` (``block`` or ``flag``).
+    """
+
+    pattern: str
+    checks: tuple[Check, ...]
+    on_failure: OnFailure
+
+    @property
+    def ok(self) -> bool:
+        """True when there were checks and all passed."""
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        """The checks that did not pass."""
+        return tuple(check for check in self.checks if not check.ok)
+
+    def raise_for_failure(self) -> None:
+        """Raise on the first failing check.
+
+        Raises:
+            VerificationFailed: with that check's code (``policy.empty`` if there were no checks).
+        """
+        for check in self.checks:
+            if not check.ok:
+                raise VerificationFailed(check.detail, code=check.code)
+        if not self.checks:
+            raise VerificationFailed("policy returned no checks", code="policy.empty")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPolicy:
+    """The policy for the models whose names match ``pattern``.
+
+    Build with :func:`build_model_policy` so ``rule`` agrees with the plain fields.
+
+    Attributes:
+        pattern: fnmatch glob on the model name (``"TEE/*"``; ``*`` also matches ``/``).
+        rule: the composed rule the node's facts must pass.
+        attestation_ttl_seconds: how long a node's verdict may be reused.
+        on_failure: ``block`` (never deliver) or ``flag`` (deliver, marked unverified).
+        gpu: per-GPU claim requirements, for the NVIDIA verifier.
+        accepted_tcb_statuses: for the TDX verifier (also enforced by ``rule``).
+        tolerated_advisories: for the TDX verifier (also enforced by ``rule``).
+        requires_attestation: false only for the unattested entry of a permissive policy set.
+    """
+
+    pattern: str
+    rule: Policy
+    attestation_ttl_seconds: int = 3600
+    on_failure: OnFailure = "block"
+    gpu: GpuRequirements = field(default_factory=GpuRequirements)
+    accepted_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
+    tolerated_advisories: frozenset[str] = frozenset()
+    requires_attestation: bool = True
+
+    def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
+        """Evaluate ``rule`` (so a ``ModelPolicy`` is itself a :class:`Policy`).
+
+        Raises:
+            Nothing.
+        """
+        return self.rule.evaluate(facts)
+
+    def report(self, facts: NodeFacts) -> PolicyReport:
+        """Evaluate ``rule`` and wrap the checks with this entry's failure handling.
+
+        Raises:
+            Nothing.
+        """
+        return PolicyReport(self.pattern, self.evaluate(facts), self.on_failure)
+
+
+def build_model_policy(
+    pattern: str,
+    *,
+    require_tdx: bool = True,
+    require_nvidia: bool = True,
+    accepted_tcb_statuses: Iterable[str] = ("UpToDate",),
+    tolerated_advisories: Iterable[str] = (),
+    measurement_sets: Sequence[Mapping[FactField, Iterable[str]]] = (),
+    attestation_ttl_seconds: int = 3600,
+    on_failure: OnFailure = "block",
+    gpu: GpuRequirements | None = None,
+) -> ModelPolicy:
+    """Compose a :class:`ModelPolicy` from plain settings.
+
+    The rule is ``AllOf[RequireEvidence, AcceptedTcbStatuses, ToleratedAdvisories, pins]`` (the
+    TCB rules only when TDX is required). ``measurement_sets`` are alternatives: each set pins
+    facts together (``AllOf`` of ``AllowedValues``), and the node must match one set (``AnyOf``);
+    a single set is added directly so its failures keep their specific codes.
+
+    Raises:
+        ValueError: if a measurement set is empty or names an unknown fact, or measurements are
+            pinned while TDX is not required (pins can only be met by a verified quote).
+    """
+    statuses = frozenset(accepted_tcb_statuses)
+    advisories = frozenset(tolerated_advisories)
+    rules: list[Policy] = [RequireEvidence(tdx=require_tdx, nvidia=require_nvidia)]
+    if require_tdx:
+        rules += [AcceptedTcbStatuses(statuses), ToleratedAdvisories(advisories)]
+    if measurement_sets and not require_tdx:
+        raise ValueError("measurements are pinned but TDX evidence is not required")
+    alternatives: list[Policy] = []
+    for index, pins in enumerate(measurement_sets):
+        if not pins:
+            raise ValueError(f"measurement set {index} pins nothing")
+        alternatives.append(
+            AllOf(AllowedValues(name, frozenset(values)) for name, values in pins.items())
+        )
+    if len(alternatives) == 1:
+        rules.append(alternatives[0])
+    elif alternatives:
+        rules.append(AnyOf(alternatives))
+    return ModelPolicy(
+        pattern=pattern,
+        rule=AllOf(rules),
+        attestation_ttl_seconds=attestation_ttl_seconds,
+        on_failure=on_failure,
+        gpu=gpu if gpu is not None else GpuRequirements(),
+        accepted_tcb_statuses=statuses,
+        tolerated_advisories=advisories,
+        requires_attestation=require_tdx or require_nvidia,
+    )
+
+
+# The built-in default (no policy file): require TDX and NVIDIA, UpToDate only, no measurement
+# pins, verdicts reused for an hour, failures block.
+BUILTIN_DEFAULT: Final[ModelPolicy] = build_model_policy("*")
+
+# What a strict set that allows unattested models gives a model no entry names: nothing is
+# required, present-but-bad evidence still fails, and the result is only ever flagged.
+_UNATTESTED: Final[ModelPolicy] = build_model_policy(
+    "*", require_tdx=False, require_nvidia=False, on_failure="flag"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Every model policy of one file, and how unmatched models are treated.
+
+    Attributes:
+        models: per-model entries, in file order; the first glob that matches wins.
+        default: the entry for models no glob matches (unless ``strict``).
+        strict: only models that match an entry are served.
+        allow_unattested_models: whether a model may pass without TEE attestation at all.
+        source: where the set came from, for messages.
+    """
+
+    models: tuple[ModelPolicy, ...] = ()
+    default: ModelPolicy = BUILTIN_DEFAULT
+    strict: bool = False
+    allow_unattested_models: bool = False
+    source: str = "<built-in default>"
+
+    def for_model(self, model: str) -> ModelPolicy:
+        """The policy entry for ``model``.
+
+        Case-sensitive ``fnmatch`` in file order; no match → ``default``, or under a strict set
+        the unattested entry (if ``allow_unattested_models``) or a refusal.
+
+        Raises:
+            VerificationFailed: code ``policy.model_not_allowed`` when the set is strict, no entry
+                matches and unattested models are not allowed.
+        """
+        for entry in self.models:
+            if fnmatchcase(model, entry.pattern):
+                return entry
+        if not self.strict:
+            return self.default
+        if self.allow_unattested_models:
+            return _UNATTESTED
+        raise VerificationFailed(
+            f"model {model!r} matches no entry of the strict policy {self.source}",
+            code="policy.model_not_allowed",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The policy file (pydantic at the edge)
+
+
+class _FileModel(BaseModel):
+    # strict: TOML has native types, so "true" or "3600" as strings are mistakes, not input.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+# Pins are checked for shape here so a truncated or mistyped hash is a start-up error, not a
+# policy that silently never matches. TDX registers are SHA-384 (48 bytes), compose and os image
+# hashes SHA-256 (32 bytes), a dstack app id 20 bytes.
+_Sha384Hexes = Annotated[
+    list[Annotated[str, StringConstraints(pattern=r"^(0[xX])?[0-9a-fA-F]{96}$")]],
+    Field(min_length=1),
+]
+_Sha256Hexes = Annotated[
+    list[Annotated[str, StringConstraints(pattern=r"^(0[xX])?[0-9a-fA-F]{64}$")]],
+    Field(min_length=1),
+]
+_AppIdHexes = Annotated[
+    list[Annotated[str, StringConstraints(pattern=r"^(0[xX])?[0-9a-fA-F]{40}$")]],
+    Field(min_length=1),
+]
+
+
+_NonEmptyStrings = Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+_AdvisoryId = Annotated[str, StringConstraints(pattern=r"^INTEL-SA-\d{5}$")]
+
+
+class _GpuFile(_FileModel):
+    require_measres_success: bool | None = None
+    require_secure_boot: bool | None = None
+    require_debug_disabled: bool | None = None
+    allowed_driver_versions: _NonEmptyStrings | None = None
+    allowed_vbios_versions: _NonEmptyStrings | None = None
+
+
+class _MeasurementsFile(_FileModel):
+    mrtd: _Sha384Hexes | None = None
+    rtmr0: _Sha384Hexes | None = None
+    rtmr1: _Sha384Hexes | None = None
+    rtmr2: _Sha384Hexes | None = None
+    compose_hash: _Sha256Hexes | None = None
+    app_id: _AppIdHexes | None = None
+    os_image_hash: _Sha256Hexes | None = None
+
+
+class _EntryFile(_FileModel):
+    require_tdx: bool | None = None
+    require_nvidia: bool | None = None
+    accepted_tcb_statuses: Annotated[list[TcbStatus], Field(min_length=1)] | None = None
+    tolerated_advisories: list[_AdvisoryId] | None = None
+    attestation_ttl_seconds: Annotated[int, Field(gt=0, le=7 * 24 * 3600)] | None = None
+    on_failure: OnFailure | None = None
+    gpu: _GpuFile | None = None
+    measurements: Annotated[list[_MeasurementsFile], Field(min_length=1)] | None = None
+
+
+class _PolicyFile(_FileModel):
+    strict: bool = False
+    allow_unattested_models: bool = False
+    defaults: _EntryFile = _EntryFile()
+    models: dict[Annotated[str, StringConstraints(min_length=1)], _EntryFile] = {}
+
+
+def _key_path(loc: Iterable[int | str]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        text = str(part)
+        if isinstance(part, int):
+            parts.append(f"[{text}]")
+        elif text.replace("_", "").replace("-", "").isalnum():
+            parts.append(f".{text}" if parts else text)
+        else:
+            parts.append(f'."{text}"' if parts else f'"{text}"')
+    return "".join(parts) or "(top level)"
+
+
+_T = TypeVar("_T")
+
+
+def _pick(*values: _T | None, fallback: _T) -> _T:
+    for value in values:
+        if value is not None:
+            return value
+    return fallback
+
+
+def _merge_gpu(entry: _GpuFile | None, defaults: _GpuFile | None) -> GpuRequirements:
+    base = GpuRequirements()
+    e = entry or _GpuFile()
+    d = defaults or _GpuFile()
+    drivers = _pick(e.allowed_driver_versions, d.allowed_driver_versions, fallback=None)
+    vbios = _pick(e.allowed_vbios_versions, d.allowed_vbios_versions, fallback=None)
+    return GpuRequirements(
+        require_measres_success=_pick(
+            e.require_measres_success, d.require_measres_success,
+            fallback=base.require_measres_success,
+        ),
+        require_secure_boot=_pick(
+            e.require_secure_boot, d.require_secure_boot, fallback=base.require_secure_boot
+        ),
+        require_debug_disabled=_pick(
+            e.require_debug_disabled, d.require_debug_disabled,
+            fallback=base.require_debug_disabled,
+        ),
+        allowed_driver_versions=frozenset(drivers) if drivers is not None else None,
+        allowed_vbios_versions=frozenset(vbios) if vbios is not None else None,
+    )
+
+
+def _build_entry(
+    pattern: str, key: str, entry: _EntryFile, defaults: _EntryFile, *, allow_unattested: bool,
+    source: str,
+) -> ModelPolicy:
+    """Merge ``entry`` over ``defaults`` over the built-in values.
+
+    Raises:
+        ConfigError: naming the key, for combinations a single field cannot reject.
+    """
+    require_tdx = _pick(entry.require_tdx, defaults.require_tdx, fallback=True)
+    require_nvidia = _pick(entry.require_nvidia, defaults.require_nvidia, fallback=True)
+    if not require_tdx and not allow_unattested:
+        raise ConfigError(
+            f"{source}: {key}.require_tdx = false lets models pass without TEE attestation; "
+            "set allow_unattested_models = true to allow that"
+        )
+    measurements = _pick(entry.measurements, defaults.measurements, fallback=[])
+    if measurements and not require_tdx:
+        raise ConfigError(
+            f"{source}: {key}.measurements pin a TDX quote but require_tdx is false"
+        )
+    sets: list[dict[FactField, list[str]]] = []
+    for index, pins in enumerate(measurements):
+        chosen = {name: getattr(pins, name) for name in FACT_FIELDS if getattr(pins, name)}
+        if not chosen:
+            raise ConfigError(f"{source}: {key}.measurements[{index}] pins nothing")
+        sets.append(chosen)
+    return build_model_policy(
+        pattern,
+        require_tdx=require_tdx,
+        require_nvidia=require_nvidia,
+        accepted_tcb_statuses=_pick(
+            entry.accepted_tcb_statuses, defaults.accepted_tcb_statuses, fallback=["UpToDate"]
+        ),
+        tolerated_advisories=_pick(
+            entry.tolerated_advisories, defaults.tolerated_advisories, fallback=[]
+        ),
+        measurement_sets=sets,
+        attestation_ttl_seconds=_pick(
+            entry.attestation_ttl_seconds, defaults.attestation_ttl_seconds, fallback=3600
+        ),
+        on_failure=_pick(entry.on_failure, defaults.on_failure, fallback="block"),
+        gpu=_merge_gpu(entry.gpu, defaults.gpu),
+    )
+
+
+def load_policy(path: str | Path | None) -> PolicySet:
+    """Load a policy file, or the built-in default for ``None``.
+
+    The built-in default requires TDX and NVIDIA evidence, accepts TCB status ``UpToDate``
+    only, pins no measurements, reuses verdicts for 3600 s and blocks on failure.
+
+    Raises:
+        ConfigError: the file cannot be read, is not TOML, or has an unknown key, a value of the
+            wrong type, or a contradictory setting; the message names the key.
+    """
+    if path is None:
+        return PolicySet()
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {source}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"policy file {source} is not UTF-8: {exc}") from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"policy file {source} is not valid TOML: {exc}") from exc
+    try:
+        parsed = _PolicyFile.model_validate(document)
+    except ValidationError as exc:
+        lines = [f"{_key_path(err['loc'])}: {err['msg']}" for err in exc.errors()[:5]]
+        raise ConfigError(f"policy file {source}: invalid key " + "; ".join(lines)) from None
+
+    default = _build_entry(
+        "*", "defaults", parsed.defaults, _EntryFile(),
+        allow_unattested=parsed.allow_unattested_models, source=source,
+    )
+    models = tuple(
+        _build_entry(
+            pattern, _key_path(("models", pattern)), entry, parsed.defaults,
+            allow_unattested=parsed.allow_unattested_models, source=source,
+        )
+        for pattern, entry in parsed.models.items()
+    )
+    return PolicySet(
+        models=models,
+        default=default,
+        strict=parsed.strict,
+        allow_unattested_models=parsed.allow_unattested_models,
+        source=source,
+    )
