@@ -1,0 +1,218 @@
+"""Settings: a TOML file, overridden by ``TEE_SIDECAR_*`` environment variables, secrets from files.
+
+Precedence (highest first): environment (``TEE_SIDECAR_UPSTREAM__BASE_URL``), the TOML file given
+with ``--config``, the defaults below. The upstream API key may come from ``upstream.api_key``,
+from the file named by ``upstream.api_key_file``, or from a systemd credential named ``api_key``
+(``$CREDENTIALS_DIRECTORY/api_key``, see ``systemd/``). A bad setting stops start-up with one
+``ConfigError`` line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import TomlConfigSettingsSource
+
+from sidecar.errors import ConfigError
+
+ENV_PREFIX = "TEE_SIDECAR_"
+
+
+class Mode(StrEnum):
+    """What happens to a completion that cannot be verified."""
+
+    ENFORCE = "enforce"  # never delivered: the app gets a 502 OpenAI error
+    FLAG = "flag"  # delivered, with x-tee-* headers saying what failed
+    MONITOR = "monitor"  # delivered and logged
+
+
+class StreamMode(StrEnum):
+    """How streamed completions are delivered."""
+
+    BUFFER = "buffer"  # hold the whole stream until it is verified
+    RELAY = "relay"  # forward events as they come; the verdict closes the stream
+
+
+class ProviderKind(StrEnum):
+    """Which wire contract the upstream speaks (spec section 1)."""
+
+    NANOGPT = "nanogpt"
+    PRIVATE_ML_SDK = "private-ml-sdk"
+
+
+class TrustAnchors(StrEnum):
+    """Which roots of trust verify hardware evidence."""
+
+    PRODUCTION = "production"  # Intel SGX root CA, NVIDIA's NRAS JWKS
+    SIMULATOR = "simulator"  # the built-in simulator's test roots: never for real traffic
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ListenSettings(_Section):
+    """Where the OpenAI-compatible proxy listens (loopback by default)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+
+
+class UpstreamSettings(_Section):
+    """The TEE provider the sidecar forwards to."""
+
+    provider: ProviderKind = ProviderKind.NANOGPT
+    base_url: str = "https://nano-gpt.com/api"
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=300.0, gt=0)
+    signature_retries: int = Field(default=6, ge=0, le=50)
+    signature_retry_delay: float = Field(default=0.05, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def resolved_api_key(self) -> str | None:
+        """The API key: inline, from ``api_key_file``, or from a systemd credential.
+
+        Raises:
+            ConfigError: the key file is named but cannot be read.
+        """
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        path = self.api_key_file
+        if path is None and (cred_dir := os.environ.get("CREDENTIALS_DIRECTORY")):
+            candidate = Path(cred_dir) / "api_key"
+            path = candidate if candidate.exists() else None
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"upstream.api_key_file: cannot read {path}: {exc.strerror}", code="config.invalid"
+            ) from exc
+
+
+class VerificationSettings(_Section):
+    """How completions are verified and what happens when they are not."""
+
+    mode: Mode = Mode.ENFORCE
+    stream: StreamMode = StreamMode.BUFFER
+    signing_algo: str = Field(default="ecdsa", pattern="^(ecdsa|ed25519)$")
+
+
+class AttestationSettings(_Section):
+    """Where hardware evidence is checked and how long a verdict lasts."""
+
+    ttl_seconds: int = Field(default=3600, gt=0)
+    timeout: float = Field(default=30.0, gt=0)
+    pccs_url: str = "https://api.trustedservices.intel.com"
+    collateral_dir: Path | None = None
+    nras_url: str = "https://nras.attestation.nvidia.com/v3/attest/gpu"
+    nvidia_jwks_url: str = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
+    warm_models: tuple[str, ...] = ()
+
+
+class TrustSettings(_Section):
+    """Roots of trust."""
+
+    anchors: TrustAnchors = TrustAnchors.PRODUCTION
+
+
+class PolicySettings(_Section):
+    """Where the measurement policy lives (``config/policy.toml`` is an example)."""
+
+    file: Path | None = None
+
+
+class LogSettings(_Section):
+    """Log format and level."""
+
+    format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+
+
+class StateSettings(_Section):
+    """Where the sidecar keeps its files (collateral cache, receipts)."""
+
+    dir: Path = Path(os.environ.get("STATE_DIRECTORY", "state"))
+
+
+class Settings(BaseSettings):
+    """All settings of tee-sidecar."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    listen: ListenSettings = ListenSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    verification: VerificationSettings = VerificationSettings()
+    attestation: AttestationSettings = AttestationSettings()
+    trust: TrustSettings = TrustSettings()
+    policy: PolicySettings = PolicySettings()
+    log: LogSettings = LogSettings()
+    state: StateSettings = StateSettings()
+
+
+def _first_error_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(part) for part in err["loc"]) or "(settings)"
+    return f"invalid setting {key}: {err['msg']}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` (TOML) and the environment.
+
+    Args:
+        config_file: optional TOML file; environment variables override it.
+        overrides: values that override both (used by tests and the demo).
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a setting is invalid (the message names it).
+    """
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as fh:
+                tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    try:
+        settings = _Sourced(**overrides)
+        settings.upstream.resolved_api_key()
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc)) from None
+    return settings

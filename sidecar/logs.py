@@ -1,0 +1,50 @@
+"""Structured logs: JSON lines in production, readable console output on a terminal.
+
+What may be logged is decided where events are emitted: ids, models, codes, sizes and timings.
+Prompts, completions, signatures' texts and keys are never passed to a logger; ``redact`` is
+the last line of defence for keys that name secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = frozenset({"api_key", "authorization", "prompt", "messages", "content", "body"})
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace the value of any field named like a secret or user content."""
+    for key in _SECRET_KEYS.intersection(event):
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    """Configure structlog once for the process.
+
+    Args:
+        fmt: ``json``, ``console``, or ``auto`` (console when stderr is a terminal).
+        level: minimum level name.
+    """
+    console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: Any = (structlog.dev.ConsoleRenderer() if console
+                     else structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

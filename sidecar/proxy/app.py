@@ -1,0 +1,375 @@
+"""The aiohttp application an unchanged OpenAI app talks to.
+
+Request flow for ``POST /v1/chat/completions`` and ``POST /v1/completions``:
+
+  (1) read the app's body (bounded) and its ``model``; the app's Authorization is dropped;
+  (2) the model must be attested (cached per session): in enforce mode an unattested model is
+      refused *before* the prompt leaves the machine;
+  (3) forward the exact bytes; hash them as sent;
+  (4) hash the exact response bytes as received (the whole SSE stream for streams) and take the
+      completion id;
+  (5) fetch and verify the signature (``verdict.CompletionVerifier``);
+  (6) deliver according to the mode: enforce blocks with a 502 OpenAI error, flag and monitor
+      deliver with ``x-tee-*`` headers. Streams are held until verified (``buffer``) or relayed
+      with the verdict closing the stream (``relay``).
+
+Upstream errors that carry no completion (401, 429, 5xx) reach the app with their status and
+``x-tee-verified: false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import hdrs, web
+
+from sidecar.config import Mode, Settings, StreamMode
+from sidecar.errors import (
+    BadRequest,
+    NotFound,
+    SidecarError,
+    UpstreamError,
+    VerificationFailed,
+    openai_error_body,
+)
+from sidecar.proxy.attester import AttestationCache
+from sidecar.proxy.upstream import UpstreamClient, read_bounded
+from sidecar.proxy.verdict import (
+    HEADER_FAILURE,
+    HEADER_REQUEST_ID,
+    HEADER_SHOULD_RETRY,
+    HEADER_VERIFIED,
+    CompletionVerdict,
+    CompletionVerifier,
+)
+from sidecar.verify.policy import PolicySet
+from sidecar.verify.sse import SseFramer, chat_id_of
+
+log = structlog.get_logger("tee_sidecar.proxy")
+
+# A chat request with a long context is a few MiB of JSON; more is abuse of a local port.
+MAX_REQUEST_BYTES = 8 << 20
+# A completion body (non-streamed) or a whole buffered stream; generous for long answers.
+MAX_RESPONSE_BYTES = 32 << 20
+# Upstream error bodies are short JSON; anything longer is truncated away.
+MAX_ERROR_BODY_BYTES = 64 << 10
+
+VERIFIED_COMMENT = b": x-tee-verified true\n\n"
+
+
+@dataclass
+class ProxyState:
+    """Everything the handlers share, built once in the app's cleanup context."""
+
+    settings: Settings
+    upstream: UpstreamClient
+    cache: AttestationCache
+    verifier: CompletionVerifier
+    policies: PolicySet
+
+
+STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
+StateFactory = Callable[[web.Application, aiohttp.ClientSession], Awaitable[ProxyState]]
+
+
+def build_proxy_app(settings: Settings, make_state: StateFactory) -> web.Application:
+    """The proxy application; ``make_state`` wires upstream, attestation and policy.
+
+    The single ``aiohttp.ClientSession`` lives in the app's cleanup context.
+    """
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[_errors_and_logs])
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            app[STATE] = await make_state(app, session)
+            yield
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_post("/v1/chat/completions", _completion_handler("/v1/chat/completions"))
+    app.router.add_post("/v1/completions", _completion_handler("/v1/completions"))
+    app.router.add_get("/v1/models", _models)
+    return app
+
+
+def _error_response(error: SidecarError, request_id: str, *, extra: dict[str, str] | None = None
+                    ) -> web.Response:
+    headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: error.code,
+               HEADER_REQUEST_ID: request_id, HEADER_SHOULD_RETRY: "false"}
+    headers.update(extra or {})
+    return web.json_response(openai_error_body(error), status=error.http_status, headers=headers)
+
+
+@web.middleware
+async def _errors_and_logs(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """One log line per request; every error leaves as an OpenAI-shaped body, never a trace."""
+    request_id = uuid.uuid4().hex
+    request["request_id"] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+    except SidecarError as exc:
+        response = _error_response(exc, request_id)
+    except web.HTTPException as exc:
+        error: SidecarError
+        if exc.status == 404:
+            error = NotFound(f"{request.method} {request.path} is not served by tee-sidecar")
+        elif exc.status == 413:
+            error = BadRequest(f"request body exceeds {MAX_REQUEST_BYTES} bytes",
+                               code="request.too_large")
+            error.http_status = 413
+        else:
+            error = BadRequest(exc.reason, code=f"request.http_{exc.status}")
+            error.http_status = exc.status
+        response = _error_response(error, request_id)
+    except Exception:
+        log.exception("internal_error")
+        response = _error_response(SidecarError("internal error in tee-sidecar",
+                                                 code="sidecar.internal_error"), request_id)
+    finally:
+        log.info("request", method=request.method, path=request.path,
+                 status=response.status if response is not None else None,
+                 model=request.get("model"),
+                 verified=response.headers.get(HEADER_VERIFIED) if response is not None else None,
+                 failure=response.headers.get(HEADER_FAILURE) if response is not None else None,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        structlog.contextvars.unbind_contextvars("request_id")
+    if HEADER_REQUEST_ID not in response.headers and not response.prepared:
+        response.headers[HEADER_REQUEST_ID] = request_id
+    return response
+
+
+async def _models(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
+                                    sock_read=state.settings.upstream.read_timeout)
+    resp = await state.upstream.open("GET", "/v1/models", None, timeout)
+    async with resp:
+        body = await _read_upstream(resp, MAX_RESPONSE_BYTES)
+    # A model list is not signed by any enclave: pass it on, marked as not verified.
+    return web.Response(body=body, status=resp.status, headers={
+        hdrs.CONTENT_TYPE: resp.headers.get(hdrs.CONTENT_TYPE, "application/json"),
+        HEADER_VERIFIED: "false"})
+
+
+def _parse_request(body: bytes) -> tuple[str, bool]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON", code="request.invalid_json") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object", code="request.invalid_json")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model or len(model) > 256:
+        raise BadRequest("request must name a model (a string)", code="request.no_model")
+    return model, payload.get("stream") is True
+
+
+def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        request_id: str = request["request_id"]
+
+        # (1) The exact bytes the app sent, and the model.
+        body = await request.read()
+        model, _ = _parse_request(body)
+        request["model"] = model
+        policy = state.policies.for_model_or_none(model)
+        mode = state.settings.verification.mode
+        if mode is Mode.ENFORCE and policy is not None and policy.on_failure == "flag":
+            mode = Mode.FLAG
+
+        # (2) Attested before the prompt leaves, in enforce mode.
+        pre_failure: VerificationFailed | None = None
+        if policy is None:
+            pre_failure = VerificationFailed(f"policy does not allow model {model}",
+                                             code="policy.model_not_allowed")
+        else:
+            try:
+                await state.cache.get(model)
+            except VerificationFailed as exc:
+                if not (exc.code == "attestation.unavailable"
+                        and state.policies.allow_unattested_models):
+                    pre_failure = exc
+                else:
+                    pre_failure = VerificationFailed(
+                        f"model {model} has no TEE attestation (allowed unverified by policy)",
+                        code="attestation.unavailable")
+        if pre_failure is not None and mode is Mode.ENFORCE:
+            return _error_response(pre_failure, request_id)
+
+        # (3) Forward the exact bytes.
+        request_sha256 = hashlib.sha256(body).hexdigest()
+        timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
+                                        sock_read=state.settings.upstream.read_timeout)
+        resp = await state.upstream.open("POST", path, body, timeout)
+        async with resp:
+            if resp.status != 200:
+                return await _upstream_error(resp, request_id)
+            content_type = resp.headers.get(hdrs.CONTENT_TYPE, "")
+            if content_type.startswith("text/event-stream"):
+                if state.settings.verification.stream is StreamMode.RELAY:
+                    return await _relay_stream(request, state, resp, model, request_sha256,
+                                               mode, pre_failure)
+                return await _buffer_stream(state, resp, model, request_sha256, mode,
+                                            pre_failure, request_id)
+            return await _plain(state, resp, model, request_sha256, mode, pre_failure, request_id)
+
+    return handler
+
+
+async def _read_upstream(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    try:
+        return await read_bounded(resp, limit, "upstream response", code="response.too_large")
+    except asyncio.TimeoutError:
+        raise UpstreamError("the provider stopped sending", code="upstream.timeout") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"upstream connection failed: {type(exc).__name__}",
+                            code="upstream.unavailable") from None
+
+
+async def _upstream_error(resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
+    """Pass on an upstream error that carries no completion, never marked verified."""
+    raw = await _read_upstream_error(resp)
+    try:
+        parsed = json.loads(raw)
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
+            raise ValueError
+        body = parsed
+    except ValueError:
+        body = openai_error_body(UpstreamError(
+            f"provider answered HTTP {resp.status}", code=f"upstream.http_{resp.status}"))
+    headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: f"upstream.http_{resp.status}",
+               HEADER_REQUEST_ID: request_id}
+    if retry_after := resp.headers.get(hdrs.RETRY_AFTER):
+        headers[hdrs.RETRY_AFTER] = retry_after
+    return web.json_response(body, status=resp.status, headers=headers)
+
+
+async def _read_upstream_error(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.content.read(MAX_ERROR_BODY_BYTES)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return b""
+
+
+async def _judge(state: ProxyState, model: str, chat_id: str | None, request_sha256: str,
+                 response_sha256: str, pre_failure: VerificationFailed | None) -> CompletionVerdict:
+    if pre_failure is not None:
+        return CompletionVerdict.failed(pre_failure, chat_id)
+    if chat_id is None:
+        return CompletionVerdict.failed(VerificationFailed(
+            "response carries no completion id", code="response.no_chat_id"))
+    return await state.verifier.verify(model=model, chat_id=chat_id,
+                                       request_sha256=request_sha256,
+                                       response_sha256=response_sha256)
+
+
+def _deliver_or_block(verdict: CompletionVerdict, mode: Mode, request_id: str, body: bytes,
+                      content_type: str) -> web.Response:
+    if not verdict.verified and mode is Mode.ENFORCE:
+        assert verdict.failure is not None
+        return _error_response(verdict.failure, request_id)
+    headers = verdict.headers(mode)
+    headers[HEADER_REQUEST_ID] = request_id
+    headers[hdrs.CONTENT_TYPE] = content_type
+    return web.Response(body=body, headers=headers)
+
+
+async def _plain(state: ProxyState, resp: aiohttp.ClientResponse, model: str,
+                 request_sha256: str, mode: Mode, pre_failure: VerificationFailed | None,
+                 request_id: str) -> web.Response:
+    # (4) The exact bytes received, and the completion id inside them.
+    body = await _read_upstream(resp, MAX_RESPONSE_BYTES)
+    chat_id: str | None = None
+    try:
+        chat_id = chat_id_of(body)
+    except VerificationFailed as exc:
+        pre_failure = pre_failure or exc
+    # (5) and (6)
+    verdict = await _judge(state, model, chat_id, request_sha256,
+                           hashlib.sha256(body).hexdigest(), pre_failure)
+    return _deliver_or_block(verdict, mode, request_id, body,
+                             resp.headers.get(hdrs.CONTENT_TYPE, "application/json"))
+
+
+async def _buffer_stream(state: ProxyState, resp: aiohttp.ClientResponse, model: str,
+                         request_sha256: str, mode: Mode, pre_failure: VerificationFailed | None,
+                         request_id: str) -> web.Response:
+    body = await _read_upstream(resp, MAX_RESPONSE_BYTES)
+    framer = SseFramer()
+    try:
+        framer.feed(body)
+        failure = _stream_shape_failure(framer)
+    except VerificationFailed as exc:
+        failure = exc
+    verdict = await _judge(state, model, framer.chat_id, request_sha256,
+                           hashlib.sha256(body).hexdigest(), pre_failure or failure)
+    return _deliver_or_block(verdict, mode, request_id, body, "text/event-stream")
+
+
+def _stream_shape_failure(framer: SseFramer) -> VerificationFailed | None:
+    if not framer.done:
+        return VerificationFailed("stream ended before data: [DONE]", code="stream.truncated")
+    if framer.trailing_after_done or framer.pending.strip():
+        return VerificationFailed("stream carries data after [DONE]", code="stream.data_after_done")
+    return None
+
+
+async def _relay_stream(request: web.Request, state: ProxyState, resp: aiohttp.ClientResponse,
+                        model: str, request_sha256: str, mode: Mode,
+                        pre_failure: VerificationFailed | None) -> web.StreamResponse:
+    """Forward events as they come; hold ``[DONE]`` until the verdict, which closes the stream."""
+    request_id: str = request["request_id"]
+    out = web.StreamResponse(headers={
+        hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
+        HEADER_VERIFIED: "pending", HEADER_REQUEST_ID: request_id})
+    await out.prepare(request)
+    framer = SseFramer()
+    hasher = hashlib.sha256()
+    received = 0
+    done_event: bytes | None = None
+    failure: VerificationFailed | None = None
+    try:
+        async for chunk in resp.content.iter_any():
+            hasher.update(chunk)
+            received += len(chunk)
+            if received > MAX_RESPONSE_BYTES:
+                raise VerificationFailed("stream exceeds the response size limit",
+                                         code="response.too_large")
+            for event in framer.feed(chunk):
+                if event.is_done and done_event is None:
+                    done_event = event.raw
+                elif done_event is None:
+                    await out.write(event.raw)
+        failure = _stream_shape_failure(framer)
+    except VerificationFailed as exc:
+        failure = exc
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        failure = VerificationFailed(f"upstream stream broke: {type(exc).__name__}",
+                                     code="stream.truncated")
+    verdict = await _judge(state, model, framer.chat_id, request_sha256, hasher.hexdigest(),
+                           pre_failure or failure)
+    request["verdict"] = verdict
+    if verdict.verified:
+        await out.write(VERIFIED_COMMENT + (done_event or b"data: [DONE]\n\n"))
+    elif mode is Mode.MONITOR:
+        await out.write(b": x-tee-verified false\n\n" + (done_event or b"data: [DONE]\n\n"))
+    else:
+        assert verdict.failure is not None
+        error_event = json.dumps(openai_error_body(verdict.failure)).encode()
+        await out.write(b"data: " + error_event + b"\n\n")
+    await out.write_eof()
+    return out

@@ -1,0 +1,172 @@
+"""Attestation with I/O: fetch a report under a fresh nonce, gather off-box evidence, verify, cache.
+
+``ModelAttester`` does one attestation: a new 32-byte nonce, the report, then per node the DCAP
+collateral and the NRAS answer, and hands everything to the sans-I/O
+``sidecar.verify.attestation.verify_attestation``. ``AttestationCache`` runs it once per model
+per session (single-flight under concurrency) and keeps only reports with at least one fully
+attested node, until the policy's TTL. A failed re-attestation never evicts a still-valid entry
+early and never extends an expired one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from sidecar.errors import VerificationFailed, VerificationIncomplete
+from sidecar.providers.wire import AttestationDocument, parse_attestation_document
+from sidecar.proxy.collateral import CollateralSource
+from sidecar.proxy.nras_client import NrasClient
+from sidecar.proxy.upstream import UpstreamClient
+from sidecar.verify.attestation import AttestationReport, NodeEvidence, TrustRoots, verify_attestation
+from sidecar.verify.checks import Status
+from sidecar.verify.policy import PolicySet
+
+log = structlog.get_logger("tee_sidecar.attestation")
+
+
+class ModelAttester:
+    """Performs one full attestation of a model."""
+
+    def __init__(self, upstream: UpstreamClient, *, collateral: CollateralSource,
+                 nras: NrasClient, roots: TrustRoots, policies: PolicySet, signing_algo: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._upstream = upstream
+        self._collateral = collateral
+        self._nras = nras
+        self._roots = roots
+        self._policies = policies
+        self._signing_algo = signing_algo
+        self._clock = clock
+
+    async def attest(self, model: str) -> tuple[AttestationReport, bytes]:
+        """Attest ``model`` now, under a nonce never used before.
+
+        Returns:
+            The report (whatever its verdict) and the exact report body received.
+
+        Raises:
+            VerificationFailed: the policy refuses the model, the report is malformed, or the
+                provider has no attestation for it.
+            VerificationIncomplete: the report could not be fetched.
+        """
+        policy = self._policies.for_model(model)
+        nonce = secrets.token_hex(32)
+        fetched = await self._upstream.fetch_attestation(model, nonce, self._signing_algo)
+        document = parse_attestation_document(fetched.body)
+        evidence = await self._gather(document, fetched.tls_spki_sha256)
+        report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
+                                    roots=self._roots, policy=policy, now=int(self._clock()))
+        return report, fetched.body
+
+    async def _gather(self, document: AttestationDocument,
+                      tls_spki: bytes | None) -> dict[str, NodeEvidence]:
+        async def one(label: str, quote_hex: str | None, payload: str | None) -> tuple[str, NodeEvidence]:
+            collateral = nras_response = jwks = None
+            collateral_error = "no quote"
+            nras_error = "no GPU payload"
+            if quote_hex:
+                try:
+                    collateral = await self._collateral.get(bytes.fromhex(quote_hex.removeprefix("0x")))
+                except ValueError:
+                    collateral_error = "quote is not hex"
+                except VerificationIncomplete as exc:
+                    collateral_error = exc.message
+            if payload is not None:
+                try:
+                    nras_response = await self._nras.attest(payload)
+                    jwks = await self._nras.jwks()
+                except VerificationIncomplete as exc:
+                    nras_error = exc.message
+            return label, NodeEvidence(collateral, collateral_error, nras_response, nras_error,
+                                       jwks, tls_spki)
+
+        results = await asyncio.gather(*(
+            one(claim.label, claim.wire.intel_quote, claim.wire.nvidia_payload_text())
+            for claim in document.nodes))
+        return dict(results)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAttestation:
+    """A verified report, the exact body it came from, and when it stops counting."""
+
+    report: AttestationReport
+    body: bytes
+    expires_at: float
+
+
+class AttestationCache:
+    """Per-model attestations for this process, single-flight, expiring by TTL."""
+
+    def __init__(self, attester: ModelAttester, ttl_for: Callable[[str], int],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._attester = attester
+        self._ttl_for = ttl_for
+        self._clock = clock
+        self._entries: dict[str, CachedAttestation] = {}
+        self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
+        self.attestations_run = 0
+
+    def peek(self, model: str) -> CachedAttestation | None:
+        """The entry for ``model`` if it is still valid (no I/O)."""
+        entry = self._entries.get(model)
+        return entry if entry is not None and entry.expires_at > self._clock() else None
+
+    def entries(self) -> dict[str, CachedAttestation]:
+        """All entries, valid or not (for status pages)."""
+        return dict(self._entries)
+
+    async def get(self, model: str) -> CachedAttestation:
+        """A valid attestation of ``model``: cached, or run now (once, however many callers).
+
+        Raises:
+            VerificationFailed: (or ``VerificationIncomplete``) no node of the model attested.
+        """
+        entry = self.peek(model)
+        if entry is not None:
+            return entry
+        return await self._run(model)
+
+    async def refresh(self, model: str) -> CachedAttestation:
+        """Attest again now (a signature named a key the cache lacks: rotation, another node).
+
+        On failure the previous entry stays exactly as it was, valid until its own expiry.
+
+        Raises:
+            VerificationFailed: the re-attestation did not verify.
+        """
+        return await self._run(model)
+
+    async def _run(self, model: str) -> CachedAttestation:
+        task = self._inflight.get(model)
+        if task is None:
+            task = asyncio.ensure_future(self._attest(model))
+            self._inflight[model] = task
+            task.add_done_callback(lambda _: self._inflight.pop(model, None))
+        # shield: one impatient caller disconnecting must not cancel the others' attestation.
+        return await asyncio.shield(task)
+
+    async def _attest(self, model: str) -> CachedAttestation:
+        self.attestations_run += 1
+        started = self._clock()
+        report, body = await self._attester.attest(model)
+        log.info("attestation", model=model, verdict=report.verdict,
+                 evidence_sha256=report.evidence_sha256,
+                 nodes=[{"node": n.label, "key": n.signing_key, "status": str(n.status),
+                         "failure": n.failure.code if n.failure else None} for n in report.nodes])
+        if not report.attested_keys:
+            failure = report.failure
+            detail = f"{failure.name}: {failure.detail}" if failure else "no node attested"
+            code = failure.code if failure and failure.code else "attestation.failed"
+            if failure is not None and failure.status is Status.INCOMPLETE:
+                raise VerificationIncomplete(f"attestation of {model} undecided: {detail}", code=code)
+            raise VerificationFailed(f"attestation of {model} failed: {detail}", code=code)
+        entry = CachedAttestation(report, body, started + self._ttl_for(model))
+        self._entries[model] = entry
+        return entry

@@ -1,0 +1,179 @@
+"""The one I/O interface to the provider: completions, attestation reports, signatures.
+
+Every transport failure (refused, reset, timeout, TLS) leaves this module as one error type:
+``UpstreamError`` for the completion path, ``VerificationIncomplete`` for evidence fetches, so
+callers fail closed with a stable code instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import hdrs
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from sidecar.errors import UpstreamError, VerificationFailed, VerificationIncomplete
+from sidecar.providers.contracts import ProviderContract
+
+USER_AGENT = "tee-sidecar/0.1"
+# Attestation reports are tens of KiB; signature records a few hundred bytes. Reading more than
+# these bounds would let a hostile gateway exhaust memory through the evidence path.
+MAX_EVIDENCE_BYTES = 4 << 20
+MAX_SIGNATURE_BYTES = 16 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedReport:
+    """An attestation report body and the SPKI sha256 of the TLS certificate it came over."""
+
+    body: bytes
+    tls_spki_sha256: bytes | None
+
+
+class UpstreamClient:
+    """The provider as seen from the sidecar (one shared ``aiohttp.ClientSession``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, contract: ProviderContract,
+                 api_key: str | None, *, signature_retries: int, signature_retry_delay: float,
+                 evidence_timeout: float) -> None:
+        self._session = session
+        self.contract = contract
+        self._api_key = api_key
+        self._signature_retries = signature_retries
+        self._signature_retry_delay = signature_retry_delay
+        self._evidence_timeout = aiohttp.ClientTimeout(total=evidence_timeout)
+
+    def headers(self, content_type: str | None = None) -> dict[str, str]:
+        """Headers for every upstream call: our key (never the app's), no compression.
+
+        ``Accept-Encoding: identity`` because the enclave hashes bodies before transport
+        compression (spec section 3); hashing decoded bytes would work too, but identity keeps
+        "the bytes we hash" and "the bytes on the wire" the same thing.
+        """
+        headers = {hdrs.ACCEPT_ENCODING: "identity", hdrs.USER_AGENT: USER_AGENT}
+        if self._api_key:
+            headers[hdrs.AUTHORIZATION] = f"Bearer {self._api_key}"
+        if content_type:
+            headers[hdrs.CONTENT_TYPE] = content_type
+        return headers
+
+    async def open(self, method: str, path: str, body: bytes | None,
+                   timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """Send an OpenAI request upstream and return the response with its body unread.
+
+        Raises:
+            UpstreamError: ``upstream.timeout`` or ``upstream.unavailable``.
+        """
+        try:
+            return await self._session.request(
+                method, self.contract.openai_url(path), data=body,
+                headers=self.headers("application/json" if body is not None else None),
+                timeout=timeout, auto_decompress=False, allow_redirects=False)
+        except asyncio.TimeoutError:
+            raise UpstreamError("the provider did not answer in time", code="upstream.timeout") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"cannot reach the provider: {type(exc).__name__}",
+                                code="upstream.unavailable") from None
+
+    async def fetch_attestation(self, model: str, nonce: str, signing_algo: str) -> FetchedReport:
+        """Fetch the attestation report of ``model`` bound to ``nonce``.
+
+        Raises:
+            VerificationFailed: ``attestation.unavailable`` when the provider says the model has
+                no attestation (404) or refuses (4xx).
+            VerificationIncomplete: ``attestation.fetch_failed`` on transport errors and 5xx.
+        """
+        url, query = self.contract.attestation_url(model, nonce, signing_algo)
+        try:
+            async with self._session.get(url, params=query, headers=self.headers(),
+                                         timeout=self._evidence_timeout) as resp:
+                spki = _peer_spki_sha256(resp)
+                if resp.status >= 500:
+                    raise VerificationIncomplete(f"attestation endpoint answered {resp.status}",
+                                                 code="attestation.fetch_failed")
+                if resp.status != 200:
+                    raise VerificationFailed(
+                        f"provider has no attestation for {model} (HTTP {resp.status})",
+                        code="attestation.unavailable")
+                body = await read_bounded(resp, MAX_EVIDENCE_BYTES, "attestation report")
+        except asyncio.TimeoutError:
+            raise VerificationIncomplete("attestation endpoint timed out",
+                                         code="attestation.fetch_failed") from None
+        except aiohttp.ClientError as exc:
+            raise VerificationIncomplete(f"attestation fetch failed: {type(exc).__name__}",
+                                         code="attestation.fetch_failed") from None
+        return FetchedReport(body, spki)
+
+    async def fetch_signature(self, chat_id: str, model: str, signing_algo: str) -> bytes:
+        """Fetch the signature record of ``chat_id``, retrying briefly while it is not yet written.
+
+        The server writes the record when the response finishes (spec section 3), so the first
+        fetch right after the last byte may see 404; it is retried with a doubling delay.
+
+        Raises:
+            VerificationFailed: ``signature.missing`` when it never appears (404 after retries)
+                or the endpoint refuses (4xx).
+            VerificationIncomplete: ``signature.fetch_failed`` on transport errors and 5xx.
+        """
+        url, query = self.contract.signature_url(chat_id, model, signing_algo)
+        delay = self._signature_retry_delay
+        for attempt in range(self._signature_retries + 1):
+            try:
+                async with self._session.get(url, params=query, headers=self.headers(),
+                                             timeout=self._evidence_timeout) as resp:
+                    if resp.status == 200:
+                        return await read_bounded(resp, MAX_SIGNATURE_BYTES, "signature record")
+                    if resp.status >= 500:
+                        raise VerificationIncomplete(f"signature endpoint answered {resp.status}",
+                                                     code="signature.fetch_failed")
+                    if resp.status != 404:
+                        raise VerificationFailed(f"signature endpoint answered {resp.status}",
+                                                 code="signature.missing")
+            except asyncio.TimeoutError:
+                raise VerificationIncomplete("signature endpoint timed out",
+                                             code="signature.fetch_failed") from None
+            except aiohttp.ClientError as exc:
+                raise VerificationIncomplete(f"signature fetch failed: {type(exc).__name__}",
+                                             code="signature.fetch_failed") from None
+            if attempt < self._signature_retries:
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise VerificationFailed(f"no signature for completion {chat_id} after "
+                                 f"{self._signature_retries + 1} tries", code="signature.missing")
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str,
+                       code: str = "evidence.too_large") -> bytes:
+    """Read a whole body, refusing more than ``limit`` bytes.
+
+    Raises:
+        VerificationFailed: with ``code`` when the body is larger than ``limit``.
+        aiohttp.ClientError, asyncio.TimeoutError: transport failures, for the caller to map.
+    """
+    if resp.content_length is not None and resp.content_length > limit:
+        raise VerificationFailed(f"{what} exceeds {limit} bytes", code=code)
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise VerificationFailed(f"{what} exceeds {limit} bytes", code=code)
+    return bytes(body)
+
+
+def _peer_spki_sha256(resp: aiohttp.ClientResponse) -> bytes | None:
+    """sha256 of the DER SubjectPublicKeyInfo of the certificate on this very connection."""
+    if resp.connection is None or resp.connection.transport is None:
+        return None
+    ssl_object = resp.connection.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()

@@ -1,0 +1,94 @@
+"""Per-completion verification with I/O, and what each mode does with the verdict.
+
+``CompletionVerifier.verify`` fetches the completion's signature, checks it against the exact
+request and response hashes and the model's attested keys (re-attesting once when the signer is
+a key the cache lacks: rotation, another node), and returns a ``CompletionVerdict``. The same
+verdict then feeds the response headers, the error body, and the log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.config import Mode
+from sidecar.errors import SidecarError, VerificationFailed
+from sidecar.providers.wire import parse_signature_record
+from sidecar.proxy.attester import AttestationCache, CachedAttestation
+from sidecar.proxy.upstream import UpstreamClient
+from sidecar.verify.signature import CompletionSignature, verify_completion_signature
+
+HEADER_VERIFIED = "x-tee-verified"
+HEADER_SIGNER = "x-tee-signing-address"
+HEADER_FAILURE = "x-tee-failure"
+HEADER_EVIDENCE = "x-tee-evidence-sha256"
+HEADER_REQUEST_ID = "x-request-id"
+HEADER_SHOULD_RETRY = "x-should-retry"
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionVerdict:
+    """Whether one completion verified, by whom, and if not, why."""
+
+    verified: bool
+    chat_id: str | None = None
+    signer: str | None = None
+    evidence_sha256: str | None = None
+    failure: SidecarError | None = None
+
+    @classmethod
+    def failed(cls, error: SidecarError, chat_id: str | None = None) -> CompletionVerdict:
+        """A verdict for a completion that could not be verified."""
+        return cls(False, chat_id=chat_id, failure=error)
+
+    def headers(self, mode: Mode) -> dict[str, str]:
+        """The ``x-tee-*`` headers for a delivered response (monitor only says the verdict)."""
+        headers = {HEADER_VERIFIED: "true" if self.verified else "false"}
+        if mode is Mode.MONITOR:
+            return headers
+        if self.signer:
+            headers[HEADER_SIGNER] = self.signer
+        if self.evidence_sha256:
+            headers[HEADER_EVIDENCE] = self.evidence_sha256
+        if self.failure is not None:
+            headers[HEADER_FAILURE] = self.failure.code
+        return headers
+
+
+class CompletionVerifier:
+    """Checks completions against the signatures the enclave published."""
+
+    def __init__(self, upstream: UpstreamClient, cache: AttestationCache, signing_algo: str) -> None:
+        self._upstream = upstream
+        self._cache = cache
+        self._signing_algo = signing_algo
+
+    async def verify(self, *, model: str, chat_id: str, request_sha256: str,
+                     response_sha256: str) -> CompletionVerdict:
+        """Verify one completion; never raises for bad evidence (it becomes the verdict)."""
+        try:
+            body = await self._upstream.fetch_signature(chat_id, model, self._signing_algo)
+            record = parse_signature_record(body)
+            signed = CompletionSignature(record.text, record.signature, record.signing_address,
+                                         record.signing_algo)
+            attested = await self._cache.get(model)
+            report = verify_completion_signature(
+                signed, request_sha256=request_sha256, response_sha256=response_sha256,
+                attested_keys=attested.report.attested_keys)
+            failure = report.failure
+            if failure is not None and failure.code == "signature.address_not_attested":
+                attested = await self._refresh(model, attested)
+                report = verify_completion_signature(
+                    signed, request_sha256=request_sha256, response_sha256=response_sha256,
+                    attested_keys=attested.report.attested_keys)
+            report.raise_for_failure()
+        except VerificationFailed as exc:
+            return CompletionVerdict.failed(exc, chat_id)
+        return CompletionVerdict(True, chat_id=chat_id, signer=report.signer,
+                                 evidence_sha256=attested.report.evidence_sha256)
+
+    async def _refresh(self, model: str, current: CachedAttestation) -> CachedAttestation:
+        try:
+            return await self._cache.refresh(model)
+        except VerificationFailed:
+            # The signer stays unattested; the re-attestation's own failure is logged by the cache.
+            return current

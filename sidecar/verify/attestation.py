@@ -1,0 +1,323 @@
+"""Verify one model's attestation report, node by node (spec section 2). Sans-I/O.
+
+The I/O layer (``sidecar.proxy.attester``) fetches the report with a fresh nonce and gathers, per
+node, what must come from elsewhere (DCAP collateral, the NRAS answer, the NVIDIA JWKS, the TLS
+key of the connection). This module decides. For every node:
+
+  (1) verify the TDX quote locally against the root CA and collateral (dcap-qvl), apply the TCB
+      status/advisory policy, and read REPORTDATA, MRTD, RTMR0-3 and mr_config_id from it;
+  (2) REPORTDATA binds the node's signing key (or, with a TLS fingerprint, sha256(key ‖ fp))
+      and the nonce this session sent;
+  (3) with a TLS fingerprint: it equals the SPKI hash of the certificate on the connection that
+      fetched the report;
+  (4) the event log replays to the quote's RTMR3 and every runtime event digest is recomputed
+      from its payload; only then are payloads read;
+  (5) mr_config_id = 0x01 ‖ sha256(app_compose); the compose-hash, app-id and instance-id events
+      agree with ``info``; the compose-manager actions hash, when present, matches;
+  (6) GPU evidence: ``nvidia_payload.nonce`` is our nonce, and the NRAS answer verifies (JWT
+      signatures, issuer, expiry, eat_nonce, overall result, submods, per-GPU policy claims);
+  (7) the user's policy for the model over the measured facts.
+
+A node is attested only when every check passes. A check that could not be decided (no
+collateral, NRAS unreachable) is ``incomplete`` and never counts as passing. Only the keys of
+attested nodes may sign completions.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim
+from sidecar.verify.binding import NONCE_LENGTH, check_report_data_binding
+from sidecar.verify.checks import Check, Status
+from sidecar.verify.compose import (
+    check_compose_binding,
+    check_compose_manager_actions,
+    check_info_events,
+    parse_info,
+)
+from sidecar.verify.eventlog import verify_event_log
+from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
+from sidecar.verify.policy import ModelPolicy, NodeFacts
+from sidecar.verify.signature import normalise_key
+from sidecar.verify.tdx import TdxMeasurements, parse_quote_measurements, verify_tdx_quote
+
+Verdict = Literal["verified", "failed", "incomplete"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustRoots:
+    """The roots this verification trusts: Intel's (or the simulator's) CA and NRAS issuer."""
+
+    tdx_root_ca_der: bytes
+    nras_issuer: str
+    simulated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvidence:
+    """What the I/O layer gathered for one node; ``None`` means it could not be had.
+
+    Attributes:
+        collateral_json: DCAP collateral for the node's quote.
+        collateral_error: why collateral is missing (shown in the incomplete check).
+        nras_response: NRAS's answer to the node's GPU payload.
+        nras_error: why it is missing.
+        jwks: NVIDIA's (or the simulator's) JWKS.
+        tls_spki_sha256: SPKI hash of the TLS certificate the report arrived over.
+    """
+
+    collateral_json: str | None = None
+    collateral_error: str = "no collateral"
+    nras_response: Sequence[Any] | None = None
+    nras_error: str = "NRAS not consulted"
+    jwks: Mapping[str, Any] | None = None
+    tls_spki_sha256: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """Everything checked about one node."""
+
+    label: str
+    role: str
+    signing_key: str
+    algo: str
+    checks: tuple[Check, ...]
+    tcb_status: str | None = None
+    advisory_ids: tuple[str, ...] = ()
+    measurements: Mapping[str, str] = field(default_factory=dict)
+    gpus: tuple[GpuVerdict, ...] = ()
+
+    @property
+    def status(self) -> Status:
+        """fail if any check failed, else incomplete if any was undecided, else pass."""
+        return _combine(check.status for check in self.checks)
+
+    @property
+    def failure(self) -> Check | None:
+        """The first check that did not pass."""
+        return next((c for c in self.checks if not c.ok), None)
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationReport:
+    """The verdict on a model's report: one ``NodeReport`` per node."""
+
+    model: str
+    nonce: str
+    evidence_sha256: str
+    nodes: tuple[NodeReport, ...]
+    verified_at: int
+
+    @property
+    def verdict(self) -> Verdict:
+        """``verified`` only when every node passed every check."""
+        status = _combine(node.status for node in self.nodes)
+        return {Status.PASS: "verified", Status.FAIL: "failed",
+                Status.INCOMPLETE: "incomplete"}[status]  # type: ignore[return-value]
+
+    @property
+    def attested_keys(self) -> frozenset[str]:
+        """Normalised signing keys of the nodes that passed every check."""
+        return frozenset(n.signing_key for n in self.nodes if n.status is Status.PASS)
+
+    @property
+    def failure(self) -> Check | None:
+        """The first failing (else undecided) check across nodes."""
+        checks = [c for node in self.nodes for c in node.checks if not c.ok]
+        failed = [c for c in checks if c.status is Status.FAIL]
+        return (failed or checks or [None])[0]
+
+
+def _combine(statuses: Any) -> Status:
+    seen = set(statuses)
+    if not seen or Status.FAIL in seen:
+        return Status.FAIL
+    return Status.INCOMPLETE if Status.INCOMPLETE in seen else Status.PASS
+
+
+def verify_attestation(
+    document: AttestationDocument,
+    *,
+    model: str,
+    nonce: str,
+    evidence: Mapping[str, NodeEvidence],
+    roots: TrustRoots,
+    policy: ModelPolicy,
+    now: int,
+) -> AttestationReport:
+    """Verify every node of ``document`` (see the module docstring for the recipe).
+
+    Args:
+        document: the parsed report.
+        model: the model it was requested for.
+        nonce: the 64-hex nonce this session sent.
+        evidence: per node label, what the I/O layer gathered.
+        roots: trust anchors.
+        policy: the user's policy for ``model``.
+        now: unix seconds (injected so tests can pin the clock).
+    """
+    nodes = tuple(
+        verify_node(claim, nonce=nonce, evidence=evidence.get(claim.label, NodeEvidence()),
+                    roots=roots, policy=policy, now=now)
+        for claim in document.nodes
+    )
+    return AttestationReport(model, nonce, document.evidence_sha256, nodes, now)
+
+
+def verify_node(
+    claim: AttestedNodeClaim,
+    *,
+    nonce: str,
+    evidence: NodeEvidence,
+    roots: TrustRoots,
+    policy: ModelPolicy,
+    now: int,
+) -> NodeReport:
+    """Verify one node; never raises on bad evidence (it becomes failed checks)."""
+    wire = claim.wire
+    algo = wire.signing_algo
+    key = normalise_key(wire.signing_address, algo)
+    checks: list[Check] = []
+
+    def report(**extra: Any) -> NodeReport:
+        return NodeReport(claim.label, claim.role, key, algo, tuple(checks), **extra)
+
+    # (1) The quote, verified, is the only source of measurements.
+    if not wire.intel_quote:
+        checks.append(Check.failed("tdx.quote", "tdx.quote_missing", "node carries no intel_quote"))
+        return report()
+    try:
+        quote = bytes.fromhex(wire.intel_quote.removeprefix("0x"))
+    except ValueError:
+        checks.append(Check.failed("tdx.quote", "tdx.quote_malformed", "intel_quote is not hex"))
+        return report()
+    tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
+                           now=now, tcb_policy=policy.tdx_tcb_policy())
+    checks.extend(_explain_incomplete(tdx.checks, evidence.collateral_error))
+    measurements: TdxMeasurements | None = tdx.measurements
+    if measurements is None:
+        if any(c.status is Status.FAIL for c in tdx.checks):
+            return report(tcb_status=tdx.tcb_status)
+        # Undecided (offline, no collateral): keep checking the rest against the parsed quote,
+        # so an offline report shows every check; the verdict stays "incomplete" at best.
+        measurements = parse_quote_measurements(quote)
+        if measurements is None:
+            return report()
+    measured = {
+        "mrtd": measurements.mrtd.hex(), "rtmr0": measurements.rtmr0.hex(),
+        "rtmr1": measurements.rtmr1.hex(), "rtmr2": measurements.rtmr2.hex(),
+        "rtmr3": measurements.rtmr3.hex(), "mr_config_id": measurements.mr_config_id.hex(),
+    }
+    extra: dict[str, Any] = {"tcb_status": tdx.tcb_status, "advisory_ids": tdx.advisory_ids,
+                             "measurements": measured}
+
+    # (2) REPORTDATA binds the signing key and our nonce.
+    tls_fingerprint = _hex_or_none(wire.tls_cert_fingerprint)
+    if wire.tls_cert_fingerprint is not None and tls_fingerprint is None:
+        checks.append(Check.failed("binding.tls", "binding.tls_malformed",
+                                   "tls_cert_fingerprint is not hex"))
+        return report(**extra)
+    nonce_bytes = bytes.fromhex(nonce)
+    assert len(nonce_bytes) == NONCE_LENGTH
+    checks.extend(check_report_data_binding(measurements.report_data,
+                                            signing_address=wire.signing_address, algo=algo,
+                                            nonce=nonce_bytes, tls_fingerprint=tls_fingerprint))
+    echoed = wire.nonce or wire.request_nonce
+    if echoed is not None and echoed.lower() != nonce.lower():
+        checks.append(Check.failed("binding.nonce_echo", "binding.nonce_mismatch",
+                                   f"report echoes nonce {echoed[:80]}, not the one sent"))
+
+    # (3) The TLS key of the connection is the attested one.
+    if tls_fingerprint is not None:
+        checks.append(_check_tls(tls_fingerprint, evidence.tls_spki_sha256))
+
+    # (4) The event log replays to RTMR3; payloads are believed only after.
+    eventlog = verify_event_log(wire.event_log if wire.event_log is not None else [],
+                                rtmr3=measurements.rtmr3)
+    checks.extend(eventlog.checks)
+
+    # (5) The compose file and dstack identity events.
+    facts_compose: dict[str, str | None] = {"compose_hash": None, "app_id": None,
+                                            "os_image_hash": None}
+    try:
+        info = parse_info(wire.info or {})
+    except Exception as exc:  # parse_info raises VerificationFailed; anything else is a bug
+        code = getattr(exc, "code", "info.malformed")
+        checks.append(Check.failed("info.parse", code, str(getattr(exc, "message", exc))))
+        info = None
+    if info is not None:
+        checks.append(check_compose_binding(info.app_compose, measurements.mr_config_id))
+        if eventlog.ok:
+            checks.extend(check_info_events(info, eventlog.runtime_events))
+            events = eventlog.runtime_events
+            facts_compose = {
+                "compose_hash": events["compose-hash"].hex() if "compose-hash" in events else None,
+                "app_id": events["app-id"].hex() if "app-id" in events else None,
+                "os_image_hash": events["os-image-hash"].hex() if "os-image-hash" in events else None,
+            }
+    if wire.compose_manager_attestation is not None:
+        checks.append(check_compose_manager_actions(wire.compose_manager_attestation))
+
+    # (6) GPU evidence.
+    gpus: tuple[GpuVerdict, ...] = ()
+    payload = wire.nvidia_payload_text()
+    gpu_ok = False
+    if payload is not None:
+        checks.append(check_gpu_payload_nonce(payload, nonce))
+        if evidence.nras_response is None or evidence.jwks is None:
+            checks.append(Check.incomplete("gpu.nras", "gpu.nras_unavailable", evidence.nras_error))
+        else:
+            gpu = verify_nras_result(list(evidence.nras_response), expected_nonce=nonce,
+                                     jwks=evidence.jwks, expected_issuer=roots.nras_issuer,
+                                     now=now, policy=policy.gpu_policy())
+            checks.extend(gpu.checks)
+            gpus = gpu.gpus
+            checks.extend(c for g in gpu.gpus for c in g.checks)
+            gpu_ok = gpu.ok
+    extra["gpus"] = gpus
+
+    # (7) The user's policy over what was measured.
+    facts = NodeFacts(
+        has_tdx=True,
+        has_nvidia=payload is not None,
+        tdx_ok=tdx.ok,
+        gpu_ok=gpu_ok,
+        mrtd=measured["mrtd"], rtmr0=measured["rtmr0"], rtmr1=measured["rtmr1"],
+        rtmr2=measured["rtmr2"],
+        compose_hash=facts_compose["compose_hash"], app_id=facts_compose["app_id"],
+        os_image_hash=facts_compose["os_image_hash"],
+        tcb_status=tdx.tcb_status, advisory_ids=tuple(tdx.advisory_ids),
+    )
+    checks.extend(policy.evaluate(facts, role=claim.role))
+    return report(**extra)
+
+
+def _check_tls(fingerprint: bytes, live_spki_sha256: bytes | None) -> Check:
+    if live_spki_sha256 is None:
+        return Check.failed("binding.tls_certificate", "binding.tls_not_observed",
+                            "report binds a TLS key but the report did not arrive over TLS")
+    if hmac.compare_digest(fingerprint, live_spki_sha256):
+        return Check.passed("binding.tls_certificate",
+                            f"the connection's TLS key {live_spki_sha256.hex()} is the attested one")
+    return Check.failed("binding.tls_certificate", "binding.tls_mismatch",
+                        f"connection's TLS key {live_spki_sha256.hex()} != attested {fingerprint.hex()}")
+
+
+def _hex_or_none(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return bytes.fromhex(value.removeprefix("0x"))
+    except ValueError:
+        return None
+
+
+def _explain_incomplete(checks: Sequence[Check], why: str) -> list[Check]:
+    return [Check(c.name, c.status, f"{c.detail} ({why})", c.code)
+            if c.status is Status.INCOMPLETE else c for c in checks]
+

@@ -1,0 +1,74 @@
+"""The binding of the signing key and the request nonce into the quote's REPORTDATA (spec section 2).
+
+REPORTDATA is 64 bytes: bytes 0-31 hold the signing identifier (ecdsa: the 20 address bytes;
+ed25519: the 32-byte public key) left-aligned and zero-padded, or, when the report carries a TLS
+certificate fingerprint (NEAR's ``include_tls_fingerprint=true``), sha256(identifier ‖ fingerprint);
+bytes 32-63 hold the 32-byte nonce the sidecar sent. Only REPORTDATA read from a *verified*
+quote may be passed here; the JSON ``report_data`` copy is never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from sidecar.verify.checks import Check
+
+REPORT_DATA_LENGTH = 64
+NONCE_LENGTH = 32
+
+
+def signing_identifier_bytes(signing_address: str, algo: str) -> bytes:
+    """The raw bytes that REPORTDATA binds for a signing key.
+
+    Raises:
+        ValueError: the address/key is not hex of the right length for ``algo``.
+    """
+    raw = bytes.fromhex(signing_address.strip().removeprefix("0x").removeprefix("0X"))
+    expected = 20 if algo == "ecdsa" else 32
+    if len(raw) != expected:
+        raise ValueError(f"{algo} signing identifier is {len(raw)} bytes, expected {expected}")
+    return raw
+
+
+def check_report_data_binding(
+    report_data: bytes,
+    *,
+    signing_address: str,
+    algo: str,
+    nonce: bytes,
+    tls_fingerprint: bytes | None = None,
+) -> tuple[Check, ...]:
+    """Check that ``report_data`` binds the signing key (and TLS key) and the fresh nonce.
+
+    Returns two checks, ``binding.signing_key`` and ``binding.nonce``, each failing on its own.
+    """
+    if len(report_data) != REPORT_DATA_LENGTH:
+        failed = Check.failed("binding.report_data", "binding.report_data_malformed",
+                              f"report_data is {len(report_data)} bytes, expected 64")
+        return (failed,)
+    try:
+        identifier = signing_identifier_bytes(signing_address, algo)
+    except ValueError as exc:
+        return (Check.failed("binding.signing_key", "binding.signing_key_malformed", str(exc)),)
+
+    if tls_fingerprint is not None:
+        expected_key_half = hashlib.sha256(identifier + tls_fingerprint).digest()
+        what = f"sha256({signing_address} ‖ TLS fingerprint {tls_fingerprint.hex()})"
+    else:
+        expected_key_half = identifier.ljust(32, b"\x00")
+        what = f"{signing_address} zero-padded"
+    if hmac.compare_digest(report_data[:32], expected_key_half):
+        key_check = Check.passed("binding.signing_key", f"report_data[0:32] = {what}")
+    else:
+        key_check = Check.failed(
+            "binding.signing_key", "binding.signing_key_mismatch",
+            f"report_data[0:32] = {report_data[:32].hex()} does not bind {what}")
+
+    if hmac.compare_digest(report_data[32:], nonce):
+        nonce_check = Check.passed("binding.nonce", "report_data[32:64] is this session's nonce")
+    else:
+        nonce_check = Check.failed(
+            "binding.nonce", "binding.nonce_mismatch",
+            f"report_data[32:64] = {report_data[32:].hex()} is not the nonce sent ({nonce.hex()})")
+    return key_check, nonce_check
