@@ -39,6 +39,7 @@ from sidecar.verify.nvidia import (
     MAX_NRAS_RESPONSE_BYTES,
     GpuEvidenceReport,
     GpuPolicy,
+    GpuVerdict,
     check_gpu_payload_nonce,
     token_kids,
     verify_nras_result,
@@ -603,3 +604,68 @@ def _self_signed_der_b64(key: ec.EllipticCurvePrivateKey) -> str:
         .sign(key, hashes.SHA384())
     )
     return base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()
+
+
+def _resign_overall(answer: list[Any], edit: Any) -> list[Any]:
+    """Re-sign the overall token after ``edit(claims)`` under the trusted simulator key."""
+    overall = jwt.decode(answer[0][1], options={"verify_signature": False})
+    edit(overall)
+    token = jwt.encode(
+        overall, SimulatedNras().signing_key, algorithm="ES384", headers={"kid": _jwk()["kid"]}
+    )
+    return [["JWT", token], answer[1]]
+
+
+@pytest.mark.parametrize("label", ["SHA-256", "SHA256"])
+def test_submods_digest_labels_seen_in_the_wild_pass(label: str) -> None:
+    # "SHA-256": a real NRAS answer; "SHA256": NVIDIA attestation SDK's own writer.
+    def relabel(claims: dict[str, Any]) -> None:
+        claims["submods"]["GPU-0"][1][0] = label
+
+    assert verify(_resign_overall(attest(), relabel)).ok
+
+
+@pytest.mark.parametrize(
+    ("submods", "detail"),
+    [
+        ({"GPU-0": ["DIGEST", ["SHA-384", "00" * 32]]}, "submods entry GPU-0 uses digest algorithm 'SHA-384'"),
+        ({"GPU-0": ["HASH", ["SHA-256", "00" * 32]]}, 'submods entry GPU-0 is not ["DIGEST", [algorithm, digest]]'),
+        ({"GPU-0": ["DIGEST", ["SHA-256", "00"]]}, "submods entry GPU-0 digest is not 64 hex digits"),
+        ({}, "overall token has no submods object"),
+        ({"SWITCH-0": ["DIGEST", ["SHA-256", "00" * 32]]}, "submods entry 'SWITCH-0' is not GPU-<n>"),
+    ],
+    ids=["other_algorithm", "not_digest", "short_digest", "empty", "not_a_gpu"],
+)
+def test_malformed_submods_fail(submods: dict[str, Any], detail: str) -> None:
+    def replace_submods(claims: dict[str, Any]) -> None:
+        claims["submods"] = submods
+
+    report = verify(_resign_overall(attest(), replace_submods))
+    assert not report.ok
+    failed = _check(report.checks, "gpu.submods")
+    assert (failed.code, failed.detail) == ("gpu.submods_malformed", detail)
+    unbound = _check(report.gpus[0].checks, "gpu.submod_digest")
+    assert unbound.status is Status.INCOMPLETE
+    assert unbound.detail == (
+        "GPU-0: the overall token's submods are malformed, so nothing binds this token"
+    )
+    assert {c.code for c in failures(report)} == {
+        "gpu.submods_malformed",
+        "gpu.submod_digest_unverified",
+    }
+
+
+def test_raise_for_failure_ranks_failed_above_incomplete() -> None:
+    undecided = Check.incomplete("gpu.submod_digest", "gpu.submod_digest_unverified", "GPU-0: why")
+    bad = Check.failed("gpu.dbgstat", "gpu.debug_enabled", "GPU-0 dbgstat is on")
+    passed = Check.passed("gpu.nras_response", "ok")
+
+    only_undecided = GpuEvidenceReport((passed,), (GpuVerdict("GPU-0", (undecided,)),))
+    with pytest.raises(VerificationIncomplete, match="gpu.submod_digest: GPU-0: why"):
+        only_undecided.raise_for_failure()
+    both = GpuEvidenceReport((passed,), (GpuVerdict("GPU-0", (undecided, bad)),))
+    with pytest.raises(VerificationFailed, match="dbgstat is on") as raised:
+        both.raise_for_failure()
+    assert not isinstance(raised.value, VerificationIncomplete)
+    with pytest.raises(VerificationFailed, match="named no GPU"):
+        GpuEvidenceReport((passed,), ()).raise_for_failure()

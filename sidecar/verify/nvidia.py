@@ -190,17 +190,19 @@ class GpuEvidenceReport:
         """Raise for the first check that did not pass; return if the report is ok.
 
         Raises:
-            VerificationIncomplete: the first non-passing check is incomplete.
-            VerificationFailed: the first non-passing check failed, or no GPU was verified.
+            VerificationFailed: for the first failed check, or when no GPU was verified.
+            VerificationIncomplete: for the first incomplete check, when none failed.
         """
-        for check in self.all_checks():
-            if check.ok:
-                continue
-            message = f"{check.name}: {check.detail}"
-            code = check.code or "gpu.verification_failed"
-            if check.status is Status.INCOMPLETE:
-                raise VerificationIncomplete(message, code=code)
-            raise VerificationFailed(message, code=code)
+        # A failed check outranks an undecided one: bad evidence is reported as bad.
+        ranked: tuple[tuple[Status, type[VerificationFailed]], ...] = (
+            (Status.FAIL, VerificationFailed),
+            (Status.INCOMPLETE, VerificationIncomplete),
+        )
+        for status, error in ranked:
+            for check in self.all_checks():
+                if check.status is status:
+                    code = check.code or "gpu.verification_failed"
+                    raise error(f"{check.name}: {check.detail}", code=code)
         if not self.ok:
             raise VerificationFailed("NRAS answer named no GPU", code="gpu.nras_response_malformed")
 
@@ -353,11 +355,14 @@ def verify_nras_result(
 
     # (4) Submods: the binding of the detached tokens to the overall token.
     digests: Mapping[str, str] = {}
+    unbound: str | None = "the overall token did not verify, so nothing binds this token to it"
     if overall_claims is not None:
         parsed_submods = _parse_submods(overall_claims.get("submods"))
         if isinstance(parsed_submods, str):
             checks.append(Check.failed("gpu.submods", "gpu.submods_malformed", parsed_submods))
+            unbound = "the overall token's submods are malformed, so nothing binds this token"
         else:
+            unbound = None
             digests = parsed_submods
             missing = sorted(set(digests) - set(detached))
             extra = sorted(set(detached) - set(digests))
@@ -381,7 +386,7 @@ def verify_nras_result(
                 gpu_id,
                 detached[gpu_id],
                 digests.get(gpu_id),
-                overall_claims is not None,
+                unbound,
                 keys,
                 expected_issuer,
                 expected_nonce,
@@ -648,24 +653,23 @@ def _verify_gpu(
     gpu_id: str,
     token: str,
     expected_digest: str | None,
-    overall_verified: bool,
+    unbound: str | None,
     keys: Mapping[str, ec.EllipticCurvePublicKey | str],
     expected_issuer: str,
     expected_nonce: str,
     now: int,
     policy: GpuPolicy,
 ) -> GpuVerdict:
-    """All checks on one detached GPU token (recipe step 5, plus its submods digest)."""
+    """All checks on one detached GPU token (recipe step 5, plus its submods digest).
+
+    ``unbound`` says why the submods binding cannot be decided (``None`` when it can).
+    """
     label = f"{gpu_id} token"
     checks: list[Check] = []
 
-    if not overall_verified:
+    if unbound is not None:
         checks.append(
-            Check.incomplete(
-                "gpu.submod_digest",
-                "gpu.submod_digest_unverified",
-                f"{gpu_id}: the overall token did not verify, so nothing binds this token to it",
-            )
+            Check.incomplete("gpu.submod_digest", "gpu.submod_digest_unverified", f"{gpu_id}: {unbound}")
         )
     elif expected_digest is None:
         checks.append(
