@@ -1,12 +1,14 @@
 """The one I/O interface to NVIDIA's Remote Attestation Service (NRAS): attest and JWKS.
 
 Everything here only moves bytes; deciding what they prove is ``sidecar.verify.nvidia``'s job.
-Every transport, HTTP or JSON failure becomes ``VerificationIncomplete(code="gpu.nras_unavailable")``
-so that the caller fails closed with one ``except`` (STYLE.md "Results and errors").
+Every transport, HTTP or JSON failure becomes
+``VerificationIncomplete(code="gpu.nras_unavailable")`` so that the caller fails closed with one
+``except`` (STYLE.md "Results and errors").
 
 The JWKS is cached in memory for ``jwks_ttl`` seconds. NRAS rotates keys (kids are dated, e.g.
-``nv-eat-kid-prod-20250609…``), so a token naming a kid the cache lacks may refetch once, at most
-every ``JWKS_MIN_REFETCH_SECONDS``: a hostile upstream cannot turn unknown kids into a request flood.
+``nv-eat-kid-prod-20250609…``), so a token naming a kid the cache lacks may refetch once, at
+most every ``JWKS_MIN_REFETCH_SECONDS``: a hostile upstream cannot turn unknown kids into a
+request flood.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ _TRUSTED_SEED: Final = b"tee-sidecar simulated NRAS signing key v1"
 _OTHER_SEED: Final = b"tee-sidecar simulated NRAS attacker key v1"
 # Order n of the P-384 group (FIPS 186-4 D.1.2.4); private scalars live in [1, n-1].
 _P384_ORDER: Final = int(
-    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+    "ffffffffffffffffffffffffffffffffffffffffffffffff"
+    "c7634d81f4372ddf581a0db248b0a77aecec196accc52973",
     16,
 )
 _EVIDENCE_MAGIC: Final = "tee-sidecar-simulated-gpu-evidence/1"

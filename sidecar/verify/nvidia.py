@@ -221,7 +221,8 @@ def check_gpu_payload_nonce(nvidia_payload: str | Mapping[str, Any], expected_no
         expected_nonce: the nonce the sidecar sent with its attestation request.
 
     Returns:
-        A ``gpu.payload_nonce`` check: fails with ``gpu.payload_malformed`` or ``gpu.nonce_mismatch``.
+        A ``gpu.payload_nonce`` check; it fails with ``gpu.payload_malformed`` or
+        ``gpu.nonce_mismatch``.
     """
     name = "gpu.payload_nonce"
     payload: object = nvidia_payload
@@ -251,7 +252,8 @@ def check_gpu_payload_nonce(nvidia_payload: str | Mapping[str, Any], expected_no
         return Check.failed(
             name,
             "gpu.nonce_mismatch",
-            f"nvidia_payload nonce {_short(nonce)} is not the request nonce {_short(expected_nonce)}",
+            f"nvidia_payload nonce {_short(nonce)} is not the request nonce "
+            f"{_short(expected_nonce)}",
         )
     return Check.passed(name, "nvidia_payload nonce equals the request nonce")
 
@@ -375,7 +377,9 @@ def verify_nras_result(
                 checks.append(Check.failed("gpu.submods", "gpu.submods_mismatch", "; ".join(parts)))
             else:
                 checks.append(
-                    Check.passed("gpu.submods", f"submods name exactly {', '.join(sorted(digests))}")
+                    Check.passed(
+                        "gpu.submods", f"submods name exactly {', '.join(sorted(digests))}"
+                    )
                 )
 
     # (5) Each GPU token.
@@ -669,7 +673,9 @@ def _verify_gpu(
 
     if unbound is not None:
         checks.append(
-            Check.incomplete("gpu.submod_digest", "gpu.submod_digest_unverified", f"{gpu_id}: {unbound}")
+            Check.incomplete(
+                "gpu.submod_digest", "gpu.submod_digest_unverified", f"{gpu_id}: {unbound}"
+            )
         )
     elif expected_digest is None:
         checks.append(
