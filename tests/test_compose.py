@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from sidecar.errors import VerificationFailed
-from sidecar.simulator.dstack import DEFAULT_IMAGE_DIGEST, SimulatedNode, build_node_identity, default_app_compose
+from sidecar.simulator.dstack import (
+    DEFAULT_IMAGE_DIGEST,
+    SimulatedNode,
+    build_node_identity,
+    default_app_compose,
+)
 from sidecar.verify.checks import Check, Status
 from sidecar.verify.compose import (
     check_compose_binding,
@@ -47,7 +52,9 @@ def _verified_events(node: SimulatedNode) -> Any:
 def test_compose_binding_passes_for_the_measured_compose() -> None:
     node = _node()
     # Written out independently: 0x01 || sha256(compose) || 15 zero bytes (§2).
-    assert node.mr_config_id == b"\x01" + hashlib.sha256(node.app_compose.encode()).digest() + bytes(15)
+    assert node.mr_config_id == b"\x01" + hashlib.sha256(
+        node.app_compose.encode()
+    ).digest() + bytes(15)
     check = check_compose_binding(parse_info(node.info).app_compose, node.mr_config_id)
     assert check.ok, check
 
@@ -57,7 +64,9 @@ def test_wrong_compose_fails_binding() -> None:
     check = check_compose_binding(parse_info(node.info).app_compose, node.mr_config_id)
     assert check.status is Status.FAIL
     assert check.code == "binding.compose_mismatch"
-    assert check.detail.startswith(f"mr_config_id {node.mr_config_id.hex()} != 01||sha256(app_compose)")
+    assert check.detail.startswith(
+        f"mr_config_id {node.mr_config_id.hex()} != 01||sha256(app_compose)"
+    )
 
 
 def test_compose_hashed_exactly_as_served() -> None:
@@ -133,12 +142,24 @@ def test_info_events_agree_for_a_genuine_node() -> None:
 @pytest.mark.parametrize(
     ("override", "failing", "code", "message"),
     [
-        ({"app_id": "ef" * 20}, "binding.app_id_event", "binding.app_id_mismatch",
-         f"app-id event {APP_ID} != info value {'ef' * 20}"),
-        ({"instance_id": "01" * 20}, "binding.instance_id_event", "binding.instance_id_mismatch",
-         f"instance-id event {INSTANCE_ID} != info value {'01' * 20}"),
-        ({"compose_hash": "22" * 32}, "binding.info_compose_hash", "binding.compose_hash_mismatch",
-         f"info.compose_hash {'22' * 32} != sha256(app_compose)"),
+        (
+            {"app_id": "ef" * 20},
+            "binding.app_id_event",
+            "binding.app_id_mismatch",
+            f"app-id event {APP_ID} != info value {'ef' * 20}",
+        ),
+        (
+            {"instance_id": "01" * 20},
+            "binding.instance_id_event",
+            "binding.instance_id_mismatch",
+            f"instance-id event {INSTANCE_ID} != info value {'01' * 20}",
+        ),
+        (
+            {"compose_hash": "22" * 32},
+            "binding.info_compose_hash",
+            "binding.compose_hash_mismatch",
+            f"info.compose_hash {'22' * 32} != sha256(app_compose)",
+        ),
     ],
     ids=["app-id", "instance-id", "compose-hash"],
 )
@@ -157,7 +178,9 @@ def test_served_compose_differing_from_compose_hash_event_fails() -> None:
     checks = _by_name(check_info_events(parse_info(node.info), _verified_events(node)))
     event = checks["binding.compose_hash_event"]
     assert event.code == "binding.compose_hash_mismatch"
-    assert event.detail.startswith(f"compose-hash event {node.compose_hash.hex()} != sha256(app_compose)")
+    assert event.detail.startswith(
+        f"compose-hash event {node.compose_hash.hex()} != sha256(app_compose)"
+    )
 
 
 def test_unverified_event_log_fails_every_event_check() -> None:
@@ -170,14 +193,19 @@ def test_unverified_event_log_fails_every_event_check() -> None:
 
 def test_info_without_copies_passes_on_events_alone() -> None:
     node = _node()
-    info = {k: v for k, v in node.info.items() if k not in ("app_id", "instance_id", "compose_hash")}
+    info = {
+        k: v for k, v in node.info.items() if k not in ("app_id", "instance_id", "compose_hash")
+    }
     assert all(c.ok for c in check_info_events(parse_info(info), _verified_events(node)))
 
 
 # -- compose-manager actions ----------------------------------------------------------------
 
 
-ACTIONS: list[Any] = [{"type": "restart", "service": "vllm", "note": "café"}, {"a": 1, "b": [2, 3]}]
+ACTIONS: list[Any] = [
+    {"type": "restart", "service": "vllm", "note": "café"},
+    {"a": 1, "b": [2, 3]},
+]
 
 
 def _actions_hash(actions: Any) -> str:
@@ -187,15 +215,21 @@ def _actions_hash(actions: Any) -> str:
 
 
 def test_compose_manager_actions_hash_matches() -> None:
-    check = check_compose_manager_actions({"actions": ACTIONS, "actions_hash": _actions_hash(ACTIONS)})
+    check = check_compose_manager_actions(
+        {"actions": ACTIONS, "actions_hash": _actions_hash(ACTIONS)}
+    )
     assert check.ok, check
 
 
 def test_compose_manager_actions_hash_mismatch() -> None:
     tampered = [*ACTIONS, {"type": "exec", "cmd": "sh"}]
-    check = check_compose_manager_actions({"actions": tampered, "actions_hash": _actions_hash(ACTIONS)})
+    check = check_compose_manager_actions(
+        {"actions": tampered, "actions_hash": _actions_hash(ACTIONS)}
+    )
     assert check.code == "binding.actions_hash_mismatch"
-    assert check.detail.startswith(f"actions_hash {_actions_hash(ACTIONS)} != sha256(canonical actions)")
+    assert check.detail.startswith(
+        f"actions_hash {_actions_hash(ACTIONS)} != sha256(canonical actions)"
+    )
 
 
 def test_compose_manager_actions_hash_uses_utf8_not_ascii_escapes() -> None:
@@ -236,7 +270,7 @@ def test_image_by_tag_is_not_pinned() -> None:
             "docker_compose_file": (
                 "services:\n"
                 f"  a:\n    image: ghcr.io/x/a@{DEFAULT_IMAGE_DIGEST}\n"
-                "  b:\n    image: \"ghcr.io/x/b:latest\"\n"
+                '  b:\n    image: "ghcr.io/x/b:latest"\n'
             ),
         }
     )

@@ -83,7 +83,9 @@ def test_log_that_does_not_replay_fails_rtmr3_only() -> None:
         "eventlog.unique_system_events": Status.PASS,
     }
     assert report.runtime_events == {}
-    with pytest.raises(VerificationFailed, match=r"replayed RTMR3 [0-9a-f]{96} != quote RTMR3") as info:
+    with pytest.raises(
+        VerificationFailed, match=r"replayed RTMR3 [0-9a-f]{96} != quote RTMR3"
+    ) as info:
         report.raise_for_failure()
     assert info.value.code == "measurement.rtmr3_mismatch"
 
@@ -107,7 +109,8 @@ def test_payload_swapped_under_genuine_digest_fails_digest_check_only() -> None:
     }
     assert report.runtime_events == {}
     with pytest.raises(
-        VerificationFailed, match=r"payload does not hash to the stored digest for event #\d+ 'compose-hash'"
+        VerificationFailed,
+        match=r"payload does not hash to the stored digest for event #\d+ 'compose-hash'",
     ) as info:
         report.raise_for_failure()
     assert info.value.code == "eventlog.digest_mismatch"
@@ -118,13 +121,16 @@ def _with_extra_runtime_event(
 ) -> tuple[list[dict[str, Any]], bytes]:
     """Append a well-formed runtime event; return the log and its honestly replayed RTMR3."""
     digest = runtime_event_digest(DSTACK_RUNTIME_EVENT_TYPE, name, payload)
-    log = [*log, {
-        "imr": 3,
-        "event_type": DSTACK_RUNTIME_EVENT_TYPE,
-        "digest": digest.hex(),
-        "event": name,
-        "event_payload": payload.hex(),
-    }]
+    log = [
+        *log,
+        {
+            "imr": 3,
+            "event_type": DSTACK_RUNTIME_EVENT_TYPE,
+            "digest": digest.hex(),
+            "event": name,
+            "event_payload": payload.hex(),
+        },
+    ]
     return log, replay_rtmr(parse_event_log(log), imr=3)
 
 
@@ -174,13 +180,24 @@ def _entry(**overrides: Any) -> dict[str, Any]:
         ([_entry(digest="00" * 32)], "digest is 32 bytes, a SHA-384 digest is 48"),
         ([_entry(digest="zz" * 48)], "'digest' is not hex"),
         ([_entry(event=7)], "'event' must be a string, got int"),
-        ([_entry(), _entry(event_payload="00" * (MAX_EVENT_PAYLOAD_BYTES + 1))],
-         f"entry 1: 'event_payload' is {MAX_EVENT_PAYLOAD_BYTES + 1} bytes, above the bound"),
+        (
+            [_entry(), _entry(event_payload="00" * (MAX_EVENT_PAYLOAD_BYTES + 1))],
+            f"entry 1: 'event_payload' is {MAX_EVENT_PAYLOAD_BYTES + 1} bytes, above the bound",
+        ),
     ],
     ids=[
-        "not-a-list", "bad-json", "too-many-events", "entry-not-object", "imr-out-of-range",
-        "imr-bool", "event-type-string", "event-type-overflow", "short-digest", "digest-not-hex",
-        "name-not-string", "payload-too-big",
+        "not-a-list",
+        "bad-json",
+        "too-many-events",
+        "entry-not-object",
+        "imr-out-of-range",
+        "imr-bool",
+        "event-type-string",
+        "event-type-overflow",
+        "short-digest",
+        "digest-not-hex",
+        "name-not-string",
+        "payload-too-big",
     ],
 )
 def test_malformed_log_fails_parse(raw: object, message: str) -> None:

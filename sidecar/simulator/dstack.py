@@ -8,7 +8,8 @@ verifiers in ``sidecar.verify`` accept an untampered node.
 Knobs break exactly one thing each, for negative tests:
 
 - ``swap_payloads``: replace the payload of named runtime events *after* their digests were
-  computed (the attack §2 warns of: a payload swapped under its genuine digest; replay still matches).
+  computed (the attack §2 warns of: a payload swapped under its genuine digest; replay still
+  matches).
 - ``break_replay``: append one well-formed runtime event after RTMR3 was computed, so the log
   no longer replays to the quoted RTMR3 (every digest is still self-consistent).
 - ``served_app_compose``: serve a different ``info.tcb_info.app_compose`` than the one measured
@@ -104,7 +105,7 @@ def default_app_compose(image_digest: str = DEFAULT_IMAGE_DIGEST) -> str:
 
 
 def mr_config_id_for(app_compose: str) -> bytes:
-    """``0x01 || sha256(app_compose)`` zero-padded to 48 bytes (provider-api.md §2 compose binding).
+    """``0x01 || sha256(app_compose)`` zero-padded to 48 bytes (provider-api.md §2).
 
     Raises:
         Nothing.

@@ -95,7 +95,7 @@ class ComposeImages:
 
     @property
     def unpinned(self) -> tuple[str, ...]:
-        """References that name a tag rather than a digest (mutable: not bound by the measurement)."""
+        """References naming a tag, not a digest (mutable: not bound by the measurement)."""
         return tuple(ref for ref in self.references if _DIGEST_PIN.search(ref) is None)
 
 
@@ -115,7 +115,9 @@ def _normalize_hex(value: object, *, what: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise VerificationFailed(f"{what} must be a string, got {type(value).__name__}", code=_MALFORMED)
+        raise VerificationFailed(
+            f"{what} must be a string, got {type(value).__name__}", code=_MALFORMED
+        )
     text = value.strip().lower()
     return text[2:] if text.startswith("0x") else text
 
@@ -128,7 +130,9 @@ def _load_json_object(value: object, *, what: str) -> Mapping[str, Any]:
     """
     if isinstance(value, str):
         if len(value) > MAX_INFO_JSON_CHARS:
-            raise VerificationFailed(f"{what} JSON is above {MAX_INFO_JSON_CHARS} chars", code=_MALFORMED)
+            raise VerificationFailed(
+                f"{what} JSON is above {MAX_INFO_JSON_CHARS} chars", code=_MALFORMED
+            )
         try:
             value = json.loads(value)
         except ValueError as exc:

@@ -127,9 +127,7 @@ class EventLogReport:
 
     checks: tuple[Check, ...]
     events: tuple[Event, ...] = ()
-    runtime_events: Mapping[str, bytes] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    runtime_events: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def ok(self) -> bool:
@@ -153,7 +151,8 @@ def runtime_event_digest(event_type: int, name: str, payload: bytes) -> bytes:
     """Compute the digest dstack extends into RTMR3 for one runtime event.
 
     ``sha384(event_type as 4 bytes little-endian || b":" || name UTF-8 || b":" || payload)``
-    (dstack cc-eventlog ``RuntimeEvent::digest``; provider-api.md §2, confirmed on a real NEAR report).
+    (dstack cc-eventlog ``RuntimeEvent::digest``; provider-api.md §2, confirmed on a real NEAR
+    report).
 
     Raises:
         OverflowError: if ``event_type`` does not fit in 32 bits.
@@ -200,7 +199,9 @@ def parse_event_log(raw: object) -> tuple[Event, ...]:
         try:
             raw = json.loads(raw)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise VerificationFailed(f"event log is not valid JSON: {exc}", code=_MALFORMED) from exc
+            raise VerificationFailed(
+                f"event log is not valid JSON: {exc}", code=_MALFORMED
+            ) from exc
     if not isinstance(raw, list):
         raise VerificationFailed(
             f"event log must be a list, got {type(raw).__name__}", code=_MALFORMED
@@ -360,9 +361,7 @@ def verify_event_log(events_raw: object, *, rtmr3: bytes) -> EventLogReport:
 
     # (5) Everything is bound to the quote: expose the payloads.
     by_name = {event.name: event.payload for event in runtime if counts[event.name] == 1}
-    return EventLogReport(
-        checks=checks, events=events, runtime_events=MappingProxyType(by_name)
-    )
+    return EventLogReport(checks=checks, events=events, runtime_events=MappingProxyType(by_name))
 
 
 def events_to_json(events: Sequence[Event]) -> list[dict[str, Any]]:

@@ -147,7 +147,11 @@ class RequireEvidence:
                 "policy.tdx_evidence", "TDX", "tdx", self.tdx, facts.has_tdx, facts.tdx_ok
             ),
             _evidence_check(
-                "policy.gpu_evidence", "NVIDIA GPU", "gpu", self.nvidia, facts.has_nvidia,
+                "policy.gpu_evidence",
+                "NVIDIA GPU",
+                "gpu",
+                self.nvidia,
+                facts.has_nvidia,
                 facts.gpu_ok,
             ),
         )
@@ -157,11 +161,15 @@ def _evidence_check(
     name: str, label: str, short: str, required: bool, present: bool, verified: bool
 ) -> Check:
     if present and not verified:
-        return Check.failed(name, f"policy.{short}_not_verified", f"{label} evidence failed verification")
+        return Check.failed(
+            name, f"policy.{short}_not_verified", f"{label} evidence failed verification"
+        )
     if present:
         return Check.passed(name, f"{label} evidence verified")
     if required:
-        return Check.failed(name, f"policy.{short}_required", f"{label} evidence required but absent")
+        return Check.failed(
+            name, f"policy.{short}_required", f"{label} evidence required but absent"
+        )
     return Check.passed(name, f"{label} evidence not required by policy")
 
 
@@ -325,7 +333,10 @@ class AnyOf:
             checks = rule.evaluate(facts)
             failures = [check for check in checks if not check.ok]
             if checks and not failures:
-                return (Check.passed(name, f"alternative {index} of {len(self.rules)} passed"), *checks)
+                return (
+                    Check.passed(name, f"alternative {index} of {len(self.rules)} passed"),
+                    *checks,
+                )
             reasons.append(
                 f"alternative {index}: "
                 + ("; ".join(f"{c.code}: {c.detail}" for c in failures) or "no checks")
@@ -571,7 +582,9 @@ _AppIdHexes = Annotated[
 ]
 
 
-_NonEmptyStrings = Annotated[list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)]
+_NonEmptyStrings = Annotated[
+    list[Annotated[str, StringConstraints(min_length=1)]], Field(min_length=1)
+]
 _AdvisoryId = Annotated[str, StringConstraints(pattern=r"^INTEL-SA-\d{5}$")]
 
 
@@ -612,15 +625,22 @@ class _PolicyFile(_FileModel):
 
 
 def _key_path(loc: Iterable[int | str]) -> str:
+    """Render a pydantic location as the TOML key a user would look for: ``models."TEE/*".gpu``.
+
+    Raises:
+        Nothing.
+    """
     parts: list[str] = []
+    previous: int | str | None = None
     for part in loc:
-        text = str(part)
         if isinstance(part, int):
-            parts.append(f"[{text}]")
-        elif text.replace("_", "").replace("-", "").isalnum():
-            parts.append(f".{text}" if parts else text)
+            parts.append(f"[{part}]")
+        elif previous == "models" and len(parts) == 1:
+            # A model glob is a quoted TOML key ("TEE/*"); always show it quoted.
+            parts.append(f'."{part}"')
         else:
-            parts.append(f'."{text}"' if parts else f'"{text}"')
+            parts.append(f".{part}" if parts else part)
+        previous = part
     return "".join(parts) or "(top level)"
 
 
@@ -642,14 +662,16 @@ def _merge_gpu(entry: _GpuFile | None, defaults: _GpuFile | None) -> GpuRequirem
     vbios = _pick(e.allowed_vbios_versions, d.allowed_vbios_versions, fallback=None)
     return GpuRequirements(
         require_measres_success=_pick(
-            e.require_measres_success, d.require_measres_success,
+            e.require_measres_success,
+            d.require_measres_success,
             fallback=base.require_measres_success,
         ),
         require_secure_boot=_pick(
             e.require_secure_boot, d.require_secure_boot, fallback=base.require_secure_boot
         ),
         require_debug_disabled=_pick(
-            e.require_debug_disabled, d.require_debug_disabled,
+            e.require_debug_disabled,
+            d.require_debug_disabled,
             fallback=base.require_debug_disabled,
         ),
         allowed_driver_versions=frozenset(drivers) if drivers is not None else None,
@@ -658,7 +680,12 @@ def _merge_gpu(entry: _GpuFile | None, defaults: _GpuFile | None) -> GpuRequirem
 
 
 def _build_entry(
-    pattern: str, key: str, entry: _EntryFile, defaults: _EntryFile, *, allow_unattested: bool,
+    pattern: str,
+    key: str,
+    entry: _EntryFile,
+    defaults: _EntryFile,
+    *,
+    allow_unattested: bool,
     source: str,
 ) -> ModelPolicy:
     """Merge ``entry`` over ``defaults`` over the built-in values.
@@ -670,19 +697,19 @@ def _build_entry(
     require_nvidia = _pick(entry.require_nvidia, defaults.require_nvidia, fallback=True)
     if not require_tdx and not allow_unattested:
         raise ConfigError(
-            f"{source}: {key}.require_tdx = false lets models pass without TEE attestation; "
-            "set allow_unattested_models = true to allow that"
+            f"policy file {source}: {key}.require_tdx = false lets models pass without TEE "
+            "attestation; set allow_unattested_models = true to allow that"
         )
     measurements = _pick(entry.measurements, defaults.measurements, fallback=[])
     if measurements and not require_tdx:
         raise ConfigError(
-            f"{source}: {key}.measurements pin a TDX quote but require_tdx is false"
+            f"policy file {source}: {key}.measurements pin a TDX quote but require_tdx is false"
         )
     sets: list[dict[FactField, list[str]]] = []
     for index, pins in enumerate(measurements):
         chosen = {name: getattr(pins, name) for name in FACT_FIELDS if getattr(pins, name)}
         if not chosen:
-            raise ConfigError(f"{source}: {key}.measurements[{index}] pins nothing")
+            raise ConfigError(f"policy file {source}: {key}.measurements[{index}] pins nothing")
         sets.append(chosen)
     return build_model_policy(
         pattern,
@@ -733,13 +760,21 @@ def load_policy(path: str | Path | None) -> PolicySet:
         raise ConfigError(f"policy file {source}: invalid key " + "; ".join(lines)) from None
 
     default = _build_entry(
-        "*", "defaults", parsed.defaults, _EntryFile(),
-        allow_unattested=parsed.allow_unattested_models, source=source,
+        "*",
+        "defaults",
+        parsed.defaults,
+        _EntryFile(),
+        allow_unattested=parsed.allow_unattested_models,
+        source=source,
     )
     models = tuple(
         _build_entry(
-            pattern, _key_path(("models", pattern)), entry, parsed.defaults,
-            allow_unattested=parsed.allow_unattested_models, source=source,
+            pattern,
+            _key_path(("models", pattern)),
+            entry,
+            parsed.defaults,
+            allow_unattested=parsed.allow_unattested_models,
+            source=source,
         )
         for pattern, entry in parsed.models.items()
     )
