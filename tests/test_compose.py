@@ -109,11 +109,19 @@ def test_parse_info_normalises_hex() -> None:
     [
         ([], "info must be an object, got list"),
         ({"tcb_info": "{not json"}, "info.tcb_info is not valid JSON"),
+        ({"tcb_info": "[" * 100_000}, "info.tcb_info is not valid JSON"),
         ({}, "info.tcb_info must be an object, got NoneType"),
         ({"tcb_info": {"mrtd": "00"}}, "info.tcb_info.app_compose is missing or not a string"),
         ({"tcb_info": {"app_compose": "{}"}, "app_id": 5}, "info.app_id must be a string, got int"),
     ],
-    ids=["not-object", "tcb-info-bad-json", "no-tcb-info", "no-app-compose", "app-id-not-string"],
+    ids=[
+        "not-object",
+        "tcb-info-bad-json",
+        "tcb-info-deeply-nested",
+        "no-tcb-info",
+        "no-app-compose",
+        "app-id-not-string",
+    ],
 )
 def test_parse_info_refuses_malformed(info: object, message: str) -> None:
     with pytest.raises(VerificationFailed, match=message) as raised:

@@ -171,6 +171,7 @@ def _entry(**overrides: Any) -> dict[str, Any]:
     [
         ({"imr": 3}, "event log must be a list, got dict"),
         ("[not json", "event log is not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "event log is not valid JSON"),
         ([_entry()] * (MAX_EVENTS + 1), f"above the bound {MAX_EVENTS}"),
         (["entry"], "entry 0: must be an object, got str"),
         ([_entry(imr=4)], "entry 0: imr 4 is not a TDX runtime register"),
@@ -188,6 +189,7 @@ def _entry(**overrides: Any) -> dict[str, Any]:
     ids=[
         "not-a-list",
         "bad-json",
+        "deeply-nested-json",
         "too-many-events",
         "entry-not-object",
         "imr-out-of-range",

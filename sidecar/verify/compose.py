@@ -135,7 +135,7 @@ def _load_json_object(value: object, *, what: str) -> Mapping[str, Any]:
             )
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting must fail closed too
             raise VerificationFailed(f"{what} is not valid JSON: {exc}", code=_MALFORMED) from exc
     if not isinstance(value, Mapping):
         raise VerificationFailed(

@@ -198,7 +198,9 @@ def parse_event_log(raw: object) -> tuple[Event, ...]:
             )
         try:
             raw = json.loads(raw)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors; a hostile "[[[[…" nests deep
+        # enough to exhaust the recursion limit, which must fail closed like any bad input.
+        except (ValueError, RecursionError) as exc:
             raise VerificationFailed(
                 f"event log is not valid JSON: {exc}", code=_MALFORMED
             ) from exc
