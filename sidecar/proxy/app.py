@@ -186,27 +186,20 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
         body = await request.read()
         model, _ = _parse_request(body)
         request["model"] = model
-        policy = state.policies.for_model_or_none(model)
         mode = state.settings.verification.mode
-        if mode is Mode.ENFORCE and policy is not None and policy.on_failure == "flag":
-            mode = Mode.FLAG
 
         # (2) Attested before the prompt leaves, in enforce mode.
         pre_failure: VerificationFailed | None = None
-        if policy is None:
-            pre_failure = VerificationFailed(f"policy does not allow model {model}",
-                                             code="policy.model_not_allowed")
-        else:
-            try:
-                await state.cache.get(model)
-            except VerificationFailed as exc:
-                if not (exc.code == "attestation.unavailable"
-                        and state.policies.allow_unattested_models):
-                    pre_failure = exc
-                else:
-                    pre_failure = VerificationFailed(
-                        f"model {model} has no TEE attestation (allowed unverified by policy)",
-                        code="attestation.unavailable")
+        try:
+            policy = state.policies.for_model(model)
+            if mode is Mode.ENFORCE and policy.on_failure == "flag":
+                mode = Mode.FLAG
+            await state.cache.get(model)
+        except VerificationFailed as exc:
+            pre_failure = exc
+            if exc.code == "attestation.unavailable" and state.policies.allow_unattested_models:
+                # Policy lets models without TEE attestation through, but never as verified.
+                mode = Mode.FLAG if mode is Mode.ENFORCE else mode
         if pre_failure is not None and mode is Mode.ENFORCE:
             return _error_response(pre_failure, request_id)
 

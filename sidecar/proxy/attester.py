@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -25,6 +26,7 @@ from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.verify.attestation import AttestationReport, NodeEvidence, TrustRoots, verify_attestation
 from sidecar.verify.checks import Status
+from sidecar.verify.nvidia import token_kids
 from sidecar.verify.policy import PolicySet
 
 log = structlog.get_logger("tee_sidecar.attestation")
@@ -35,6 +37,7 @@ class ModelAttester:
 
     def __init__(self, upstream: UpstreamClient, *, collateral: CollateralSource,
                  nras: NrasClient, roots: TrustRoots, policies: PolicySet, signing_algo: str,
+                 pinned_jwks: Mapping[str, Any] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._upstream = upstream
         self._collateral = collateral
@@ -42,6 +45,7 @@ class ModelAttester:
         self._roots = roots
         self._policies = policies
         self._signing_algo = signing_algo
+        self._pinned_jwks = pinned_jwks
         self._clock = clock
 
     async def attest(self, model: str) -> tuple[AttestationReport, bytes]:
@@ -80,7 +84,8 @@ class ModelAttester:
             if payload is not None:
                 try:
                     nras_response = await self._nras.attest(payload)
-                    jwks = await self._nras.jwks()
+                    jwks = self._pinned_jwks or await self._nras.jwks(
+                        require_kids=token_kids(nras_response))
                 except VerificationIncomplete as exc:
                     nras_error = exc.message
             return label, NodeEvidence(collateral, collateral_error, nras_response, nras_error,

@@ -64,7 +64,7 @@ class Faults:
 
 
 @dataclass
-class SimulatedNode:
+class SigningNode:
     """One serving node's signing keys."""
 
     ecdsa: coincurve.PrivateKey = field(default_factory=coincurve.PrivateKey)
@@ -93,7 +93,7 @@ def _checksum_address(address: str) -> str:
     return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(hexpart, digest))
 
 
-EvidenceFactory = Callable[[list["SimulatedNode"], str, str, bytes, "Faults"], dict[str, Any]]
+EvidenceFactory = Callable[[list["SigningNode"], str, str, bytes, "Faults"], dict[str, Any]]
 """(nodes, algo, nonce_hex, report_data_nonce, faults) -> attestation report JSON object."""
 
 
@@ -102,22 +102,22 @@ class SimulatedProvider:
 
     def __init__(self, *, evidence: EvidenceFactory, node_count: int = 1,
                  api_key: str | None = None) -> None:
-        self.nodes = [SimulatedNode() for _ in range(node_count)]
+        self.nodes = [SigningNode() for _ in range(node_count)]
         self.faults = Faults()
         self.api_key = api_key
         self.evidence = evidence
         self._signatures: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
         self._last_record: dict[str, str] | None = None
         self._late_polls: dict[str, int] = {}
-        self._rotated: SimulatedNode | None = None
+        self._rotated: SigningNode | None = None
         self.completions_served = 0
 
     # -- signing -------------------------------------------------------------------------
 
-    def _signer(self) -> SimulatedNode:
+    def _signer(self) -> SigningNode:
         if self.faults.rotate_key:
             if self._rotated is None:
-                self._rotated = SimulatedNode()
+                self._rotated = SigningNode()
                 self.nodes.append(self._rotated)
             return self._rotated
         return self.nodes[self.completions_served % len(self.nodes)]
@@ -132,7 +132,7 @@ class SimulatedProvider:
         text = f"{request_hash}:{response_hash}"
         records = {}
         for algo in ("ecdsa", "ed25519"):
-            node = SimulatedNode() if faults.sign_with_other_key else self._signer()
+            node = SigningNode() if faults.sign_with_other_key else self._signer()
             records[algo] = {
                 "text": text,
                 "signature": node.sign(text, algo),
@@ -164,10 +164,10 @@ _WORDS = ("Confidential", " inference", " runs", " inside", " an", " attested", 
           " and", " every", " answer", " is", " signed", " by", " its", " key.")
 
 
-def completion_tokens(prompt_digest: bytes, max_tokens: int | None) -> list[str]:
-    """Deterministic tokens for a prompt: the same request always gets the same text."""
+def completion_tokens(max_tokens: int | None) -> list[str]:
+    """Deterministic tokens: the same request always gets the same text (``max_tokens`` cuts it)."""
     count = len(_WORDS) if max_tokens is None else max(1, min(max_tokens, len(_WORDS)))
-    return [_WORDS[(i + prompt_digest[0]) % len(_WORDS)] for i in range(count)]
+    return list(_WORDS[:count])
 
 
 def _completion_id(kind: str) -> str:
@@ -207,8 +207,8 @@ def build_simulator_app(provider: SimulatedProvider) -> web.Application:
                 return _error(400, "request body must be JSON with a model", "invalid_request")
             if model not in (TEE_MODEL, PLAIN_MODEL):
                 return _error(404, f"model {model} not found", "model_not_found")
-            digest = hashlib.sha256(body).digest()
-            tokens = completion_tokens(digest, payload.get("max_tokens"))
+            max_tokens = payload.get("max_tokens")
+            tokens = completion_tokens(max_tokens if isinstance(max_tokens, int) else None)
             chat_id = _completion_id(kind)
             if payload.get("stream"):
                 include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))

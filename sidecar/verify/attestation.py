@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim
@@ -40,10 +40,15 @@ from sidecar.verify.compose import (
     parse_info,
 )
 from sidecar.verify.eventlog import verify_event_log
-from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
+from sidecar.verify.nvidia import GpuPolicy, GpuVerdict, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import ModelPolicy, NodeFacts
 from sidecar.verify.signature import normalise_key
-from sidecar.verify.tdx import TdxMeasurements, parse_quote_measurements, verify_tdx_quote
+from sidecar.verify.tdx import (
+    TdxMeasurements,
+    TdxTcbPolicy,
+    parse_quote_measurements,
+    verify_tdx_quote,
+)
 
 Verdict = Literal["verified", "failed", "incomplete"]
 
@@ -196,8 +201,9 @@ def verify_node(
     except ValueError:
         checks.append(Check.failed("tdx.quote", "tdx.quote_malformed", "intel_quote is not hex"))
         return report()
+    tcb_policy = TdxTcbPolicy(policy.accepted_tcb_statuses, policy.tolerated_advisories)
     tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
-                           now=now, tcb_policy=policy.tdx_tcb_policy())
+                           now=now, tcb_policy=tcb_policy)
     checks.extend(_explain_incomplete(tdx.checks, evidence.collateral_error))
     measurements: TdxMeasurements | None = tdx.measurements
     if measurements is None:
@@ -266,35 +272,61 @@ def verify_node(
     # (6) GPU evidence.
     gpus: tuple[GpuVerdict, ...] = ()
     payload = wire.nvidia_payload_text()
-    gpu_ok = False
+    gpu_checks: list[Check] = []
     if payload is not None:
-        checks.append(check_gpu_payload_nonce(payload, nonce))
+        gpu_checks.append(check_gpu_payload_nonce(payload, nonce))
         if evidence.nras_response is None or evidence.jwks is None:
-            checks.append(Check.incomplete("gpu.nras", "gpu.nras_unavailable", evidence.nras_error))
+            gpu_checks.append(Check.incomplete("gpu.nras", "gpu.nras_unavailable",
+                                               evidence.nras_error))
         else:
             gpu = verify_nras_result(list(evidence.nras_response), expected_nonce=nonce,
                                      jwks=evidence.jwks, expected_issuer=roots.nras_issuer,
-                                     now=now, policy=policy.gpu_policy())
-            checks.extend(gpu.checks)
+                                     now=now, policy=GpuPolicy(**asdict(policy.gpu)))
+            gpu_checks.extend(gpu.all_checks())
+            if not gpu.gpus:
+                gpu_checks.append(Check.failed("gpu.count", "gpu.nras_response_malformed",
+                                               "NRAS answer verified no GPU"))
             gpus = gpu.gpus
-            checks.extend(c for g in gpu.gpus for c in g.checks)
-            gpu_ok = gpu.ok
+    checks.extend(gpu_checks)
+    gpu_status = _combine(c.status for c in gpu_checks)
     extra["gpus"] = gpus
 
     # (7) The user's policy over what was measured.
+    tdx_status = _combine(c.status for c in tdx.checks)
     facts = NodeFacts(
         has_tdx=True,
         has_nvidia=payload is not None,
-        tdx_ok=tdx.ok,
-        gpu_ok=gpu_ok,
+        tdx_ok=tdx_status is not Status.FAIL,
+        gpu_ok=gpu_status is not Status.FAIL,
         mrtd=measured["mrtd"], rtmr0=measured["rtmr0"], rtmr1=measured["rtmr1"],
         rtmr2=measured["rtmr2"],
         compose_hash=facts_compose["compose_hash"], app_id=facts_compose["app_id"],
         os_image_hash=facts_compose["os_image_hash"],
         tcb_status=tdx.tcb_status, advisory_ids=tuple(tdx.advisory_ids),
     )
-    checks.extend(policy.evaluate(facts, role=claim.role))
+    checks.extend(_policy_checks(policy, facts, claim.role, tdx_status, gpu_status))
     return report(**extra)
+
+
+def _policy_checks(policy: ModelPolicy, facts: NodeFacts, role: str, tdx_status: Status,
+                   gpu_status: Status) -> list[Check]:
+    """The policy's checks, read with what the facts cannot say on their own.
+
+    Evidence that was present but undecided (offline, NRAS unreachable) keeps the policy's
+    evidence check undecided rather than passed; a gateway (TLS terminator) node runs no GPUs,
+    so the GPU requirement does not apply to it (spec section 2, NEAR AI Cloud's shape).
+    """
+    adjusted = []
+    for check in policy.evaluate(facts):
+        if check.name == "policy.gpu_evidence" and role == "gateway" and not facts.has_nvidia:
+            check = Check.passed(check.name, "gateway node: no GPU evidence expected")
+        elif check.ok and ((check.name == "policy.tdx_evidence" and tdx_status is Status.INCOMPLETE)
+                           or (check.name == "policy.gpu_evidence" and facts.has_nvidia
+                               and gpu_status is Status.INCOMPLETE)):
+            check = Check.incomplete(check.name, "policy.evidence_undecided",
+                                     "evidence present but its verification was not decided")
+        adjusted.append(check)
+    return adjusted
 
 
 def _check_tls(fingerprint: bytes, live_spki_sha256: bytes | None) -> Check:

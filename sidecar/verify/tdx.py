@@ -50,6 +50,7 @@ __all__ = [
     "TdxQuoteReport",
     "TdxTcbPolicy",
     "collateral_next_update",
+    "parse_quote_measurements",
     "verify_tdx_quote",
 ]
 
@@ -415,8 +416,27 @@ def verify_tdx_quote(
     )
 
     # (6) Measurements, from the bytes that just verified.
-    report = parsed.report
-    measurements = TdxMeasurements(
+    return TdxQuoteReport(tuple(checks), tcb_status, advisories, _measurements(parsed.report))
+
+
+def parse_quote_measurements(quote: bytes) -> TdxMeasurements | None:
+    """Read a quote's registers WITHOUT verifying anything: for display of undecided evidence.
+
+    An offline report (no collateral) still shows what the quote claims, and later checks can run
+    against it, but the verdict must stay incomplete: nothing here is attested. Returns ``None``
+    if the bytes do not have the TDX quote layout.
+    """
+    try:
+        _check_quote_layout(bytes(quote))
+        return _measurements(dcap_qvl.parse_quote(bytes(quote)).report)
+    except BaseException as exc:
+        if not _is_library_failure(exc):
+            raise
+        return None
+
+
+def _measurements(report: Any) -> TdxMeasurements:
+    return TdxMeasurements(
         mrtd=bytes(report.mr_td),
         rtmr0=bytes(report.rt_mr0),
         rtmr1=bytes(report.rt_mr1),
@@ -425,7 +445,6 @@ def verify_tdx_quote(
         report_data=bytes(report.report_data),
         mr_config_id=bytes(report.mr_config_id),
     )
-    return TdxQuoteReport(tuple(checks), tcb_status, advisories, measurements)
 
 
 def collateral_next_update(collateral_json: str) -> int:

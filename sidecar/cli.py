@@ -1,0 +1,192 @@
+"""The ``tee-sidecar`` command: serve, simulate, attest."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from sidecar import __version__
+from sidecar.config import Settings, TrustAnchors, load_settings
+from sidecar.errors import ConfigError, SidecarError, VerificationFailed
+from sidecar.logs import configure_logging
+from sidecar.providers.wire import parse_attestation_document
+from sidecar.render import EXIT_STATUS, attestation_json, attestation_text
+from sidecar.trust import SIMULATOR_WARNING, load_anchors
+from sidecar.verify.attestation import AttestationReport, NodeEvidence, verify_attestation
+
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG: systemd and supervisors show it as a configuration error
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tee-sidecar",
+        description="A local OpenAI-compatible proxy that verifies TEE attestation and the "
+                    "signature of every completion before the app sees it.")
+    parser.add_argument("--version", action="version", version=f"tee-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the verifying proxy (default 127.0.0.1:8787)")
+    serve.add_argument("--config", type=Path, help="TOML settings file (env TEE_SIDECAR_* overrides)")
+
+    simulate = sub.add_parser("simulate", help="run the built-in simulated TEE provider")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8900)
+    simulate.add_argument("--nodes", type=int, default=1, help="serving nodes (signing keys)")
+    simulate.add_argument("--api-key", help="require this bearer key (default: any key)")
+
+    attest = sub.add_parser(
+        "attest", help="attest a model now, or verify a saved report offline",
+        description="Attest MODEL through the configured provider and print every check; or, "
+                    "with --report, verify a saved report offline. Exit status: 0 verified, "
+                    "1 failed, 2 incomplete.")
+    attest.add_argument("model", nargs="?", help="model to attest (online)")
+    attest.add_argument("--config", type=Path, help="TOML settings file")
+    attest.add_argument("--report", type=Path, help="saved attestation report JSON (offline)")
+    attest.add_argument("--nonce", help="the 64-hex nonce the saved report was requested with")
+    attest.add_argument("--collateral", type=Path,
+                        help="DCAP collateral JSON for the report's quotes (offline)")
+    attest.add_argument("--nras", type=Path, help="a saved NRAS answer for the GPU evidence")
+    attest.add_argument("--at", help="verify as of this time (ISO 8601 or unix seconds)")
+    attest.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tee-sidecar`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "simulate":
+            return _simulate(args)
+        return _attest(args)
+    except ConfigError as exc:
+        print(f"tee-sidecar: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sidecar.proxy.app import build_proxy_app
+    from sidecar.proxy.state import load_policies, state_factory
+
+    settings = load_settings(args.config)
+    configure_logging(settings.log.format, settings.log.level)
+    policies = load_policies(settings)
+    log = structlog.get_logger("tee_sidecar")
+    if settings.trust.anchors is TrustAnchors.SIMULATOR:
+        log.warning("simulator_trust_anchors", warning=SIMULATOR_WARNING)
+        print(f"WARNING: {SIMULATOR_WARNING}", file=sys.stderr)
+    app = build_proxy_app(settings, state_factory(settings, policies))
+    log.info("listening", host=settings.listen.host, port=settings.listen.port,
+             provider=str(settings.upstream.provider), upstream=settings.upstream.base_url,
+             mode=str(settings.verification.mode), stream=str(settings.verification.stream))
+    web.run_app(app, host=settings.listen.host, port=settings.listen.port, print=None,
+                access_log=None, shutdown_timeout=30)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from sidecar.simulator.server import build_simulator
+
+    configure_logging("auto", "warning")
+    app, _ = build_simulator(nodes=args.nodes, api_key=args.api_key)
+    print(f"simulated TEE provider on http://{args.host}:{args.port} "
+          f"(NanoGPT contract under /api, private-ml-sdk at /)", file=sys.stderr, flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    return 0
+
+
+def _parse_time(text: str | None) -> int:
+    if text is None:
+        return int(time.time())
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        raise ConfigError(f"--at {text!r} is neither unix seconds nor ISO 8601") from None
+
+
+def _print_report(report: AttestationReport, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(attestation_json(report), indent=2))
+    else:
+        print(attestation_text(report))
+    return EXIT_STATUS[report.verdict]
+
+
+def _attest(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.log.format, "warning")
+    if args.report is not None:
+        return _attest_offline(args, settings)
+    if not args.model:
+        print("tee-sidecar attest: name a MODEL, or give --report FILE --nonce HEX", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_attest_online(args, settings))
+
+
+async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.proxy.state import build_attester, load_policies
+
+    policies = load_policies(settings)
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        _, attester = build_attester(settings, session, policies)
+        try:
+            report, _ = await attester.attest(args.model)
+        except VerificationFailed as exc:
+            print(json.dumps({"verdict": "incomplete" if exc.code.endswith("fetch_failed")
+                              else "failed", "error": {"code": exc.code, "message": exc.message},
+                              "checks": []}) if args.json else f"tee-sidecar attest: {exc}")
+            return EXIT_STATUS["incomplete" if exc.code.endswith("fetch_failed") else "failed"]
+    return _print_report(report, args.json)
+
+
+def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.verify.policy import load_policy
+
+    if not args.nonce:
+        print("tee-sidecar attest: --report needs --nonce HEX (the nonce it was requested with)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    nonce = args.nonce.lower()
+    if len(nonce) != 64 or any(c not in "0123456789abcdef" for c in nonce):
+        print("tee-sidecar attest: --nonce must be 64 hex characters", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        body = args.report.read_bytes()
+        collateral = args.collateral.read_text() if args.collateral else None
+        nras = json.loads(args.nras.read_text()) if args.nras else None
+    except (OSError, ValueError) as exc:
+        print(f"tee-sidecar attest: cannot read input: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        document = parse_attestation_document(body)
+    except SidecarError as exc:
+        print(f"tee-sidecar attest: {exc}", file=sys.stderr)
+        return EXIT_STATUS["failed"]
+    anchors = load_anchors(settings.trust.anchors)
+    evidence = NodeEvidence(
+        collateral_json=collateral,
+        collateral_error="offline: no --collateral given",
+        nras_response=nras,
+        nras_error="offline: NRAS cannot be consulted (give --nras with a saved answer)",
+        jwks=anchors.pinned_jwks,
+    )
+    model = document.nodes[0].wire.model_name or args.model or "(saved report)"
+    policy = load_policy(settings.policy.file).for_model(model)
+    report = verify_attestation(document, model=model, nonce=nonce,
+                                evidence={n.label: evidence for n in document.nodes},
+                                roots=anchors.roots, policy=policy, now=_parse_time(args.at))
+    return _print_report(report, args.json)

@@ -1,0 +1,62 @@
+"""Wiring: from settings to the objects the proxy handlers share (one ``ClientSession``)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from sidecar.config import Settings
+from sidecar.providers.contracts import ProviderContract
+from sidecar.proxy.app import ProxyState
+from sidecar.proxy.attester import AttestationCache, ModelAttester
+from sidecar.proxy.collateral import CollateralSource
+from sidecar.proxy.nras_client import NrasClient
+from sidecar.proxy.upstream import UpstreamClient
+from sidecar.proxy.verdict import CompletionVerifier
+from sidecar.trust import load_anchors
+from sidecar.verify.policy import PolicySet, load_policy
+
+
+def build_attester(settings: Settings, session: aiohttp.ClientSession,
+                   policies: PolicySet) -> tuple[UpstreamClient, ModelAttester]:
+    """The upstream client and the attester (also used alone by ``tee-sidecar attest``)."""
+    upstream_settings = settings.upstream
+    upstream = UpstreamClient(
+        session, ProviderContract(upstream_settings.provider, upstream_settings.base_url),
+        upstream_settings.resolved_api_key(),
+        signature_retries=upstream_settings.signature_retries,
+        signature_retry_delay=upstream_settings.signature_retry_delay,
+        evidence_timeout=settings.attestation.timeout)
+    anchors = load_anchors(settings.trust.anchors)
+    attestation = settings.attestation
+    collateral = CollateralSource(session, pccs_url=attestation.pccs_url,
+                                  offline_path=attestation.collateral_dir,
+                                  cache_dir=settings.state.dir / "collateral",
+                                  timeout=attestation.timeout)
+    nras = NrasClient(session, attestation.nras_url, attestation.nvidia_jwks_url,
+                      attestation.timeout)
+    attester = ModelAttester(upstream, collateral=collateral, nras=nras, roots=anchors.roots,
+                             policies=policies, signing_algo=settings.verification.signing_algo,
+                             pinned_jwks=anchors.pinned_jwks)
+    return upstream, attester
+
+
+def state_factory(settings: Settings, policies: PolicySet):  # type: ignore[no-untyped-def]
+    """A ``StateFactory`` for ``build_proxy_app`` bound to ``settings`` and ``policies``."""
+
+    async def make_state(app: web.Application, session: aiohttp.ClientSession) -> ProxyState:
+        upstream, attester = build_attester(settings, session, policies)
+        cache = AttestationCache(attester, lambda model: policies.for_model(model).attestation_ttl_seconds)
+        verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo)
+        return ProxyState(settings, upstream, cache, verifier, policies)
+
+    return make_state
+
+
+def load_policies(settings: Settings) -> PolicySet:
+    """The policy set named by ``policy.file`` (or the strict built-in default).
+
+    Raises:
+        ConfigError: the file is unreadable or invalid.
+    """
+    return load_policy(settings.policy.file)

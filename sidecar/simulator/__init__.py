@@ -1,0 +1,1 @@
+"""A provider simulator that implements the real wire contract and signs for real."""

@@ -1,0 +1,102 @@
+"""Simulator and sidecar together in a background event loop: the demo's and the tests' stack.
+
+The OpenAI SDK's sync client blocks, so the servers run in their own thread with their own loop;
+both the sync and the async SDK then talk to them over loopback exactly as an app would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from sidecar.config import Settings, load_settings
+from sidecar.proxy.app import STATE, ProxyState, build_proxy_app
+from sidecar.proxy.state import load_policies, state_factory
+from sidecar.simulator.provider import SimulatedProvider
+from sidecar.simulator.server import build_simulator
+
+T = TypeVar("T")
+
+
+def simulator_settings(simulator_url: str, state_dir: Path, **sections: Mapping[str, Any]) -> Settings:
+    """Settings that point the sidecar at a simulator and trust its test roots."""
+    merged: dict[str, dict[str, Any]] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "upstream": {"provider": "nanogpt", "base_url": simulator_url + "/api",
+                     "api_key": "sk-simulated", "signature_retry_delay": 0.01},
+        "attestation": {"pccs_url": simulator_url + "/pcs",
+                        "nras_url": simulator_url + "/nras/v3/attest/gpu",
+                        "nvidia_jwks_url": simulator_url + "/nras/.well-known/jwks.json"},
+        "trust": {"anchors": "simulator"},
+        "state": {"dir": str(state_dir)},
+    }
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    return load_settings(None, **merged)
+
+
+class Stack:
+    """A simulator plus any number of sidecars, served from one background loop."""
+
+    def __init__(self, state_dir: Path, *, nodes: int = 1) -> None:
+        self._state_dir = state_dir
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runners: list[web.AppRunner] = []
+        self.simulator_app, self.provider = build_simulator(nodes=nodes)
+        self.simulator_url = self.run(self._serve(self.simulator_app))
+        self._sidecars: dict[tuple[Any, ...], tuple[str, web.Application]] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run ``coro`` on the stack's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _serve(self, app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runners.append(runner)
+        port = runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    def sidecar(self, **sections: Mapping[str, Any]) -> str:
+        """Base URL (``…/v1``) of a sidecar with these settings sections, started once per config."""
+        key = tuple(sorted((name, tuple(sorted(v.items()))) for name, v in sections.items()))
+        if key not in self._sidecars:
+            settings = simulator_settings(self.simulator_url, self._state_dir, **sections)
+            app = build_proxy_app(settings, state_factory(settings, load_policies(settings)))
+            url = self.run(self._serve(app))
+            self._sidecars[key] = (url, app)
+        return self._sidecars[key][0] + "/v1"
+
+    def sidecar_state(self, base_url: str) -> ProxyState:
+        """The shared state of the sidecar serving ``base_url`` (cache, counters)."""
+        for url, app in self._sidecars.values():
+            if base_url.startswith(url):
+                return app[STATE]
+        raise KeyError(base_url)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run a plain function on the loop thread (to touch state without races)."""
+        async def wrapper() -> T:
+            return fn()
+        return self.run(wrapper())
+
+    @property
+    def simulator(self) -> SimulatedProvider:
+        """The simulator's state (faults, nodes)."""
+        return self.provider
+
+    def close(self) -> None:
+        """Stop every server and the loop."""
+        for runner in reversed(self._runners):
+            self.run(runner.cleanup())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
