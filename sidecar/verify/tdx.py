@@ -30,6 +30,8 @@ Algorithm of :func:`verify_tdx_quote`:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import re
@@ -82,6 +84,8 @@ _QE_REPORT_LEN = 384
 _PEM_CHAIN = re.compile(
     rb"(?:-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----(?:\r?\n)?)+"
 )
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\r\n]+)-----END CERTIFICATE-----")
 
 _CHECK_FORMAT = "tdx.quote_format"
 _CHECK_COLLATERAL = "tdx.collateral"
@@ -177,8 +181,8 @@ class _Malformed(ValueError):
     """Internal: the quote bytes do not have the TDX quote layout."""
 
 
-def _check_quote_layout(quote: bytes) -> str:
-    """Walk the quote layout and return a one-line description of it.
+def _check_quote_layout(quote: bytes) -> tuple[str, list[bytes]]:
+    """Walk the quote layout; return a one-line description and the embedded chain (DER, leaf first).
 
     Raises:
         _Malformed: on any deviation, with the reason.
@@ -244,7 +248,17 @@ def _check_quote_layout(quote: bytes) -> str:
     chain = quote[offset:end].rstrip(b"\x00")
     if not _PEM_CHAIN.fullmatch(chain):
         raise _Malformed("PCK chain is not a sequence of PEM certificates")
-    return f"TDX quote v{version}, {len(quote)} bytes, PCK chain of {inner_size} bytes"
+    try:
+        certificates = [
+            base64.b64decode(b"".join(block.split()), validate=True)
+            for block in _PEM_BLOCK.findall(chain)
+        ]
+    except binascii.Error as exc:
+        raise _Malformed(f"PCK chain holds invalid base64: {exc}") from exc
+    description = (
+        f"TDX quote v{version}, {len(quote)} bytes, PCK chain of {len(certificates)} certificates"
+    )
+    return description, certificates
 
 
 def _unpack(
@@ -336,7 +350,7 @@ def verify_tdx_quote(
 
     # (1) Structure, before any library parses the bytes.
     try:
-        layout = _check_quote_layout(bytes(quote))
+        layout, embedded_chain = _check_quote_layout(bytes(quote))
     except _Malformed as exc:
         checks.append(Check.failed(_CHECK_FORMAT, "tdx.quote_invalid", str(exc)))
         return finish()
@@ -367,7 +381,18 @@ def verify_tdx_quote(
         return finish()
     checks.append(Check.passed(_CHECK_COLLATERAL, "collateral decoded"))
 
-    # (4) Chains, CRLs, signatures, validity windows, TCB level: dcap-qvl.
+    # (4) Chains, CRLs, signatures, validity windows, TCB level: dcap-qvl. webpki builds the
+    # path to the anchor we pass and never looks at the root *copy* inside the quote, so those
+    # bytes would be malleable; a genuine quote carries exactly the root we trust.
+    if embedded_chain[-1:] != [root_ca_der]:
+        checks.append(
+            Check.failed(
+                _CHECK_SIGNATURE,
+                "tdx.quote_invalid",
+                "the quote's PCK chain does not end in the trusted root CA certificate",
+            )
+        )
+        return finish()
     try:
         verified = dcap_qvl.verify_with_root_ca(bytes(quote), collateral, root_ca_der, now)
         parsed = dcap_qvl.parse_quote(bytes(quote))
@@ -427,7 +452,7 @@ def parse_quote_measurements(quote: bytes) -> TdxMeasurements | None:
     if the bytes do not have the TDX quote layout.
     """
     try:
-        _check_quote_layout(bytes(quote))
+        _check_quote_layout(bytes(quote))  # same structural bar as verification
         return _measurements(dcap_qvl.parse_quote(bytes(quote)).report)
     except BaseException as exc:
         if not _is_library_failure(exc):

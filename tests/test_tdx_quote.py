@@ -1,0 +1,439 @@
+"""TDX quote verification: real Intel evidence, tampering, expiry, TCB policy, simulator evidence."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import VerificationFailed, VerificationIncomplete
+from sidecar.simulator.tdx_authority import TestTdxAuthority
+from sidecar.verify.checks import Status
+from sidecar.verify.tdx import (
+    MAX_QUOTE_BYTES,
+    TdxQuoteReport,
+    TdxTcbPolicy,
+    collateral_next_update,
+    parse_quote_measurements,
+    verify_tdx_quote,
+)
+
+ASSETS = Path(__file__).parent / "assets" / "tdx"
+ANCHORS = Path(__file__).parent.parent / "sidecar" / "anchors"
+INTEL_ROOT = (ANCHORS / "intel_sgx_root_ca.der").read_bytes()
+SIMULATOR_ROOT = (ANCHORS / "simulator_tdx_root_ca.der").read_bytes()
+
+REAL_QUOTE = (ASSETS / "tdx_quote").read_bytes()
+REAL_COLLATERAL = (ASSETS / "tdx_quote_collateral.json").read_text()
+# TCB info issueDate 2025-06-19T10:16:03Z + 1 h: inside every validity window of the collateral.
+REAL_NOW = 1750331763
+STRICT = TdxTcbPolicy()
+
+BODY = 48  # the TD report body starts after the 48-byte header
+SIG = BODY + 584 + 4  # ECDSA signature data starts after the body and its 4-byte length
+QE_CERT_BODY = SIG + 64 + 64 + 6  # type-6 certification data body (QE report first)
+SIM_NOW = 1_760_000_000
+
+
+def verify_real(quote: bytes, collateral: str | None = REAL_COLLATERAL, **kw: object) -> TdxQuoteReport:
+    now = kw.pop("now", REAL_NOW)
+    policy = kw.pop("policy", STRICT)
+    root = kw.pop("root", INTEL_ROOT)
+    return verify_tdx_quote(quote, collateral, root_ca_der=root, now=now, tcb_policy=policy)  # type: ignore[arg-type]
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    tampered = bytearray(data)
+    tampered[offset] ^= 0x01
+    return bytes(tampered)
+
+
+def sim_measurements() -> dict[str, bytes]:
+    return {
+        "report_data": bytes(range(64)),
+        "mrtd": b"\x11" * 48,
+        "rtmr0": b"\x20" * 48,
+        "rtmr1": b"\x21" * 48,
+        "rtmr2": b"\x22" * 48,
+        "rtmr3": bytes(range(100, 148)),
+        "mr_config_id": b"\x01" + bytes(range(32)) + bytes(15),
+    }
+
+
+@pytest.fixture(scope="module")
+def authority() -> TestTdxAuthority:
+    return TestTdxAuthority()
+
+
+# --- real Intel evidence ------------------------------------------------------------------------
+
+
+def test_real_quote_verifies_up_to_date_and_measurements_come_from_the_quote() -> None:
+    report = verify_real(REAL_QUOTE)
+
+    assert report.ok, report.checks
+    assert report.tcb_status == "UpToDate"
+    assert report.advisory_ids == ()
+    assert [c.name for c in report.checks] == [
+        "tdx.quote_format",
+        "tdx.collateral",
+        "tdx.quote_signature",
+        "tdx.tcb_status",
+    ]
+    m = report.measurements
+    assert m is not None
+    # Offsets of the TD report body (provider-api.md section 5).
+    assert m.mrtd == REAL_QUOTE[BODY + 136 : BODY + 184]
+    assert m.mr_config_id == REAL_QUOTE[BODY + 184 : BODY + 232]
+    assert m.rtmr0 == REAL_QUOTE[BODY + 328 : BODY + 376]
+    assert m.rtmr1 == REAL_QUOTE[BODY + 376 : BODY + 424]
+    assert m.rtmr2 == REAL_QUOTE[BODY + 424 : BODY + 472]
+    assert m.rtmr3 == REAL_QUOTE[BODY + 472 : BODY + 520]
+    assert m.report_data == REAL_QUOTE[BODY + 520 : BODY + 584]
+    assert m.report_data.hex().startswith("9a9d48e7f6799642d3d1")
+    assert report.raise_for_failure() == m
+
+
+def test_outdated_real_quote_is_rejected() -> None:
+    quote = (ASSETS / "tdx_quote_outdated").read_bytes()
+    collateral = (ASSETS / "tdx_quote_outdated_collateral.json").read_text()
+    # Its TCB info was issued 2026-02-18T10:58:51Z; pin the clock an hour later.
+    report = verify_real(quote, collateral, now=1771412331 + 3600)
+
+    assert not report.ok
+    assert report.measurements is None
+    failure = report.failure
+    assert failure is not None
+    assert failure.name == "tdx.quote_signature"
+    assert failure.code == "tdx.tcb_level_unmatched"
+    with pytest.raises(VerificationFailed, match="No matching TCB level found") as info:
+        report.raise_for_failure()
+    assert info.value.code == "tdx.tcb_level_unmatched"
+
+
+def _pem_offset(which: int, into: int) -> int:
+    start = -1
+    for _ in range(which + 1):
+        start = REAL_QUOTE.index(b"-----BEGIN CERTIFICATE-----", start + 1)
+    return start + 28 + into  # skip the BEGIN line
+
+
+TAMPERING = [
+    # name, offset of the flipped bit, expected code, expected message
+    ("header_version", 0, "tdx.quote_invalid", "quote version 5 is not|v5 body type"),
+    ("header_user_data", 40, "tdx.quote_invalid", "ISV enclave report signature is invalid"),
+    ("body_tee_tcb_svn", BODY + 0, "tdx.quote_invalid", "ISV enclave report signature is invalid"),
+    ("body_mrtd", BODY + 136, "tdx.quote_invalid", "ISV enclave report signature is invalid"),
+    ("body_rtmr3", BODY + 500, "tdx.quote_invalid", "ISV enclave report signature is invalid"),
+    ("body_report_data", BODY + 520, "tdx.quote_invalid", "ISV enclave report signature is invalid"),
+    ("body_last_byte", BODY + 583, "tdx.quote_invalid", "ISV enclave report signature is invalid"),
+    ("signature_data_length", BODY + 584, "tdx.quote_invalid", "length field says 4166 bytes, the signature data holds 4167"),
+    ("quote_signature", SIG + 5, "tdx.quote_invalid", "ISV enclave report signature is invalid"),
+    ("attestation_key", SIG + 64 + 3, "tdx.quote_invalid", "QE report hash mismatch"),
+    ("certification_data_type", SIG + 128, "tdx.quote_invalid", "certification data type 7 is not 6"),
+    ("qe_report", QE_CERT_BODY + 10, "tdx.quote_invalid", "Signature is invalid for qe_report"),
+    ("qe_report_data", QE_CERT_BODY + 320, "tdx.quote_invalid", "Signature is invalid for qe_report"),
+    ("qe_report_signature", QE_CERT_BODY + 384 + 7, "tdx.quote_invalid", "Signature is invalid for qe_report"),
+    ("qe_auth_data", QE_CERT_BODY + 384 + 64 + 2 + 5, "tdx.quote_invalid", "QE report hash mismatch"),
+    ("pck_leaf_cert", _pem_offset(0, 200), "tdx.quote_invalid", "certificate chain|PCK certificate"),
+    ("pck_leaf_sgx_extension", _pem_offset(0, 1200), "tdx.quote_invalid", "certificate chain|PCK certificate"),
+    ("intermediate_cert", _pem_offset(1, 300), "tdx.quote_invalid", "certificate chain"),
+    ("root_cert", _pem_offset(2, 300), "tdx.quote_invalid", "does not end in the trusted root CA certificate"),
+    ("chain_nul_terminator", REAL_QUOTE.rindex(b"-----END CERTIFICATE-----") + 26, "tdx.quote_invalid", "not a sequence of PEM certificates"),
+    ("zero_padding", len(REAL_QUOTE) - 3, "tdx.quote_invalid", "not zero padding"),
+]
+
+
+@pytest.mark.parametrize(
+    ("offset", "code", "message"),
+    [pytest.param(o, c, m, id=n) for n, o, c, m in TAMPERING],
+)
+def test_one_flipped_bit_anywhere_is_rejected(offset: int, code: str, message: str) -> None:
+    report = verify_real(flip(REAL_QUOTE, offset))
+
+    assert not report.ok
+    assert report.measurements is None
+    with pytest.raises(VerificationFailed, match=message) as info:
+        report.raise_for_failure()
+    assert info.value.code == code
+
+
+GARBAGE = [
+    ("empty", b"", "shorter than its 48-byte header"),
+    ("not_a_quote", b"\xff" * 100, "quote version 65535 is not a TDX quote version"),
+    ("header_only", REAL_QUOTE[:48], "truncated: signature data length"),
+    ("truncated_in_chain", REAL_QUOTE[:4000], "signature data length field says 4300 bytes, only 3364 follow"),
+    ("sgx_version_3", struct.pack("<H", 3) + REAL_QUOTE[2:], "quote version 3 is not a TDX quote version"),
+    ("version_6", struct.pack("<H", 6) + REAL_QUOTE[2:], "quote version 6 is not a TDX quote version"),
+    ("sgx_tee_type", REAL_QUOTE[:4] + struct.pack("<I", 0) + REAL_QUOTE[8:], "TEE type 0x0 is not TDX"),
+    ("wrong_key_type", REAL_QUOTE[:2] + struct.pack("<H", 3) + REAL_QUOTE[4:], "attestation key type 3"),
+    ("foreign_qe_vendor", REAL_QUOTE[:12] + bytes(16) + REAL_QUOTE[28:], "QE vendor id 0+ is not Intel's"),
+    ("trailing_bytes", REAL_QUOTE + b"\x01", "71 bytes after the signature data are not zero padding"),
+    ("oversized", REAL_QUOTE + bytes(MAX_QUOTE_BYTES), f"more than the {MAX_QUOTE_BYTES} allowed"),
+]
+
+
+@pytest.mark.parametrize(("quote", "message"), [pytest.param(q, m, id=n) for n, q, m in GARBAGE])
+def test_garbage_fails_the_format_check_without_raising(quote: bytes, message: str) -> None:
+    report = verify_real(quote)
+
+    assert [c.name for c in report.checks] == ["tdx.quote_format"]
+    assert report.checks[0].code == "tdx.quote_invalid"
+    with pytest.raises(VerificationFailed, match=message):
+        report.raise_for_failure()
+    assert parse_quote_measurements(quote) is None
+
+
+def test_zero_padding_is_tolerated_in_any_length() -> None:
+    assert verify_real(REAL_QUOTE[:-10]).ok
+    assert verify_real(REAL_QUOTE + bytes(10)).ok
+
+
+@pytest.mark.parametrize(
+    ("now", "code", "message"),
+    [
+        pytest.param(1752920163 + 1, "tdx.collateral_expired", "TCBInfo expired", id="after_next_update"),
+        pytest.param(1752919235 + 60, "tdx.collateral_expired", "CrlExpired", id="after_crl_next_update"),
+        pytest.param(1750327563 - 1, "tdx.collateral_not_yet_valid", "issue date is in the future", id="before_issue"),
+    ],
+)
+def test_collateral_outside_its_validity_is_rejected(now: int, code: str, message: str) -> None:
+    report = verify_real(REAL_QUOTE, now=now)
+
+    assert report.failure is not None and report.failure.code == code
+    with pytest.raises(VerificationFailed, match=message):
+        report.raise_for_failure()
+
+
+def test_missing_collateral_is_incomplete_never_verified() -> None:
+    report = verify_real(REAL_QUOTE, None)
+
+    assert not report.ok
+    assert report.measurements is None
+    assert report.checks[-1].status is Status.INCOMPLETE
+    assert report.checks[-1].code == "tdx.collateral_missing"
+    with pytest.raises(VerificationIncomplete, match="no DCAP collateral") as info:
+        report.raise_for_failure()
+    assert info.value.code == "tdx.collateral_missing"
+
+
+@pytest.mark.parametrize(
+    ("collateral", "message"),
+    [
+        pytest.param("", "Expecting value", id="empty"),
+        pytest.param("[1, 2]", "not a JSON object", id="array"),
+        pytest.param("{}", "missing field `pck_crl_issuer_chain`", id="empty_object"),
+        pytest.param("x" * (3 * 1024 * 1024), "more than the 2097152 allowed", id="oversized"),
+    ],
+)
+def test_unreadable_collateral_is_rejected(collateral: str, message: str) -> None:
+    report = verify_real(REAL_QUOTE, collateral)
+
+    assert report.failure is not None and report.failure.code == "tdx.collateral_invalid"
+    with pytest.raises(VerificationFailed, match=message):
+        report.raise_for_failure()
+
+
+def test_tampered_tcb_info_in_collateral_is_rejected() -> None:
+    document = json.loads(REAL_COLLATERAL)
+    document["tcb_info"] = document["tcb_info"].replace('"tcbStatus":"OutOfDate"', '"tcbStatus":"UpToDate"')
+    report = verify_real(REAL_QUOTE, json.dumps(document))
+
+    with pytest.raises(VerificationFailed, match="Signature is invalid for tcb_info"):
+        report.raise_for_failure()
+
+
+def test_collateral_cannot_substitute_the_pck_chain() -> None:
+    # dcap-qvl prefers collateral.pck_certificate_chain over the quote's own chain; the sidecar
+    # drops it, so a garbage substitute changes nothing.
+    document = json.loads(REAL_COLLATERAL)
+    document["pck_certificate_chain"] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    assert verify_real(REAL_QUOTE, json.dumps(document)).ok
+
+
+def test_real_quote_is_rejected_under_the_simulator_root() -> None:
+    report = verify_real(REAL_QUOTE, root=SIMULATOR_ROOT)
+
+    assert not report.ok
+    with pytest.raises(VerificationFailed, match="does not end in the trusted root CA"):
+        report.raise_for_failure()
+
+
+def test_collateral_next_update_is_the_earliest_deadline() -> None:
+    # PCK CRL 2025-07-19T10:00:35Z comes before TCB info (10:16:03Z) and QE identity (10:32:27Z).
+    assert collateral_next_update(REAL_COLLATERAL) == 1752919235
+
+
+@pytest.mark.parametrize("collateral", ["{}", "not json", json.dumps({"tcb_info": "{}"})])
+def test_collateral_next_update_refuses_unreadable_collateral(collateral: str) -> None:
+    with pytest.raises(VerificationFailed, match="cannot read collateral validity") as info:
+        collateral_next_update(collateral)
+    assert info.value.code == "tdx.collateral_invalid"
+
+
+# --- TCB policy ----------------------------------------------------------------------------------
+
+
+def _sim_report(authority: TestTdxAuthority, policy: TdxTcbPolicy) -> TdxQuoteReport:
+    quote = authority.make_quote(**sim_measurements())
+    return verify_tdx_quote(
+        quote,
+        authority.collateral_json(SIM_NOW),
+        root_ca_der=authority.root_ca_der,
+        now=SIM_NOW,
+        tcb_policy=policy,
+    )
+
+
+def test_tcb_status_not_in_policy_is_rejected() -> None:
+    report = _sim_report(TestTdxAuthority(tcb_status="OutOfDate", advisory_ids=["INTEL-SA-00837"]), STRICT)
+
+    assert report.tcb_status == "OutOfDate"
+    assert report.advisory_ids == ("INTEL-SA-00837",)
+    assert report.measurements is None
+    assert report.checks[-1].name == "tdx.tcb_status"
+    with pytest.raises(VerificationFailed, match="TCB status OutOfDate is not accepted") as info:
+        report.raise_for_failure()
+    assert info.value.code == "policy.tcb_status_not_allowed"
+
+
+def test_tcb_status_in_policy_is_accepted() -> None:
+    policy = TdxTcbPolicy(accepted_statuses=frozenset({"UpToDate", "SWHardeningNeeded"}))
+    report = _sim_report(TestTdxAuthority(tcb_status="SWHardeningNeeded"), policy)
+
+    assert report.ok
+    assert report.tcb_status == "SWHardeningNeeded"
+
+
+@pytest.mark.parametrize(
+    ("tolerated", "ok"),
+    [
+        pytest.param(None, True, id="none_means_status_is_the_gate"),
+        pytest.param(frozenset({"INTEL-SA-00837"}), True, id="listed"),
+        pytest.param(frozenset(), False, id="empty_tolerates_none"),
+        pytest.param(frozenset({"INTEL-SA-00615"}), False, id="other_listed"),
+    ],
+)
+def test_advisories_are_checked_against_the_allow_list(tolerated: frozenset[str] | None, ok: bool) -> None:
+    authority = TestTdxAuthority(tcb_status="UpToDate", advisory_ids=["INTEL-SA-00837"])
+    report = _sim_report(authority, TdxTcbPolicy(tolerated_advisories=tolerated))
+
+    assert report.ok is ok
+    if not ok:
+        with pytest.raises(VerificationFailed, match="advisories not tolerated: INTEL-SA-00837") as info:
+            report.raise_for_failure()
+        assert info.value.code == "policy.advisory_not_tolerated"
+
+
+@pytest.mark.parametrize(
+    ("authority", "code", "message"),
+    [
+        pytest.param(TestTdxAuthority(tcb_status="Revoked"), "tdx.tcb_revoked", "TCB status is invalid: Revoked", id="revoked"),
+        pytest.param(TestTdxAuthority(below_all_tcb_levels=True), "tdx.tcb_level_unmatched", "No matching TCB level found", id="below_all_levels"),
+    ],
+)
+def test_platforms_intel_would_not_certify_fail_even_a_permissive_policy(
+    authority: TestTdxAuthority, code: str, message: str
+) -> None:
+    everything = TdxTcbPolicy(accepted_statuses=frozenset(TestTdxAuthority.TCB_STATUSES))
+    report = _sim_report(authority, everything)
+
+    with pytest.raises(VerificationFailed, match=message) as info:
+        report.raise_for_failure()
+    assert info.value.code == code
+
+
+# --- simulator evidence --------------------------------------------------------------------------
+
+
+def test_simulator_quote_verifies_under_the_simulator_root(authority: TestTdxAuthority) -> None:
+    asked = sim_measurements()
+    report = _sim_report(authority, STRICT)
+
+    assert report.ok, report.checks
+    assert report.tcb_status == "UpToDate"
+    m = report.measurements
+    assert m is not None
+    assert {
+        "report_data": m.report_data,
+        "mrtd": m.mrtd,
+        "rtmr0": m.rtmr0,
+        "rtmr1": m.rtmr1,
+        "rtmr2": m.rtmr2,
+        "rtmr3": m.rtmr3,
+        "mr_config_id": m.mr_config_id,
+    } == asked
+    quote = authority.make_quote(**asked)
+    assert quote[BODY + 520 : BODY + 584] == asked["report_data"]
+
+
+def test_simulator_quote_is_rejected_under_the_intel_root(authority: TestTdxAuthority) -> None:
+    quote = authority.make_quote(**sim_measurements())
+    report = verify_tdx_quote(
+        quote, authority.collateral_json(SIM_NOW), root_ca_der=INTEL_ROOT, now=SIM_NOW, tcb_policy=STRICT
+    )
+
+    assert not report.ok
+    assert report.measurements is None
+    with pytest.raises(VerificationFailed, match="does not end in the trusted root CA") as info:
+        report.raise_for_failure()
+    assert info.value.code == "tdx.quote_invalid"
+
+
+def test_simulator_collateral_does_not_verify_under_the_intel_root(authority: TestTdxAuthority) -> None:
+    # Even a quote whose embedded chain names the Intel root (the real one) cannot borrow the
+    # simulator's collateral: dcap-qvl checks the CRLs and TCB signing chain against the anchor.
+    report = verify_real(REAL_QUOTE, authority.collateral_json(REAL_NOW))
+
+    with pytest.raises(VerificationFailed, match="Failed to parse root CA CRL"):
+        report.raise_for_failure()
+
+
+def test_simulator_collateral_expires_after_thirty_days(authority: TestTdxAuthority) -> None:
+    quote = authority.make_quote(**sim_measurements())
+    collateral = authority.collateral_json(SIM_NOW)
+    later = collateral_next_update(collateral) + 1
+    report = verify_tdx_quote(
+        quote, collateral, root_ca_der=authority.root_ca_der, now=later, tcb_policy=STRICT
+    )
+
+    assert report.failure is not None and report.failure.code == "tdx.collateral_expired"
+    assert collateral_next_update(collateral) == SIM_NOW - 3600 + 30 * 24 * 3600
+
+
+def test_simulator_root_is_the_shipped_anchor_and_says_it_is_a_test_root(authority: TestTdxAuthority) -> None:
+    from cryptography import x509
+
+    assert authority.root_ca_der == SIMULATOR_ROOT
+    subject = x509.load_der_x509_certificate(SIMULATOR_ROOT).subject.rfc4514_string()
+    assert "SIMULATOR TEST Root CA" in subject
+    assert "not Intel" in subject
+    assert SIMULATOR_ROOT != INTEL_ROOT
+
+
+def test_simulator_evidence_is_deterministic() -> None:
+    first, second = TestTdxAuthority(), TestTdxAuthority()
+    assert first.make_quote(**sim_measurements()) == second.make_quote(**sim_measurements())
+    assert first.collateral_json(SIM_NOW) == second.collateral_json(SIM_NOW)
+
+
+def test_simulator_pck_certificate_carries_the_sgx_extension(authority: TestTdxAuthority) -> None:
+    import dcap_qvl
+
+    parsed = dcap_qvl.parse_quote(authority.make_quote(**sim_measurements()))
+    extension = parsed.pck_extension()
+    assert parsed.fmspc() == authority.fmspc == "5E0000000001"
+    assert parsed.ca() == "platform"
+    assert extension is not None
+    assert extension.pce_svn == 13
+    assert extension.pce_id == bytes(2)
+    assert extension.sgx_type == 1
+
+
+def test_simulator_rejects_wrong_sized_measurements(authority: TestTdxAuthority) -> None:
+    fields = sim_measurements()
+    fields["rtmr3"] = b"\x00" * 32
+    with pytest.raises(ValueError, match="rtmr3 must be 48 bytes, got 32"):
+        authority.make_quote(**fields)
