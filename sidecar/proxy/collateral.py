@@ -89,7 +89,11 @@ def quote_platform(quote: bytes) -> tuple[str, str]:
         parsed = dcap_qvl.parse_quote(bytes(quote))
         fmspc = str(parsed.fmspc()).upper()
         ca = str(parsed.ca())
-    except Exception as exc:  # dcap-qvl raises ValueError; never let a hostile quote escape
+    except BaseException as exc:
+        # dcap-qvl raises ValueError, and pyo3 turns a Rust panic into PanicException (a
+        # BaseException): neither may escape on a hostile quote. Interrupts still propagate.
+        if not (isinstance(exc, Exception) or type(exc).__name__ == "PanicException"):
+            raise
         raise _unavailable(f"cannot read the platform (FMSPC) from the quote: {exc}") from exc
     if len(fmspc) != 12 or any(c not in "0123456789ABCDEF" for c in fmspc):
         raise _unavailable(f"quote names an invalid FMSPC {fmspc[:40]!r}")
