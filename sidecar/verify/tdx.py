@@ -13,15 +13,18 @@ Algorithm of :func:`verify_tdx_quote`:
 
     (1) Bound the quote size and walk its layout ourselves: header (version 4 or 5, ECDSA-P256
         attestation key, TEE type TDX, Intel QE vendor id), a TD report body, signature data whose
-        length fields add up *exactly* (no trailing bytes), certification data type 6 (QE report
-        certification data) nesting type 5 (PEM PCK chain). dcap-qvl does not check the outer
-        type or trailing bytes, and those bytes are outside every signature.
+        length fields add up *exactly* (only zero padding may follow, as Intel's quote generation
+        leaves it), certification data type 6 (QE report certification data) nesting type 5: PEM
+        certificates and nothing else. dcap-qvl checks none of the outer type, the trailing
+        bytes or the text around the PEM blocks, and those bytes are outside every signature.
     (2) No collateral → the check is INCOMPLETE (``tdx.collateral_missing``), never a pass.
     (3) Bound and decode the collateral JSON; drop any ``pck_certificate_chain`` in it, because
         dcap-qvl *prefers* that chain over the one inside the quote (src/verify.rs,
         ``verify_pck_cert_chain``) and we verify the quote's own chain.
-    (4) ``dcap_qvl.verify_with_root_ca``: every chain to ``root_ca_der``, both CRLs, TCB info and
-        QE identity signatures and validity windows at ``now``, the PCK signature over the QE
+    (4) The quote's embedded chain must end in ``root_ca_der`` itself (webpki ignores that copy,
+        so otherwise its bytes would be malleable). Then ``dcap_qvl.verify_with_root_ca``: every
+        chain to ``root_ca_der``, both CRLs, TCB info and QE identity signatures and validity
+        windows at ``now``, the PCK signature over the QE
         report, the QE report binding of the attestation key, the quote signature over header ‖
         body, the TDX module identity, debug/reserved TD attributes, and the TCB level match.
     (5) Policy: the TCB status must be accepted and every advisory tolerated (:class:`TdxTcbPolicy`).
