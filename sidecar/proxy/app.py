@@ -77,6 +77,9 @@ class ProxyState:
 
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+MODEL: web.RequestKey[str] = web.RequestKey("model", str)
+VERDICT: web.RequestKey[CompletionVerdict] = web.RequestKey("verdict", CompletionVerdict)
 StateFactory = Callable[[web.Application, aiohttp.ClientSession], Awaitable[ProxyState]]
 
 
@@ -114,7 +117,7 @@ async def _errors_and_logs(request: web.Request,
                            ) -> web.StreamResponse:
     """One log line per request; every error leaves as an OpenAI-shaped body, never a trace."""
     request_id = uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     response: web.StreamResponse | None = None
@@ -139,11 +142,16 @@ async def _errors_and_logs(request: web.Request,
         response = _error_response(SidecarError("internal error in tee-sidecar",
                                                  code="sidecar.internal_error"), request_id)
     finally:
+        # A relayed stream's headers said "pending"; its verdict came at the end.
+        relayed = request.get(VERDICT)
+        headers = response.headers if response is not None else {}
         log.info("request", method=request.method, path=request.path,
                  status=response.status if response is not None else None,
-                 model=request.get("model"),
-                 verified=response.headers.get(HEADER_VERIFIED) if response is not None else None,
-                 failure=response.headers.get(HEADER_FAILURE) if response is not None else None,
+                 model=request.get(MODEL),
+                 verified=(str(relayed.verified).lower() if relayed is not None
+                           else headers.get(HEADER_VERIFIED)),
+                 failure=(relayed.failure.code if relayed is not None and relayed.failure
+                          else headers.get(HEADER_FAILURE)),
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         structlog.contextvars.unbind_contextvars("request_id")
     if HEADER_REQUEST_ID not in response.headers and not response.prepared:
@@ -180,12 +188,12 @@ def _parse_request(body: bytes) -> tuple[str, bool]:
 def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
-        request_id: str = request["request_id"]
+        request_id: str = request[REQUEST_ID]
 
         # (1) The exact bytes the app sent, and the model.
         body = await request.read()
         model, _ = _parse_request(body)
-        request["model"] = model
+        request[MODEL] = model
         mode = state.settings.verification.mode
 
         # (2) Attested before the prompt leaves, in enforce mode.
@@ -325,7 +333,7 @@ async def _relay_stream(request: web.Request, state: ProxyState, resp: aiohttp.C
                         model: str, request_sha256: str, mode: Mode,
                         pre_failure: VerificationFailed | None) -> web.StreamResponse:
     """Forward events as they come; hold ``[DONE]`` until the verdict, which closes the stream."""
-    request_id: str = request["request_id"]
+    request_id: str = request[REQUEST_ID]
     out = web.StreamResponse(headers={
         hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
         HEADER_VERIFIED: "pending", HEADER_REQUEST_ID: request_id})
@@ -355,7 +363,7 @@ async def _relay_stream(request: web.Request, state: ProxyState, resp: aiohttp.C
                                      code="stream.truncated")
     verdict = await _judge(state, model, framer.chat_id, request_sha256, hasher.hexdigest(),
                            pre_failure or failure)
-    request["verdict"] = verdict
+    request[VERDICT] = verdict
     if verdict.verified:
         await out.write(VERIFIED_COMMENT + (done_event or b"data: [DONE]\n\n"))
     elif mode is Mode.MONITOR:

@@ -216,7 +216,7 @@ def build_simulator_app(provider: SimulatedProvider) -> web.Application:
             response_body = json.dumps(_completion_object(kind, model, chat_id, tokens)).encode()
             provider.record_signature(chat_id, body, response_body)
             if faults.tamper_response:
-                response_body = _flip_byte(response_body)
+                response_body = _tamper(response_body)
             return web.Response(body=response_body, content_type="application/json")
         return handler
 
@@ -287,9 +287,13 @@ def _error(status: int, message: str, code: str) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _flip_byte(data: bytes, index: int | None = None) -> bytes:
-    position = len(data) // 2 if index is None else index
-    return data[:position] + bytes([data[position] ^ 0x01]) + data[position + 1:]
+def _tamper(data: bytes) -> bytes:
+    """Alter one byte of the answer text (a letter's case), keeping the JSON well formed, as a
+    man in the middle rewriting the answer would."""
+    position = data.find(b"inference")
+    if position < 0:
+        position = len(data) // 2
+    return data[:position] + bytes([data[position] ^ 0x20]) + data[position + 1:]
 
 
 def _completion_object(kind: str, model: str, chat_id: str, tokens: list[str]) -> dict[str, Any]:
@@ -344,7 +348,7 @@ async def _stream(request: web.Request, provider: SimulatedProvider, kind: str, 
     # The signature covers the stream as produced; it is written when the response finishes.
     provider.record_signature(chat_id, request_body, b"".join(events))
     if faults.tamper_response:
-        events[1] = _flip_byte(events[1], len(events[1]) - 10)
+        events = [_tamper(e) if b"inference" in e else e for e in events]
     if faults.cut_stream:
         events = events[: len(events) // 2]
     for event in events:

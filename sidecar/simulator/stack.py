@@ -66,9 +66,16 @@ class Stack:
         port = runner.addresses[0][1]
         return f"http://127.0.0.1:{port}"
 
-    def sidecar(self, **sections: Mapping[str, Any]) -> str:
-        """Base URL (``…/v1``) of a sidecar with these settings sections, started once per config."""
-        key = tuple(sorted((name, tuple(sorted(v.items()))) for name, v in sections.items()))
+    def sidecar(self, *, fresh: bool = False, **sections: Mapping[str, Any]) -> str:
+        """Base URL (``…/v1``) of a sidecar with these settings sections.
+
+        One sidecar per configuration is reused; ``fresh`` starts a new one (a new process's
+        empty attestation cache).
+        """
+        key: tuple[Any, ...] = tuple(sorted((name, tuple(sorted(v.items())))
+                                            for name, v in sections.items()))
+        if fresh:
+            key += (len(self._sidecars),)
         if key not in self._sidecars:
             settings = simulator_settings(self.simulator_url, self._state_dir, **sections)
             app = build_proxy_app(settings, state_factory(settings, load_policies(settings)))

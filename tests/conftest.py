@@ -1,0 +1,29 @@
+"""Shared fixtures: one simulator + sidecars stack per test session, faults reset per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.simulator.stack import Stack
+
+TEE_MODEL = "TEE/simulated-llama-3.3-70b"
+PLAIN_MODEL = "simulated/no-tee-model"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Simulator and sidecars on loopback, in a background event loop."""
+    s = Stack(Path(tmp_path_factory.mktemp("stack")))
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "stack" in request.fixturenames:
+        stack: Stack = request.getfixturevalue("stack")
+        stack.call(stack.simulator.faults.reset)
