@@ -1,0 +1,66 @@
+"""SSE framing of untrusted streams: byte-exact events, chat id, [DONE], bounds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sidecar.errors import VerificationFailed
+from sidecar.verify.sse import MAX_EVENT_BYTES, SseFramer, chat_id_of
+
+STREAM = (b'data: {"id": "chatcmpl-abc", "choices": []}\n\n'
+          b'data: {"id": "chatcmpl-abc", "choices": [{"delta": {"content": "hi"}}]}\n\n'
+          b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 7, 50, len(STREAM)])
+def test_events_are_byte_exact_however_the_stream_is_split(split: int) -> None:
+    framer = SseFramer()
+    events = []
+    for i in range(0, len(STREAM), split):
+        events += framer.feed(STREAM[i:i + split])
+    assert b"".join(e.raw for e in events) == STREAM
+    assert framer.chat_id == "chatcmpl-abc"
+    assert framer.done and events[-1].is_done
+    assert framer.pending == b""
+
+
+def test_crlf_terminated_events() -> None:
+    framer = SseFramer()
+    events = framer.feed(STREAM.replace(b"\n\n", b"\r\n\r\n"))
+    assert len(events) == 3 and framer.done and framer.chat_id == "chatcmpl-abc"
+
+
+def test_comments_and_trailing_data_after_done() -> None:
+    framer = SseFramer()
+    framer.feed(b": keepalive\n\n" + STREAM + b'data: {"id": "x"}\n\n')
+    assert framer.chat_id == "chatcmpl-abc"
+    assert framer.trailing_after_done == 1
+
+
+def test_cut_stream_leaves_pending_bytes_and_no_done() -> None:
+    framer = SseFramer()
+    framer.feed(STREAM[:-5])
+    assert not framer.done
+    assert framer.pending == b"data: [DO"[: len(framer.pending)] or framer.pending
+
+
+def test_oversized_event_is_refused() -> None:
+    framer = SseFramer()
+    with pytest.raises(VerificationFailed, match="exceeds 1 MiB"):
+        framer.feed(b"data: " + b"a" * (MAX_EVENT_BYTES + 1))
+
+
+@pytest.mark.parametrize("payload, why", [
+    (b"not json", "not JSON"),
+    (b"[1]", "no usable completion id"),
+    (b'{"id": 5}', "no usable completion id"),
+    (b'{"id": ""}', "no usable completion id"),
+    (json.dumps({"id": "a" * 300}).encode(), "no usable completion id"),
+    (b'{"id": "../../admin"}', "characters outside"),
+    (b'{"id": "chat id"}', "characters outside"),
+])
+def test_chat_id_of_refuses_unusable_ids(payload: bytes, why: str) -> None:
+    with pytest.raises(VerificationFailed, match=why):
+        chat_id_of(payload)
