@@ -137,6 +137,19 @@ class PolicySettings(_Section):
     file: Path | None = None
 
 
+class LimitsSettings(_Section):
+    """Bounds that keep a hostile client or provider from exhausting the sidecar.
+
+    Each limit, when hit, answers with an OpenAI-shaped error naming it.
+    """
+
+    max_request_bytes: int = Field(default=8 << 20, gt=0)
+    max_response_bytes: int = Field(default=32 << 20, gt=0)
+    max_header_bytes: int = Field(default=16 << 10, ge=1024)
+    stream_timeout: float = Field(default=600.0, gt=0)
+    max_concurrent_per_client: int = Field(default=256, gt=0)
+
+
 class LogSettings(_Section):
     """Log format and level."""
 
@@ -166,6 +179,7 @@ class Settings(BaseSettings):
     attestation: AttestationSettings = AttestationSettings()
     trust: TrustSettings = TrustSettings()
     policy: PolicySettings = PolicySettings()
+    limits: LimitsSettings = LimitsSettings()
     log: LogSettings = LogSettings()
     state: StateSettings = StateSettings()
 

@@ -24,10 +24,13 @@ class SidecarError(Exception):
     http_status = 500
     error_type = "tee_sidecar_error"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None,
+                 http_status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
+        if http_status is not None:
+            self.http_status = http_status
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -53,6 +56,14 @@ class NotFound(SidecarError):
     default_code = "request.unknown_path"
     http_status = 404
     error_type = "invalid_request_error"
+
+
+class TooManyRequests(SidecarError):
+    """A local client has more requests in flight than ``limits.max_concurrent_per_client``."""
+
+    default_code = "limits.too_many_concurrent_requests"
+    http_status = 429
+    error_type = "rate_limit_error"
 
 
 class UpstreamError(SidecarError):

@@ -31,11 +31,12 @@ import aiohttp
 import structlog
 from aiohttp import hdrs, web
 
-from sidecar.config import Mode, Settings, StreamMode
+from sidecar.config import LimitsSettings, Mode, Settings, StreamMode
 from sidecar.errors import (
     BadRequest,
     NotFound,
     SidecarError,
+    TooManyRequests,
     UpstreamError,
     VerificationFailed,
     openai_error_body,
@@ -55,11 +56,9 @@ from sidecar.verify.sse import SseFramer, chat_id_of
 
 log = structlog.get_logger("tee_sidecar.proxy")
 
-# A chat request with a long context is a few MiB of JSON; more is abuse of a local port.
-MAX_REQUEST_BYTES = 8 << 20
-# A completion body (non-streamed) or a whole buffered stream; generous for long answers.
-MAX_RESPONSE_BYTES = 32 << 20
-# Upstream error bodies are short JSON; anything longer is truncated away.
+# Request and response size, header size, stream duration and per-client concurrency bounds are
+# settings (``[limits]`` in sidecar.config). Upstream error bodies are short JSON; anything
+# longer is cut.
 MAX_ERROR_BODY_BYTES = 64 << 10
 
 VERIFIED_COMMENT = b": x-tee-verified true\n\n"
@@ -80,6 +79,7 @@ STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 MODEL: web.RequestKey[str] = web.RequestKey("model", str)
 VERDICT: web.RequestKey[CompletionVerdict] = web.RequestKey("verdict", CompletionVerdict)
+IN_FLIGHT: web.AppKey[dict[str, int]] = web.AppKey("in_flight", dict)
 StateFactory = Callable[[web.Application, aiohttp.ClientSession], Awaitable[ProxyState]]
 
 
@@ -88,11 +88,19 @@ def build_proxy_app(settings: Settings, make_state: StateFactory) -> web.Applica
 
     The single ``aiohttp.ClientSession`` lives in the app's cleanup context.
     """
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[_errors_and_logs])
+    limits = settings.limits
+    app = web.Application(client_max_size=limits.max_request_bytes,
+                          middlewares=[_errors_and_logs, _per_client_concurrency],
+                          handler_args={"max_field_size": limits.max_header_bytes,
+                                        "max_line_size": limits.max_header_bytes})
+    app[IN_FLIGHT] = {}
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, auto_decompress=False,
+            max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
+        ) as session:
             app[STATE] = await make_state(app, session)
             yield
 
@@ -105,8 +113,10 @@ def build_proxy_app(settings: Settings, make_state: StateFactory) -> web.Applica
 
 def _error_response(error: SidecarError, request_id: str, *, extra: dict[str, str] | None = None
                     ) -> web.Response:
+    # Only a local concurrency limit is worth retrying; a failed verification is not.
     headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: error.code,
-               HEADER_REQUEST_ID: request_id, HEADER_SHOULD_RETRY: "false"}
+               HEADER_REQUEST_ID: request_id,
+               HEADER_SHOULD_RETRY: "true" if error.http_status == 429 else "false"}
     headers.update(extra or {})
     return web.json_response(openai_error_body(error), status=error.http_status, headers=headers)
 
@@ -130,12 +140,12 @@ async def _errors_and_logs(request: web.Request,
         if exc.status == 404:
             error = NotFound(f"{request.method} {request.path} is not served by tee-sidecar")
         elif exc.status == 413:
-            error = BadRequest(f"request body exceeds {MAX_REQUEST_BYTES} bytes",
-                               code="request.too_large")
-            error.http_status = 413
+            limit = request.app[STATE].settings.limits.max_request_bytes
+            error = BadRequest(f"request body exceeds limits.max_request_bytes ({limit})",
+                               code="limits.request_too_large", http_status=413)
         else:
-            error = BadRequest(exc.reason, code=f"request.http_{exc.status}")
-            error.http_status = exc.status
+            error = BadRequest(exc.reason, code=f"request.http_{exc.status}",
+                               http_status=exc.status)
         response = _error_response(error, request_id)
     except Exception:
         log.exception("internal_error")
@@ -159,13 +169,33 @@ async def _errors_and_logs(request: web.Request,
     return response
 
 
+@web.middleware
+async def _per_client_concurrency(request: web.Request,
+                                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                  ) -> web.StreamResponse:
+    """At most ``limits.max_concurrent_per_client`` requests in flight per peer address."""
+    in_flight = request.app[IN_FLIGHT]
+    peer = request.remote or "unknown"
+    limit = request.app[STATE].settings.limits.max_concurrent_per_client
+    if in_flight.get(peer, 0) >= limit:
+        raise TooManyRequests(
+            f"more than limits.max_concurrent_per_client ({limit}) requests in flight")
+    in_flight[peer] = in_flight.get(peer, 0) + 1
+    try:
+        return await handler(request)
+    finally:
+        in_flight[peer] -= 1
+        if not in_flight[peer]:
+            del in_flight[peer]
+
+
 async def _models(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
                                     sock_read=state.settings.upstream.read_timeout)
     resp = await state.upstream.open("GET", "/v1/models", None, timeout)
     async with resp:
-        body = await _read_upstream(resp, MAX_RESPONSE_BYTES)
+        body = await _read_upstream(resp, state.settings.limits)
     # A model list is not signed by any enclave: pass it on, marked as not verified.
     return web.Response(body=body, status=resp.status, headers={
         hdrs.CONTENT_TYPE: resp.headers.get(hdrs.CONTENT_TYPE, "application/json"),
@@ -231,14 +261,31 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
     return handler
 
 
-async def _read_upstream(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def _read_upstream(resp: aiohttp.ClientResponse, limits: LimitsSettings) -> bytes:
+    """The whole upstream body within ``limits.max_response_bytes`` and ``limits.stream_timeout``.
+
+    Raises:
+        VerificationFailed: ``limits.response_too_large``.
+        UpstreamError: ``limits.stream_timeout``, ``upstream.timeout`` or ``upstream.unavailable``.
+    """
+    deadline = asyncio.timeout(limits.stream_timeout)
     try:
-        return await read_bounded(resp, limit, "upstream response", code="response.too_large")
-    except asyncio.TimeoutError:
+        async with deadline:
+            return await read_bounded(resp, limits.max_response_bytes, "upstream response",
+                                      code="limits.response_too_large")
+    except TimeoutError:
+        if deadline.expired():
+            raise _stream_timeout(limits) from None
         raise UpstreamError("the provider stopped sending", code="upstream.timeout") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"upstream connection failed: {type(exc).__name__}",
                             code="upstream.unavailable") from None
+
+
+def _stream_timeout(limits: LimitsSettings) -> UpstreamError:
+    return UpstreamError(
+        f"the response took longer than limits.stream_timeout ({limits.stream_timeout} s)",
+        code="limits.stream_timeout", http_status=504)
 
 
 async def _upstream_error(resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
@@ -267,7 +314,7 @@ async def _read_upstream_error(resp: aiohttp.ClientResponse) -> bytes:
 
 
 async def _judge(state: ProxyState, model: str, chat_id: str | None, request_sha256: str,
-                 response_sha256: str, pre_failure: VerificationFailed | None) -> CompletionVerdict:
+                 response_sha256: str, pre_failure: SidecarError | None) -> CompletionVerdict:
     if pre_failure is not None:
         return CompletionVerdict.failed(pre_failure, chat_id)
     if chat_id is None:
@@ -293,7 +340,7 @@ async def _plain(state: ProxyState, resp: aiohttp.ClientResponse, model: str,
                  request_sha256: str, mode: Mode, pre_failure: VerificationFailed | None,
                  request_id: str) -> web.Response:
     # (4) The exact bytes received, and the completion id inside them.
-    body = await _read_upstream(resp, MAX_RESPONSE_BYTES)
+    body = await _read_upstream(resp, state.settings.limits)
     chat_id: str | None = None
     try:
         chat_id = chat_id_of(body)
@@ -309,7 +356,7 @@ async def _plain(state: ProxyState, resp: aiohttp.ClientResponse, model: str,
 async def _buffer_stream(state: ProxyState, resp: aiohttp.ClientResponse, model: str,
                          request_sha256: str, mode: Mode, pre_failure: VerificationFailed | None,
                          request_id: str) -> web.Response:
-    body = await _read_upstream(resp, MAX_RESPONSE_BYTES)
+    body = await _read_upstream(resp, state.settings.limits)
     framer = SseFramer()
     try:
         framer.feed(body)
@@ -342,23 +389,29 @@ async def _relay_stream(request: web.Request, state: ProxyState, resp: aiohttp.C
     hasher = hashlib.sha256()
     received = 0
     done_event: bytes | None = None
-    failure: VerificationFailed | None = None
+    failure: SidecarError | None = None
+    limits = state.settings.limits
+    deadline = asyncio.timeout(limits.stream_timeout)
     try:
-        async for chunk in resp.content.iter_any():
-            hasher.update(chunk)
-            received += len(chunk)
-            if received > MAX_RESPONSE_BYTES:
-                raise VerificationFailed("stream exceeds the response size limit",
-                                         code="response.too_large")
-            for event in framer.feed(chunk):
-                if event.is_done and done_event is None:
-                    done_event = event.raw
-                elif done_event is None:
-                    await out.write(event.raw)
+        async with deadline:
+            async for chunk in resp.content.iter_any():
+                hasher.update(chunk)
+                received += len(chunk)
+                if received > limits.max_response_bytes:
+                    raise VerificationFailed("stream exceeds limits.max_response_bytes",
+                                             code="limits.response_too_large")
+                for event in framer.feed(chunk):
+                    if event.is_done and done_event is None:
+                        done_event = event.raw
+                    elif done_event is None:
+                        await out.write(event.raw)
         failure = _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = exc
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except TimeoutError:
+        failure = _stream_timeout(limits) if deadline.expired() else UpstreamError(
+            "the provider stopped sending", code="upstream.timeout")
+    except aiohttp.ClientError as exc:
         failure = VerificationFailed(f"upstream stream broke: {type(exc).__name__}",
                                      code="stream.truncated")
     verdict = await _judge(state, model, framer.chat_id, request_sha256, hasher.hexdigest(),

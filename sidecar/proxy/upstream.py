@@ -54,7 +54,7 @@ class UpstreamClient:
         compression (spec section 3); hashing decoded bytes would work too, but identity keeps
         "the bytes we hash" and "the bytes on the wire" the same thing.
         """
-        headers = {hdrs.ACCEPT_ENCODING: "identity", hdrs.USER_AGENT: USER_AGENT}
+        headers: dict[str, str] = {hdrs.ACCEPT_ENCODING: "identity", hdrs.USER_AGENT: USER_AGENT}
         if self._api_key:
             headers[hdrs.AUTHORIZATION] = f"Bearer {self._api_key}"
         if content_type:

@@ -106,7 +106,8 @@ class SimulatedProvider:
         self.faults = Faults()
         self.api_key = api_key
         self.evidence = evidence
-        self._signatures: OrderedDict[str, tuple[float, dict[str, str]]] = OrderedDict()
+        # chat id -> (expiry, {algo: signature record})
+        self._signatures: OrderedDict[str, tuple[float, dict[str, dict[str, str]]]] = OrderedDict()
         self._last_record: dict[str, str] | None = None
         self._late_polls: dict[str, int] = {}
         self._rotated: SigningNode | None = None
@@ -130,7 +131,7 @@ class SimulatedProvider:
         if faults.wrong_text_hashes:
             request_hash, response_hash = response_hash, request_hash
         text = f"{request_hash}:{response_hash}"
-        records = {}
+        records: dict[str, dict[str, str]] = {}
         for algo in ("ecdsa", "ed25519"):
             node = SigningNode() if faults.sign_with_other_key else self._signer()
             records[algo] = {
@@ -140,7 +141,7 @@ class SimulatedProvider:
                 "signing_algo": algo,
             }
         self.completions_served += 1
-        self._signatures[chat_id] = (time.monotonic() + SIGNATURE_TTL_SECONDS, records)  # type: ignore[assignment]
+        self._signatures[chat_id] = (time.monotonic() + SIGNATURE_TTL_SECONDS, records)
         while len(self._signatures) > MAX_CACHED_SIGNATURES:
             self._signatures.popitem(last=False)
 
@@ -149,7 +150,7 @@ class SimulatedProvider:
         entry = self._signatures.get(chat_id)
         if entry is None or entry[0] < time.monotonic():
             return None
-        record: dict[str, str] = entry[1][algo]  # type: ignore[index]
+        record = entry[1][algo]
         if self.faults.replay_signature and self._last_record is not None:
             previous = self._last_record
             self._last_record = record

@@ -135,7 +135,7 @@ class AttestationReport:
         """The first failing (else undecided) check across nodes."""
         checks = [c for node in self.nodes for c in node.checks if not c.ok]
         failed = [c for c in checks if c.status is Status.FAIL]
-        return (failed or checks or [None])[0]
+        return failed[0] if failed else (checks[0] if checks else None)
 
 
 def _combine(statuses: Any) -> Status:

@@ -1,0 +1,1089 @@
+"""Receipts: a durable record of every completion, so that an auditor can ask afterwards
+"prove that this answer came from an attested enclave" and get an answer without the network.
+
+Each completion appends one JSON line to ``receipts.jsonl`` (see ``docs/receipts.md``): the
+hashes of the exact request and response bytes, the enclave's signature over them (spec
+section 3), the signing key, the digest and nonce of the attestation report that key was attested
+from (spec section 2), and the sidecar's verdict. Prompts and completions are never written: only
+their sha256 digests, which the holder of the bytes can recompute.
+
+The attestation report bodies are archived beside the log (``evidence/<sha256>.json``), once per
+digest, so that ``verify_receipts`` can re-check each verified receipt from the file alone:
+
+  (1) the line parses, has exactly the receipt fields, and is chained to the line before it
+      (``prev_sha256`` = sha256 of the previous line's bytes), so an edit to a field the enclave
+      did not sign (time, model, chat id, verdict) breaks the chain at the edited line;
+  (2) the signed text is ``"<request_sha256>:<response_sha256>"`` of this very receipt;
+  (3) the signature recovers (ecdsa) or verifies (ed25519) to the receipt's ``signing_address``;
+  (4) the archived evidence with the receipt's digest exists and hashes to that digest;
+  (5) the signing address is one of the evidence's nodes, and that node's quote REPORTDATA binds
+      the address and the receipt's nonce.
+
+What this does not re-check (the quote's signature chain, TCB status, GPU evidence) needs
+collateral and NRAS; ``tee-sidecar attest --report`` does that from the same archived body.
+
+The writer, ``ReceiptLog``, keeps the file valid JSON lines through crashes and concurrency: each
+line goes out in one ``os.write`` on an ``O_APPEND`` descriptor under a lock and is ``fsync``-ed;
+a torn last line left by a crash is set aside on open; rotation is rename-based.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+import threading
+import time as _time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Literal, NoReturn
+
+import structlog
+
+from sidecar.errors import SidecarError, VerificationFailed
+from sidecar.providers.wire import MAX_REPORT_BYTES, AttestationDocument, parse_attestation_document
+from sidecar.verify.binding import NONCE_LENGTH, check_report_data_binding
+from sidecar.verify.checks import Check
+from sidecar.verify.signature import (
+    MAX_TEXT_LENGTH,
+    CompletionSignature,
+    normalise_key,
+    verify_completion_signature,
+)
+from sidecar.verify.tdx import parse_quote_measurements
+
+log = structlog.get_logger("tee_sidecar.receipts")
+
+RECEIPT_FORMAT = 1
+"""The ``v`` of every line; a reader refuses versions it does not know rather than guess."""
+GENESIS_PREV_SHA256 = "0" * 64
+"""``prev_sha256`` of the first line ever written to a log."""
+EVIDENCE_DIRNAME = "evidence"
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_BACKUPS = 10
+# A genuine line is under 1.5 KiB (hashes, a 132-char signature, a model name of at most 256
+# chars); the bound stops a doctored file from making the verifier parse megabytes per line.
+MAX_RECEIPT_LINE_BYTES = 8 << 10
+# Field bounds mirror the wire contract (``SignatureRecordWire``) and the proxy's request parser.
+MAX_MODEL_LENGTH = 256
+MAX_CHAT_ID_LENGTH = 256
+MAX_SIGNATURE_LENGTH = 1024
+MAX_ADDRESS_LENGTH = 130
+MAX_FAILURE_CODE_LENGTH = 128
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
+
+ReceiptVerdict = Literal["verified", "failed"]
+
+
+class ReceiptLogError(SidecarError):
+    """A receipt could not be written durably (disk full, permissions, a second writer)."""
+
+    default_code = "receipts.write_failed"
+
+
+class ReceiptFormatError(ValueError):
+    """A receipt (or a line claiming to be one) does not have the receipt format."""
+
+
+def receipt_time(now: float | None = None) -> str:
+    """``now`` (unix seconds; default: the current time) as RFC 3339 UTC with milliseconds."""
+    moment = datetime.fromtimestamp(_time.time() if now is None else now, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _optional_str(name: str, value: object, max_length: int) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise ReceiptFormatError(f"{name} must be null or a string of 1-{max_length} chars")
+
+
+def _optional_sha256(name: str, value: object) -> None:
+    if value is not None and not (isinstance(value, str) and _SHA256_HEX.fullmatch(value)):
+        raise ReceiptFormatError(f"{name} must be null or 64 lower-case hex chars")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the sidecar knew about one completion when it delivered or refused it.
+
+    Only digests of the request and response are kept, never their text.
+
+    Attributes:
+        time: when the verdict was reached, RFC 3339 UTC (``receipt_time``).
+        model: the model the request named.
+        request_sha256: hex sha256 of the request bytes sent upstream.
+        response_sha256: hex sha256 of the response bytes received (SSE: every event, as sent).
+        chat_id: the completion id the signature was fetched under (``None`` if there was none).
+        text: the signed text, ``"<request_sha256>:<response_sha256>"`` as the enclave sent it.
+        signature: the signature as the enclave sent it (ecdsa: ``0x`` + 65 bytes hex).
+        signing_address: the signing key the signature record named.
+        signing_algo: ``ecdsa`` or ``ed25519``.
+        evidence_sha256: sha256 of the attestation report body the key was attested from.
+        nonce: the 64-hex nonce that report was requested with.
+        verdict: ``verified`` or ``failed``.
+        failure_code: the stable failure code (``None`` exactly when verified).
+
+    ``text``, ``signature``, ``signing_address``, ``signing_algo``, ``evidence_sha256``, ``nonce``
+    and ``chat_id`` may be ``None`` on a failed receipt (the completion failed before they were had);
+    a verified receipt has them all.
+
+    Raises:
+        ReceiptFormatError: on construction, for a field out of shape or a verdict that does not
+            agree with the fields (a programming error in the caller, or a doctored line).
+    """
+
+    time: str
+    model: str
+    request_sha256: str
+    response_sha256: str
+    chat_id: str | None
+    text: str | None
+    signature: str | None
+    signing_address: str | None
+    signing_algo: str | None
+    evidence_sha256: str | None
+    nonce: str | None
+    verdict: ReceiptVerdict
+    failure_code: str | None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.time, str) and _RFC3339_UTC.fullmatch(self.time)):
+            raise ReceiptFormatError("time must be RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS[.fff]Z)")
+        try:
+            datetime.fromisoformat(self.time)
+        except ValueError:
+            raise ReceiptFormatError(f"time {self.time!r} is not a valid date") from None
+        if not isinstance(self.model, str) or not self.model or len(self.model) > MAX_MODEL_LENGTH:
+            raise ReceiptFormatError(f"model must be a string of 1-{MAX_MODEL_LENGTH} chars")
+        for name in ("request_sha256", "response_sha256"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and _SHA256_HEX.fullmatch(value)):
+                raise ReceiptFormatError(f"{name} must be 64 lower-case hex chars")
+        _optional_str("chat_id", self.chat_id, MAX_CHAT_ID_LENGTH)
+        _optional_str("text", self.text, MAX_TEXT_LENGTH)
+        _optional_str("signature", self.signature, MAX_SIGNATURE_LENGTH)
+        _optional_str("signing_address", self.signing_address, MAX_ADDRESS_LENGTH)
+        if self.signing_algo not in (None, "ecdsa", "ed25519"):
+            raise ReceiptFormatError("signing_algo must be null, 'ecdsa' or 'ed25519'")
+        _optional_sha256("evidence_sha256", self.evidence_sha256)
+        _optional_sha256("nonce", self.nonce)  # 32 bytes as 64 lower-case hex, like a digest
+        _optional_str("failure_code", self.failure_code, MAX_FAILURE_CODE_LENGTH)
+        if self.verdict == "verified":
+            missing = [name for name in ("chat_id", "text", "signature", "signing_address",
+                                         "signing_algo", "evidence_sha256", "nonce")
+                       if getattr(self, name) is None]
+            if missing:
+                raise ReceiptFormatError(f"a verified receipt needs {', '.join(missing)}")
+            if self.failure_code is not None:
+                raise ReceiptFormatError("a verified receipt has no failure_code")
+        elif self.verdict == "failed":
+            if self.failure_code is None:
+                raise ReceiptFormatError("a failed receipt needs its failure_code")
+        else:
+            raise ReceiptFormatError("verdict must be 'verified' or 'failed'")
+
+
+_RECEIPT_FIELDS = tuple(f.name for f in fields(Receipt))
+_LINE_KEYS = frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS})
+
+
+def encode_receipt_line(receipt: Receipt, prev_sha256: str) -> bytes:
+    """The exact bytes of one log line: compact ASCII JSON and a newline.
+
+    ``ensure_ascii`` keeps every line free of raw newlines and multi-byte sequences, so a line is
+    always one ``\\n``-terminated record whatever the model name holds.
+    """
+    obj: dict[str, Any] = {"v": RECEIPT_FORMAT, **asdict(receipt), "prev_sha256": prev_sha256}
+    return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of duplicate keys; a doctored line could hide a second value.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ReceiptFormatError(f"duplicate field {key!r}")
+        obj[key] = value
+    return obj
+
+
+def decode_receipt_line(line: bytes) -> tuple[Receipt, str]:
+    """Parse one log line (with or without its newline) into the receipt and its ``prev_sha256``.
+
+    Raises:
+        ReceiptFormatError: the line is not JSON, lacks or adds fields, or a field is out of shape.
+    """
+    if len(line) > MAX_RECEIPT_LINE_BYTES:
+        raise ReceiptFormatError(f"line exceeds {MAX_RECEIPT_LINE_BYTES} bytes")
+    try:
+        obj = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except ReceiptFormatError:
+        raise
+    except (ValueError, UnicodeDecodeError):
+        raise ReceiptFormatError("not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ReceiptFormatError("not a JSON object")
+    if obj.get("v") != RECEIPT_FORMAT:
+        raise ReceiptFormatError(f"format version {obj.get('v')!r} is not {RECEIPT_FORMAT}")
+    if missing := sorted(_LINE_KEYS - obj.keys()):
+        raise ReceiptFormatError(f"missing field(s) {', '.join(missing)}")
+    if extra := sorted(obj.keys() - _LINE_KEYS):
+        raise ReceiptFormatError(f"unknown field(s) {', '.join(extra)}")
+    prev = obj["prev_sha256"]
+    if not (isinstance(prev, str) and _SHA256_HEX.fullmatch(prev)):
+        raise ReceiptFormatError("prev_sha256 must be 64 lower-case hex chars")
+    try:
+        receipt = Receipt(**{name: obj[name] for name in _RECEIPT_FIELDS})
+    except TypeError as exc:  # a non-string where a string belongs, caught by a comparison
+        raise ReceiptFormatError(f"field type: {exc}") from None
+    return receipt, prev
+
+
+def _line_sha256(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def rotated_paths(path: Path) -> list[Path]:
+    """The rotated siblings of ``path`` that exist, oldest first (``path.N`` … ``path.1``)."""
+    numbered: list[tuple[int, Path]] = []
+    prefix = path.name + "."
+    if path.parent.is_dir():
+        for sibling in path.parent.iterdir():
+            suffix = sibling.name[len(prefix):] if sibling.name.startswith(prefix) else ""
+            if suffix.isdigit() and suffix.isascii():
+                numbered.append((int(suffix), sibling))
+    return [p for _, p in sorted(numbered, reverse=True)]
+
+
+def _fsync_dir(directory: Path) -> None:
+    # A rename or a new file is durable only once its directory entry is (POSIX fsync on the dir).
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last complete line of ``path`` (with its newline), or ``None`` if it has none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        end = size
+        if end == 0 or os.pread(fd, 1, end - 1) != b"\n":
+            return None  # empty, or torn (repaired before this is asked of the live file)
+        start = end - 1
+        chunk = 4096
+        while start > 0:
+            begin = max(0, start - chunk)
+            data = os.pread(fd, start - begin, begin)
+            cut = data.rfind(b"\n")
+            if cut >= 0:
+                start = begin + cut + 1
+                break
+            start = begin
+        return os.pread(fd, end - start, start)
+    finally:
+        os.close(fd)
+
+
+def _repair_torn_tail(path: Path, torn_path: Path) -> int:
+    """Cut a torn last line (no newline) from ``path``, appending its bytes to ``torn_path``.
+
+    Returns the number of bytes set aside (0 when the file was whole).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return 0
+        cut = 0
+        pos = size
+        while pos > 0:
+            begin = max(0, pos - 65536)
+            newline = os.pread(fd, pos - begin, begin).rfind(b"\n")
+            if newline >= 0:
+                cut = begin + newline + 1
+                break
+            pos = begin
+        torn = os.pread(fd, size - cut, cut)
+        # Forensics first: the torn bytes reach the disk before they leave the log.
+        torn_fd = os.open(torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(torn_fd, torn + b"\n")
+            os.fsync(torn_fd)
+        finally:
+            os.close(torn_fd)
+        os.ftruncate(fd, cut)
+        os.fsync(fd)
+        return len(torn)
+    finally:
+        os.close(fd)
+
+
+class ReceiptLog:
+    """An append-only, crash-safe JSON-lines receipt file with size-based rotation.
+
+    One process writes a log at a time (an ``flock`` on ``<path>.lock`` refuses a second writer,
+    whose appends would fork the hash chain). Appends are serialized by a lock, written with one
+    ``os.write`` on an ``O_APPEND`` descriptor and ``fsync``-ed before ``append`` returns, so a
+    receipt reported written survives a crash, and a crash leaves at worst one torn last line,
+    which the next open sets aside. When a line would push the file past ``max_bytes``, the file
+    is rotated: ``receipts.jsonl`` → ``.1`` → … → ``.<backups>``; the oldest is dropped.
+
+    Attestation bodies are archived in ``<dir of path>/evidence/<sha256>.json``.
+
+    Raises:
+        ReceiptLogError: (from the constructor) the file cannot be opened, repaired or locked.
+        ValueError: ``max_bytes`` < 1 or ``backups`` < 0.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 backups: int = DEFAULT_BACKUPS) -> None:
+        if max_bytes < 1 or backups < 0:
+            raise ValueError("max_bytes must be >= 1 and backups >= 0")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.evidence_dir = self.path.parent / EVIDENCE_DIRNAME
+        self.torn_path = self.path.with_name(self.path.name + ".torn")
+        self._lock = threading.Lock()
+        self._async_lock: asyncio.Lock | None = None
+        self._archived: set[str] = set()
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = self._take_writer_lock()
+            torn = _repair_torn_tail(self.path, self.torn_path)
+            if torn:
+                log.warning("receipts.torn_line_set_aside", path=str(self.path), bytes=torn,
+                            torn_path=str(self.torn_path))
+            self._open_current()
+            last = _last_line(self.path)
+            if last is None:
+                # An empty current file continues the chain of the newest rotated one.
+                rotated = rotated_paths(self.path)
+                last = _last_line(rotated[-1]) if rotated else None
+            self._prev = _line_sha256(last) if last is not None else GENESIS_PREV_SHA256
+        except OSError as exc:
+            self._release()
+            raise ReceiptLogError(f"cannot open receipt log {self.path}: {exc}",
+                                  code="receipts.open_failed") from exc
+        except BaseException:
+            self._release()
+            raise
+
+    def _take_writer_lock(self) -> int:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ReceiptLogError(f"another process is writing {self.path}",
+                                  code="receipts.locked") from None
+        return fd
+
+    def _open_current(self) -> None:
+        existed = self.path.exists()
+        # 0o600: receipts say which models were used when, which is the user's business only.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        if not existed:
+            _fsync_dir(self.path.parent)
+
+    def _release(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._lock_fd = None
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` ran."""
+        return self._fd is None
+
+    @property
+    def head_sha256(self) -> str:
+        """sha256 of the last line written: the chain head an auditor may note down elsewhere."""
+        return self._prev
+
+    def append(self, receipt: Receipt) -> None:
+        """Append ``receipt`` as one line and ``fsync`` it (blocking; see ``append_async``).
+
+        Raises:
+            ReceiptLogError: the log is closed, or the line could not be written durably; a
+                partially written line is cut off again, so the file stays valid JSON lines.
+        """
+        with self._lock:
+            if self._fd is None:
+                raise ReceiptLogError(f"receipt log {self.path} is closed", code="receipts.closed")
+            line = encode_receipt_line(receipt, self._prev)
+            try:
+                if self._size > 0 and self._size + len(line) > self.max_bytes:
+                    self._rotate()
+                assert self._fd is not None
+                written = os.write(self._fd, line)
+                if written != len(line):
+                    # A short write (disk full): undo it rather than leave half a line behind.
+                    os.ftruncate(self._fd, self._size)
+                    raise ReceiptLogError(
+                        f"short write to {self.path} ({written} of {len(line)} bytes); undone")
+                # The line is in the file from here on: the chain must follow it even if the
+                # fsync below fails.
+                self._size += len(line)
+                self._prev = _line_sha256(line)
+                os.fsync(self._fd)
+            except OSError as exc:
+                if self._fd is None:
+                    self._reopen_after_failed_rotation()
+                raise ReceiptLogError(f"cannot write receipt to {self.path}: {exc}") from exc
+
+    def _reopen_after_failed_rotation(self) -> None:
+        # A rotation that failed half-way closed the descriptor; keep the log usable for the
+        # next append (which retries the rotation) instead of silently turning it off.
+        try:
+            self._open_current()
+        except OSError as exc:
+            log.error("receipts.reopen_failed", path=str(self.path), error=str(exc))
+
+    async def append_async(self, receipt: Receipt) -> None:
+        """``append`` from asyncio code: the write and ``fsync`` run in a worker thread.
+
+        Appends from concurrent tasks are serialized first-come first-served (an ``asyncio.Lock``)
+        so they neither interleave nor tie up one worker thread each while waiting; the thread
+        lock inside ``append`` is what guarantees whole lines. A cancelled caller does not cancel
+        a write already handed to its thread.
+
+        Raises:
+            ReceiptLogError: as ``append``.
+        """
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        async with self._async_lock:
+            await asyncio.to_thread(self.append, receipt)
+
+    def _rotate(self) -> None:
+        # Called with self._lock held. Each rename is atomic; a crash between two of them loses no
+        # line (at worst it leaves a gap in the numbering, which ``rotated_paths`` tolerates).
+        assert self._fd is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{index}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        _fsync_dir(self.path.parent)
+        self._open_current()
+
+    def archive_evidence(self, evidence_sha256: str, body: bytes) -> Path:
+        """Store an attestation report body as ``evidence/<sha256>.json``, once per digest.
+
+        The file appears whole or not at all (temporary file, ``fsync``, ``rename``). Archiving a
+        digest already present is a no-op, unless the stored copy no longer hashes to its name,
+        in which case it is replaced by ``body``.
+
+        Returns:
+            The archived file's path.
+
+        Raises:
+            ReceiptLogError: code ``receipts.evidence_digest_mismatch`` when ``body`` does not hash
+                to ``evidence_sha256`` (the receipt would point at evidence it was not attested
+                from), ``receipts.write_failed`` when it cannot be stored.
+        """
+        if not _SHA256_HEX.fullmatch(evidence_sha256):
+            raise ReceiptLogError(f"evidence digest {evidence_sha256[:80]!r} is not sha256 hex",
+                                  code="receipts.evidence_digest_mismatch")
+        actual = hashlib.sha256(body).hexdigest()
+        if not hmac.compare_digest(actual, evidence_sha256):
+            raise ReceiptLogError(f"evidence body hashes to {actual}, not {evidence_sha256}",
+                                  code="receipts.evidence_digest_mismatch")
+        target = self.evidence_dir / f"{evidence_sha256}.json"
+        if evidence_sha256 in self._archived:
+            return target
+        try:
+            if target.exists() and _sha256_file(target) == evidence_sha256:
+                self._archived.add(evidence_sha256)
+                return target
+            self.evidence_dir.mkdir(parents=True, exist_ok=True)
+            # A unique temporary name: concurrent archivers of one digest each rename a whole file.
+            tmp = self.evidence_dir / f".{evidence_sha256}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    _write_all(fd, body)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(self.evidence_dir)
+        except OSError as exc:
+            raise ReceiptLogError(f"cannot archive evidence {evidence_sha256}: {exc}") from exc
+        self._archived.add(evidence_sha256)
+        return target
+
+    async def archive_evidence_async(self, evidence_sha256: str, body: bytes) -> Path:
+        """``archive_evidence`` in a worker thread, for asyncio code.
+
+        Raises:
+            ReceiptLogError: as ``archive_evidence``.
+        """
+        return await asyncio.to_thread(self.archive_evidence, evidence_sha256, body)
+
+    def flush(self) -> None:
+        """Make everything appended so far durable (each append already ``fsync``-ed; this is
+        for callers that want to say so at shutdown).
+
+        Raises:
+            ReceiptLogError: the ``fsync`` failed.
+        """
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise ReceiptLogError(f"cannot flush {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Flush and close; waits for an append in progress. Idempotent.
+
+        Raises:
+            ReceiptLogError: the final ``fsync`` failed (the descriptors are closed regardless).
+        """
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise ReceiptLogError(f"cannot flush {self.path}: {exc}") from exc
+            finally:
+                self._release()
+
+    async def aclose(self) -> None:
+        """``close`` after every pending ``append_async`` has been written.
+
+        Raises:
+            ReceiptLogError: as ``close``.
+        """
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        async with self._async_lock:
+            await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> ReceiptLog:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 16), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification (sans network)
+# ---------------------------------------------------------------------------------------------
+
+
+class ReceiptOutcome(StrEnum):
+    """What one line of a receipts file turned out to be."""
+
+    VERIFIED = "verified"  # a verified receipt whose proof re-checks
+    RECORDED_FAILED = "recorded_failed"  # a well-formed receipt of a completion that failed
+    INVALID = "invalid"  # malformed, altered, or its proof does not re-check
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptLineResult:
+    """The outcome for one line, with every check made on it.
+
+    Attributes:
+        file: the receipts file the line is in.
+        line: 1-based line number in that file.
+        outcome: verified, recorded as failed, or invalid.
+        checks: the checks, in order (failing ones say why the line is invalid).
+        receipt: the parsed receipt (``None`` when the line did not parse).
+    """
+
+    file: Path
+    line: int
+    outcome: ReceiptOutcome
+    checks: tuple[Check, ...]
+    receipt: Receipt | None
+
+    @property
+    def failure(self) -> Check | None:
+        """The first failing check, if any."""
+        return next((check for check in self.checks if not check.ok), None)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        """Every failing check."""
+        return tuple(check for check in self.checks if not check.ok)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptsReport:
+    """The outcome of ``verify_receipts``: one result per line, and the counts.
+
+    Attributes:
+        files: the files read, oldest first.
+        lines: one result per line, in file order.
+        head_sha256: sha256 of the last line (compare with a head noted down earlier to detect
+            an edit to, or removal of, the newest lines), ``None`` for an empty log.
+    """
+
+    files: tuple[Path, ...]
+    lines: tuple[ReceiptLineResult, ...]
+    head_sha256: str | None
+
+    def _count(self, outcome: ReceiptOutcome) -> int:
+        return sum(1 for result in self.lines if result.outcome is outcome)
+
+    @property
+    def total(self) -> int:
+        """Number of lines."""
+        return len(self.lines)
+
+    @property
+    def verified(self) -> int:
+        """Verified receipts whose proof re-checked."""
+        return self._count(ReceiptOutcome.VERIFIED)
+
+    @property
+    def recorded_failed(self) -> int:
+        """Well-formed receipts of completions that failed verification when they were served."""
+        return self._count(ReceiptOutcome.RECORDED_FAILED)
+
+    @property
+    def invalid(self) -> int:
+        """Lines that are malformed, altered, or whose proof does not re-check."""
+        return self._count(ReceiptOutcome.INVALID)
+
+    @property
+    def invalid_lines(self) -> tuple[ReceiptLineResult, ...]:
+        """The invalid lines' results."""
+        return tuple(r for r in self.lines if r.outcome is ReceiptOutcome.INVALID)
+
+    @property
+    def ok(self) -> bool:
+        """True when no line is invalid."""
+        return self.invalid == 0
+
+    def raise_for_failure(self) -> None:
+        """Raise for the first invalid line.
+
+        Raises:
+            VerificationFailed: with that line's failing check's code, and its line in the message.
+        """
+        for result in self.invalid_lines:
+            failed = result.failure
+            assert failed is not None
+            raise VerificationFailed(f"{result.file.name} line {result.line}: {failed.detail}",
+                                     code=failed.code)
+
+
+class _EvidenceArchive:
+    """Archived attestation bodies, read and parsed once per digest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._documents: dict[str, AttestationDocument | Check] = {}
+        self._report_data: dict[tuple[str, int], bytes | Check] = {}
+
+    def document(self, digest: str) -> AttestationDocument | Check:
+        if digest not in self._documents:
+            self._documents[digest] = self._load(digest)
+        return self._documents[digest]
+
+    def _load(self, digest: str) -> AttestationDocument | Check:
+        path = self.directory / f"{digest}.json"  # digest is validated hex: no path traversal
+        try:
+            size = path.stat().st_size
+            if size > MAX_REPORT_BYTES:
+                return Check.failed("receipt.evidence", "receipt.evidence_mismatch",
+                                    f"archived evidence {digest} is {size} bytes, over the bound")
+            body = path.read_bytes()
+        except FileNotFoundError:
+            return Check.failed("receipt.evidence", "receipt.evidence_missing",
+                                f"evidence {digest} is not archived in {self.directory}")
+        except OSError as exc:
+            return Check.failed("receipt.evidence", "receipt.evidence_missing",
+                                f"evidence {digest} cannot be read: {exc}")
+        actual = hashlib.sha256(body).hexdigest()
+        if not hmac.compare_digest(actual, digest):
+            return Check.failed("receipt.evidence", "receipt.evidence_mismatch",
+                                f"archived evidence {digest} hashes to {actual}")
+        try:
+            return parse_attestation_document(body)
+        except VerificationFailed as exc:
+            return Check.failed("receipt.evidence", exc.code, f"archived evidence {digest}: {exc.message}")
+
+    def report_data(self, digest: str, index: int, quote_hex: str | None) -> bytes | Check:
+        key = (digest, index)
+        if key not in self._report_data:
+            self._report_data[key] = _quote_report_data(quote_hex)
+        return self._report_data[key]
+
+
+def _quote_report_data(quote_hex: str | None) -> bytes | Check:
+    if not quote_hex:
+        return Check.failed("receipt.quote", "tdx.quote_missing", "the node carries no intel_quote")
+    try:
+        quote = bytes.fromhex(quote_hex.removeprefix("0x"))
+    except ValueError:
+        return Check.failed("receipt.quote", "tdx.quote_malformed", "intel_quote is not hex")
+    # Parsed, not verified: the binding is re-read from the archived quote; its signature chain
+    # and TCB are what ``tee-sidecar attest --report`` re-verifies with collateral.
+    measurements = parse_quote_measurements(quote)
+    if measurements is None:
+        return Check.failed("receipt.quote", "tdx.quote_malformed",
+                            "intel_quote does not have the TDX quote layout")
+    return measurements.report_data
+
+
+def _check_signature(receipt: Receipt) -> list[Check]:
+    assert receipt.text is not None and receipt.signature is not None
+    assert receipt.signing_address is not None and receipt.signing_algo is not None
+    algo = receipt.signing_algo
+    claimed = normalise_key(receipt.signing_address, algo)
+    # The receipt's own hashes stand in for "the bytes sent and received": step (2) of the
+    # module recipe is then verify_completion_signature's steps (1)-(3); (6) is moot here (the
+    # key's attestation is re-checked from the archived evidence instead), so it is given the
+    # claimed key and its own (5) decides whether the signature is by that key.
+    report = verify_completion_signature(
+        CompletionSignature(receipt.text, receipt.signature, receipt.signing_address, algo),
+        request_sha256=receipt.request_sha256, response_sha256=receipt.response_sha256,
+        attested_keys={claimed})
+    failure = report.failure
+    if failure is None:
+        return [Check.passed("receipt.signature",
+                             f"{algo} signature by {report.signer} over request and response hashes")]
+    if failure.code == "signature.address_mismatch":
+        return [Check.failed("receipt.signature", failure.code,
+                             f"signature recovers {report.signer} not {claimed}")]
+    return [Check.failed("receipt.signature", failure.code or "signature.invalid", failure.detail)]
+
+
+def _check_evidence(receipt: Receipt, archive: _EvidenceArchive) -> list[Check]:
+    assert receipt.evidence_sha256 is not None and receipt.nonce is not None
+    assert receipt.signing_address is not None and receipt.signing_algo is not None
+    digest = receipt.evidence_sha256
+    document = archive.document(digest)
+    if isinstance(document, Check):
+        return [document]
+    checks = [Check.passed("receipt.evidence", f"archived evidence hashes to {digest}")]
+    algo = receipt.signing_algo
+    claimed = normalise_key(receipt.signing_address, algo)
+    candidates = [(index, claim) for index, claim in enumerate(document.nodes)
+                  if claim.wire.signing_algo == algo
+                  and normalise_key(claim.wire.signing_address, algo) == claimed]
+    if not candidates:
+        checks.append(Check.failed("receipt.node", "receipt.signer_not_in_evidence",
+                                   f"{claimed} is not a {algo} node of evidence {digest}"))
+        return checks
+    nonce = bytes.fromhex(receipt.nonce)
+    assert len(nonce) == NONCE_LENGTH
+    attempts: list[list[Check]] = []
+    for index, claim in candidates:
+        node_checks = [Check.passed("receipt.node", f"{claimed} is node {claim.label}")]
+        report_data = archive.report_data(digest, index, claim.wire.intel_quote)
+        if isinstance(report_data, Check):
+            attempts.append(node_checks + [report_data])
+            continue
+        fingerprint_hex = claim.wire.tls_cert_fingerprint
+        try:
+            fingerprint = bytes.fromhex(fingerprint_hex) if fingerprint_hex is not None else None
+        except ValueError:
+            attempts.append(node_checks + [Check.failed(
+                "binding.tls", "binding.tls_malformed", "tls_cert_fingerprint is not hex")])
+            continue
+        node_checks.extend(check_report_data_binding(
+            report_data, signing_address=receipt.signing_address, algo=algo, nonce=nonce,
+            tls_fingerprint=fingerprint))
+        if all(check.ok for check in node_checks):
+            return checks + node_checks
+        attempts.append(node_checks)
+    # No node with this key binds it under this nonce: show the first node's reasons.
+    return checks + attempts[0]
+
+
+@dataclass
+class _Line:
+    file: Path
+    number: int
+    digest: str
+    checks: list[Check]
+    receipt: Receipt | None
+    prev: str | None
+
+
+def _read_lines(fh: BinaryIO) -> Iterator[tuple[bytes, bool]]:
+    """Yield ``(line bytes, complete)``; a line over the bound is cut short (and fails to parse)
+    and the rest of it skipped, so a doctored file cannot make the verifier hold it whole."""
+    while True:
+        line = fh.readline(MAX_RECEIPT_LINE_BYTES + 1)
+        if not line:
+            return
+        if not line.endswith(b"\n") and len(line) > MAX_RECEIPT_LINE_BYTES:
+            rest = line
+            while rest and not rest.endswith(b"\n"):
+                rest = fh.readline(1 << 16)
+            yield line, True
+            continue
+        yield line, line.endswith(b"\n")
+
+
+def verify_receipts(path: Path, evidence_dir: Path | None = None, *,
+                    include_rotated: bool = False) -> ReceiptsReport:
+    """Re-check every receipt in a receipts file, without the network.
+
+    Each line must parse with exactly the receipt fields; a ``verified`` receipt must also prove
+    itself: its signed text is ``"<request_sha256>:<response_sha256>"``, its signature recovers or
+    verifies to its ``signing_address``, the archived evidence with its ``evidence_sha256`` exists
+    and hashes to it, and that evidence's quote for the signing node binds the address and the
+    receipt's nonce in REPORTDATA. Lines are chained (``prev_sha256``), so a line whose successor
+    records another digest for it is reported as altered: that catches edits to the fields no
+    signature covers (time, model, chat id, verdict), except on the newest line, which only a
+    ``head_sha256`` noted down earlier can vouch for.
+
+    Args:
+        path: the receipts file (e.g. ``receipts.jsonl``).
+        evidence_dir: where the evidence is archived (default: ``evidence/`` beside ``path``).
+        include_rotated: also read ``path.N`` … ``path.1`` (oldest first) before ``path``, and
+            check the chain across them. Without it, only ``path`` is read and its first line's
+            ``prev_sha256`` is taken as given.
+
+    Returns:
+        The report; ``report.ok`` when no line is invalid.
+
+    Raises:
+        OSError: a receipts file cannot be read (a missing ``path`` included).
+    """
+    files = [*rotated_paths(path), path] if include_rotated else [path]
+    archive = _EvidenceArchive(evidence_dir if evidence_dir is not None
+                               else path.parent / EVIDENCE_DIRNAME)
+    lines: list[_Line] = []
+    for file in files:
+        with file.open("rb") as fh:
+            for number, (raw, complete) in enumerate(_read_lines(fh), start=1):
+                lines.append(_verify_line(file, number, raw, complete, archive))
+
+    # (1) The chain: each line's prev_sha256 must be the digest of the line before it. A broken
+    # link most likely means the earlier line was edited, so that is the line reported.
+    for earlier, later in zip(lines, lines[1:]):
+        if later.prev is None or hmac.compare_digest(later.prev, earlier.digest):
+            continue
+        where = (f"line {later.number}" if later.file == earlier.file
+                 else f"{later.file.name} line {later.number}")
+        earlier.checks.append(Check.failed(
+            "receipt.chain", "receipt.chain_broken",
+            f"line hashes to {earlier.digest}, but {where} records {later.prev} before it: this "
+            f"line was altered, or lines were removed or inserted after it"))
+
+    results = tuple(_result(line) for line in lines)
+    return ReceiptsReport(tuple(files), results, lines[-1].digest if lines else None)
+
+
+def _verify_line(file: Path, number: int, raw: bytes, complete: bool,
+                 archive: _EvidenceArchive) -> _Line:
+    line = _Line(file, number, _line_sha256(raw), [], None, None)
+    if not complete:
+        line.checks.append(Check.failed(
+            "receipt.format", "receipt.torn",
+            "torn last line (no newline): the writer stopped mid-write; opening the log repairs it"))
+        return line
+    try:
+        receipt, line.prev = decode_receipt_line(raw)
+    except ReceiptFormatError as exc:
+        line.checks.append(Check.failed("receipt.format", "receipt.malformed", str(exc)))
+        return line
+    line.receipt = receipt
+    line.checks.append(Check.passed("receipt.format", "a receipt of format 1"))
+    if receipt.verdict == "verified":
+        # (2), (3): the enclave's signature; (4), (5): the key's attestation from the archive.
+        line.checks.extend(_check_signature(receipt))
+        line.checks.extend(_check_evidence(receipt, archive))
+    return line
+
+
+def _result(line: _Line) -> ReceiptLineResult:
+    if any(not check.ok for check in line.checks) or line.receipt is None:
+        outcome = ReceiptOutcome.INVALID
+    elif line.receipt.verdict == "verified":
+        outcome = ReceiptOutcome.VERIFIED
+    else:
+        outcome = ReceiptOutcome.RECORDED_FAILED
+    return ReceiptLineResult(line.file, line.number, outcome, tuple(line.checks), line.receipt)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] [--json]
+# ---------------------------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse exits the process on a usage error; a subcommand entry point returns instead.
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tee-sidecar receipts",
+                     description="Check receipts written by the proxy, offline.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    verify = sub.add_parser(
+        "verify", help="re-check every receipt in a receipts file",
+        description="Re-check each receipt: format, hash chain, the enclave's signature over the "
+                    "request and response hashes, and the signing key's binding in the archived "
+                    "attestation quote. Exit status: 0 all valid, 1 any invalid, 2 usage.")
+    verify.add_argument("file", type=Path, help="receipts file (e.g. receipts.jsonl)")
+    verify.add_argument("--evidence-dir", type=Path,
+                        help="archived attestation reports (default: evidence/ beside FILE)")
+    verify.add_argument("--rotated", action="store_true",
+                        help="also read FILE.N … FILE.1 and check the chain across them")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _location(report: ReceiptsReport, result: ReceiptLineResult) -> str:
+    if len(report.files) > 1:
+        return f"{result.file.name} line {result.line}"
+    return f"line {result.line}"
+
+
+def receipts_json(report: ReceiptsReport) -> dict[str, Any]:
+    """The report as the ``--json`` object: counts, chain head, and every invalid line."""
+    return {
+        "files": [str(f) for f in report.files],
+        "total": report.total,
+        "verified": report.verified,
+        "recorded_failed": report.recorded_failed,
+        "invalid": report.invalid,
+        "head_sha256": report.head_sha256,
+        "invalid_lines": [
+            {"file": str(r.file), "line": r.line,
+             "failures": [{"check": c.name, "code": c.code, "detail": c.detail}
+                          for c in r.failures]}
+            for r in report.invalid_lines
+        ],
+    }
+
+
+def receipts_text(report: ReceiptsReport) -> str:
+    """The report for people: the summary line, then one line per failure of an invalid line."""
+    out = [f"{report.total} receipts: {report.verified} verified, "
+           f"{report.recorded_failed} recorded as failed, {report.invalid} INVALID"]
+    for result in report.invalid_lines:
+        out.extend(f"{_location(report, result)}: {check.detail}" for check in result.failures)
+    if report.head_sha256 is not None:
+        out.append(f"chain head sha256: {report.head_sha256}")
+    return "\n".join(out)
+
+
+def receipts_main(argv: Sequence[str]) -> int:
+    """``tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] [--json]``.
+
+    Args:
+        argv: the arguments after ``receipts`` (e.g. ``["verify", "receipts.jsonl"]``).
+
+    Returns:
+        0 when every receipt is valid, 1 when any is invalid, 2 on a usage error or an
+        unreadable file.
+    """
+    try:
+        args = _parser().parse_args(list(argv))
+    except _ArgumentError as exc:
+        print(f"tee-sidecar receipts: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = verify_receipts(args.file, args.evidence_dir, include_rotated=args.rotated)
+    except OSError as exc:
+        print(f"tee-sidecar receipts: cannot read {args.file}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(receipts_json(report), indent=2))
+    else:
+        print(receipts_text(report))
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+__all__ = [
+    "DEFAULT_BACKUPS",
+    "DEFAULT_MAX_BYTES",
+    "EVIDENCE_DIRNAME",
+    "GENESIS_PREV_SHA256",
+    "RECEIPT_FORMAT",
+    "Receipt",
+    "ReceiptFormatError",
+    "ReceiptLineResult",
+    "ReceiptLog",
+    "ReceiptLogError",
+    "ReceiptOutcome",
+    "ReceiptVerdict",
+    "ReceiptsReport",
+    "decode_receipt_line",
+    "encode_receipt_line",
+    "receipt_time",
+    "receipts_json",
+    "receipts_main",
+    "receipts_text",
+    "rotated_paths",
+    "verify_receipts",
+]
