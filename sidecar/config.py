@@ -64,6 +64,14 @@ class ListenSettings(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
 
 
+class AdminSettings(_Section):
+    """The separate admin listener: /livez, /readyz, /metrics, /status (loopback by default)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8788, ge=0, le=65535)
+
+
 class UpstreamSettings(_Section):
     """The TEE provider the sidecar forwards to."""
 
@@ -150,6 +158,15 @@ class LimitsSettings(_Section):
     max_concurrent_per_client: int = Field(default=256, gt=0)
 
 
+class ReceiptsSettings(_Section):
+    """The append-only receipts file (one JSON line per completion)."""
+
+    enabled: bool = True
+    path: Path | None = None  # default: <state.dir>/receipts/receipts.jsonl
+    max_bytes: int = Field(default=64 << 20, ge=4096)
+    backups: int = Field(default=10, ge=0, le=1000)
+
+
 class LogSettings(_Section):
     """Log format and level."""
 
@@ -164,7 +181,7 @@ class StateSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """All settings of tee-sidecar."""
+    """All settings of tee-sidecar (``config/tee-sidecar.toml`` documents each)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -174,14 +191,20 @@ class Settings(BaseSettings):
     )
 
     listen: ListenSettings = ListenSettings()
+    admin: AdminSettings = AdminSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     verification: VerificationSettings = VerificationSettings()
     attestation: AttestationSettings = AttestationSettings()
     trust: TrustSettings = TrustSettings()
     policy: PolicySettings = PolicySettings()
     limits: LimitsSettings = LimitsSettings()
+    receipts: ReceiptsSettings = ReceiptsSettings()
     log: LogSettings = LogSettings()
     state: StateSettings = StateSettings()
+
+    def receipts_path(self) -> Path:
+        """Where receipts go: ``receipts.path`` or ``<state.dir>/receipts/receipts.jsonl``."""
+        return self.receipts.path or self.state.dir / "receipts" / "receipts.jsonl"
 
 
 def _first_error_line(exc: ValidationError) -> str:
