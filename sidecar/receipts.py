@@ -34,6 +34,7 @@ import asyncio
 import fcntl
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import re
@@ -47,12 +48,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, NoReturn
+from typing import Any, BinaryIO, Literal, NoReturn, Self
 
 import structlog
 
 from sidecar.errors import SidecarError, VerificationFailed
-from sidecar.providers.wire import MAX_REPORT_BYTES, AttestationDocument, parse_attestation_document
+from sidecar.providers.wire import (
+    MAX_REPORT_BYTES,
+    AttestationDocument,
+    parse_attestation_document,
+)
 from sidecar.verify.binding import NONCE_LENGTH, check_report_data_binding
 from sidecar.verify.checks import Check
 from sidecar.verify.signature import (
@@ -611,7 +616,7 @@ class ReceiptLog:
         async with self._async_lock:
             await asyncio.to_thread(self.close)
 
-    def __enter__(self) -> ReceiptLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -918,7 +923,7 @@ def verify_receipts(path: Path, evidence_dir: Path | None = None, *,
 
     # (1) The chain: each line's prev_sha256 must be the digest of the line before it. A broken
     # link most likely means the earlier line was edited, so that is the line reported.
-    for earlier, later in zip(lines, lines[1:]):
+    for earlier, later in itertools.pairwise(lines):
         if later.prev is None or hmac.compare_digest(later.prev, earlier.digest):
             continue
         where = (f"line {later.number}" if later.file == earlier.file
@@ -1027,8 +1032,9 @@ def receipts_json(report: ReceiptsReport) -> dict[str, Any]:
 
 def receipts_text(report: ReceiptsReport) -> str:
     """The report for people: the summary line, then one line per failure of an invalid line."""
-    out = [f"{report.total} receipts: {report.verified} verified, "
-           f"{report.recorded_failed} recorded as failed, {report.invalid} INVALID"]
+    summary = (f"{report.total} receipts: {report.verified} verified, "
+               f"{report.recorded_failed} recorded as failed, {report.invalid} INVALID")
+    out = [summary]
     for result in report.invalid_lines:
         out.extend(f"{_location(report, result)}: {check.detail}" for check in result.failures)
     if report.head_sha256 is not None:
