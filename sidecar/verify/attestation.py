@@ -308,6 +308,10 @@ def verify_node(
     return report(**extra)
 
 
+# Policy checks over facts that only a verified quote with collateral provides.
+_NEEDS_VERIFIED_TCB = frozenset({"policy.tcb_status", "policy.advisories"})
+
+
 def _policy_checks(policy: ModelPolicy, facts: NodeFacts, role: str, tdx_status: Status,
                    gpu_status: Status) -> list[Check]:
     """The policy's checks, read with what the facts cannot say on their own.
@@ -325,6 +329,11 @@ def _policy_checks(policy: ModelPolicy, facts: NodeFacts, role: str, tdx_status:
                                and gpu_status is Status.INCOMPLETE)):
             check = Check.incomplete(check.name, "policy.evidence_undecided",
                                      "evidence present but its verification was not decided")
+        elif (not check.ok and tdx_status is Status.INCOMPLETE
+              and check.name in _NEEDS_VERIFIED_TCB):
+            # No collateral, so no TCB status: undecided, not a policy violation.
+            check = Check.incomplete(check.name, "policy.evidence_undecided",
+                                     f"{check.detail} (quote verification undecided)")
         adjusted.append(check)
     return adjusted
 

@@ -1,0 +1,210 @@
+"""The attestation recipe end to end, sans I/O: simulator evidence broken one way at a time.
+
+Each case starts from a report that verifies and breaks exactly one thing; the node must then
+fail with that thing's code, and nothing else about the verdict may pass it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+import pytest
+
+from sidecar.providers.wire import parse_attestation_document
+from sidecar.simulator.evidence import SimulatedEvidence
+from sidecar.simulator.nras import NrasFaults, SimulatedNras
+from sidecar.simulator.provider import Faults, SigningNode
+from sidecar.simulator.tdx_authority import TestTdxAuthority
+from sidecar.trust import load_anchors
+from sidecar.config import TrustAnchors
+from sidecar.verify.attestation import AttestationReport, NodeEvidence, verify_attestation
+from sidecar.verify.checks import Status
+from sidecar.verify.policy import ModelPolicy, build_model_policy
+
+NOW = int(time.time())
+ANCHORS = load_anchors(TrustAnchors.SIMULATOR)
+
+
+def attest(*, faults: Faults | None = None, authority: TestTdxAuthority | None = None,
+           nras_faults: NrasFaults | None = None, policy: ModelPolicy | None = None,
+           nonce: str | None = None, answer_nonce: str | None = None,
+           edit: Any = None, tls_spki: bytes | None = None,
+           collateral: bool = True, nras: bool = True, nodes: int = 1) -> AttestationReport:
+    """Build a simulator report for ``nonce`` and verify it as the sidecar would."""
+    nonce = nonce or secrets.token_hex(32)
+    evidence = SimulatedEvidence(authority=authority or TestTdxAuthority(),
+                                 nras=SimulatedNras(faults=nras_faults or NrasFaults()))
+    signing = [SigningNode() for _ in range(nodes)]
+    answered = answer_nonce or nonce
+    report = evidence(signing, "ecdsa", answered, bytes.fromhex(answered), faults or Faults())
+    if edit is not None:
+        edit(report)
+    document = parse_attestation_document(json.dumps(report).encode())
+    gathered = {}
+    for claim in document.nodes:
+        payload = claim.wire.nvidia_payload_text()
+        gathered[claim.label] = NodeEvidence(
+            collateral_json=evidence.authority.collateral_json(NOW) if collateral else None,
+            collateral_error="offline",
+            nras_response=evidence.nras.attest(payload, NOW) if payload and nras else None,
+            nras_error="offline",
+            jwks=ANCHORS.pinned_jwks,
+            tls_spki_sha256=tls_spki,
+        )
+    return verify_attestation(document, model="TEE/m", nonce=nonce, evidence=gathered,
+                              roots=ANCHORS.roots, policy=policy or build_model_policy("*"),
+                              now=NOW)
+
+
+def failure_codes(report: AttestationReport) -> set[str | None]:
+    return {c.code for node in report.nodes for c in node.checks if c.status is Status.FAIL}
+
+
+def test_genuine_report_verifies() -> None:
+    report = attest()
+    assert report.verdict == "verified", report.failure
+    assert len(report.attested_keys) == 1
+    node = report.nodes[0]
+    assert node.tcb_status == "UpToDate"
+    assert set(node.measurements) == {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id"}
+    assert node.gpus and node.gpus[0].ok
+
+
+def test_every_node_is_verified_on_its_own() -> None:
+    def break_second(report: dict[str, Any]) -> None:
+        report["all_attestations"][1]["nonce"] = "00" * 32
+
+    report = attest(nodes=3, edit=break_second)
+    assert [str(n.status) for n in report.nodes] == ["pass", "fail", "pass"]
+    assert len(report.attested_keys) == 2
+    assert report.verdict == "failed"
+
+
+def test_near_shape_with_model_attestations() -> None:
+    report = attest(faults=Faults(evidence={"shape": "near"}), nodes=2)
+    assert report.verdict == "verified"
+    assert [n.label for n in report.nodes] == ["model-0", "model-1"]
+
+
+REAL_MRTD = "6c84753d65d680c81e167bf00b2313e6f745111aa10a4647366dd85c82e195ff9fcbe787a39117ce529fe3e743fb7006"
+
+# name -> (attest() keyword arguments, expected failure code)
+ONE_THING_BROKEN: dict[str, tuple[dict[str, Any], str]] = {
+    "wrong_mrtd": ({"policy": build_model_policy("*", measurement_sets=[{"mrtd": ["ab" * 48]}])},
+                   "policy.mrtd_not_allowed"),
+    "wrong_compose": ({"faults": Faults(evidence={"wrong_compose": True})},
+                      "binding.compose_mismatch"),
+    "replayed_nonce": ({"answer_nonce": "11" * 32}, "binding.nonce_mismatch"),
+    "report_data_binds_other_address": ({"faults": Faults(report_binds_other_address=True)},
+                                        "binding.signing_key_mismatch"),
+    "event_log_does_not_replay": ({"faults": Faults(evidence={"break_replay": True})},
+                                  "measurement.rtmr3_mismatch"),
+    "event_payload_swapped_under_genuine_digest": (
+        {"faults": Faults(evidence={"swap_compose_hash_payload": True})}, "eventlog.digest_mismatch"),
+    "gpu_nonce_mismatch": ({"faults": Faults(evidence={"gpu_nonce": "22" * 32})}, "gpu.nonce_mismatch"),
+    "nras_jwt_signed_by_other_key": ({"nras_faults": NrasFaults(sign_with_other_key=True)},
+                                     "gpu.jwt_verification_failed"),
+    "expired_jwt": ({"nras_faults": NrasFaults(expired=True)}, "gpu.jwt_expired"),
+    "overall_result_false": ({"nras_faults": NrasFaults(overall_result_false=True)},
+                             "gpu.overall_result_false"),
+    "per_gpu_token_swapped": ({"nras_faults": NrasFaults(swap_gpu_token=True)},
+                              "gpu.submod_digest_mismatch"),
+    "gpu_debug_enabled": ({"nras_faults": NrasFaults(debug_enabled=True)}, "gpu.debug_enabled"),
+    "tcb_status_not_allowed": ({"authority": TestTdxAuthority(tcb_status="OutOfDate")},
+                               "policy.tcb_status_not_allowed"),
+    "quote_from_an_untrusted_root": ({"edit": lambda r: r.update(
+        intel_quote=r["intel_quote"][:-200] + "00" * 100)}, "tdx.quote_invalid"),
+    "gpu_evidence_missing_but_required": ({"faults": Faults(evidence={"no_gpu": True})},
+                                          "policy.gpu_required"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONE_THING_BROKEN))
+def test_one_thing_broken_fails_with_its_code(case: str) -> None:
+    kwargs, code = ONE_THING_BROKEN[case]
+    report = attest(**kwargs)
+    assert report.verdict == "failed"
+    assert not report.attested_keys
+    assert code in failure_codes(report), report.failure
+
+
+def test_pinned_measurements_that_match_pass() -> None:
+    genuine = attest().nodes[0].measurements
+    policy = build_model_policy("*", measurement_sets=[{"mrtd": [genuine["mrtd"]],
+                                                        "rtmr0": [genuine["rtmr0"]]}])
+    assert attest(policy=policy).verdict == "verified"
+
+
+def test_tcb_status_allowed_by_policy_passes() -> None:
+    policy = build_model_policy("*", accepted_tcb_statuses=["UpToDate", "OutOfDate"])
+    report = attest(authority=TestTdxAuthority(tcb_status="OutOfDate"), policy=policy)
+    assert report.verdict == "verified"
+    assert report.nodes[0].tcb_status == "OutOfDate"
+
+
+def test_without_collateral_or_nras_the_verdict_is_incomplete_never_verified() -> None:
+    report = attest(collateral=False, nras=False)
+    assert report.verdict == "incomplete"
+    assert not report.attested_keys
+    statuses = {c.name: c.status for c in report.nodes[0].checks}
+    assert statuses["tdx.collateral"] is Status.INCOMPLETE
+    assert statuses["gpu.nras"] is Status.INCOMPLETE
+    # What could be decided offline still was: the bindings hold.
+    assert statuses["binding.nonce"] is Status.PASS
+
+
+# --- TLS binding (NEAR's include_tls_fingerprint=true) ----------------------------------------
+
+SPKI = hashlib.sha256(b"the attested TLS public key").digest()
+
+
+def attest_tls(live_spki: bytes | None) -> AttestationReport:
+    """A report bound to a TLS key as NEAR does: report_data[0:32] = sha256(address ‖ SPKI hash)."""
+    nonce = secrets.token_hex(32)
+    evidence = SimulatedEvidence()
+    node = SigningNode()
+    address = bytes.fromhex(node.address("ecdsa")[2:])
+    report_data = hashlib.sha256(address + SPKI).digest() + bytes.fromhex(nonce)
+
+    identity = evidence.identity(0, {})
+    quote = evidence.authority.make_quote(
+        report_data=report_data, mrtd=identity.mrtd, rtmr0=identity.rtmr0, rtmr1=identity.rtmr1,
+        rtmr2=identity.rtmr2, rtmr3=identity.rtmr3, mr_config_id=identity.mr_config_id)
+    obj = evidence.node_report(0, node, "ecdsa", nonce, bytes.fromhex(nonce), Faults())
+    obj.update(intel_quote=quote.hex(), report_data=report_data.hex(),
+               tls_cert_fingerprint=SPKI.hex())
+    document = parse_attestation_document(json.dumps(obj).encode())
+    gathered = {"node-0": NodeEvidence(
+        collateral_json=evidence.authority.collateral_json(NOW),
+        nras_response=evidence.nras.attest(obj["nvidia_payload"], NOW),
+        jwks=ANCHORS.pinned_jwks, tls_spki_sha256=live_spki)}
+    return verify_attestation(document, model="TEE/m", nonce=nonce, evidence=gathered,
+                              roots=ANCHORS.roots, policy=build_model_policy("*"), now=NOW)
+
+
+def test_tls_bound_report_over_the_attested_certificate_verifies() -> None:
+    report = attest_tls(SPKI)
+    assert report.verdict == "verified", report.failure
+
+
+def test_tls_certificate_other_than_the_attested_one_fails() -> None:
+    report = attest_tls(hashlib.sha256(b"a man in the middle's key").digest())
+    assert "binding.tls_mismatch" in failure_codes(report)
+
+
+def test_tls_bound_report_over_plain_http_fails() -> None:
+    report = attest_tls(None)
+    assert "binding.tls_not_observed" in failure_codes(report)
+
+
+def test_report_fields_are_reported_per_node_in_json() -> None:
+    from sidecar.render import attestation_json
+
+    data = attestation_json(attest())
+    assert data["verdict"] == "verified"
+    assert {c["status"] for c in data["checks"]} == {"pass"}
+    assert all({"name", "node", "status", "detail"} <= set(c) for c in data["checks"])
