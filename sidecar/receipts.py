@@ -832,7 +832,7 @@ def _check_evidence(receipt: Receipt, archive: _EvidenceArchive) -> list[Check]:
                   and normalise_key(claim.wire.signing_address, algo) == claimed]
     if not candidates:
         checks.append(Check.failed("receipt.node", "receipt.signer_not_in_evidence",
-                                   f"{claimed} is not a {algo} node of evidence {digest}"))
+                                   f"{claimed} is not an {algo} node of evidence {digest}"))
         return checks
     nonce = bytes.fromhex(receipt.nonce)
     assert len(nonce) == NONCE_LENGTH

@@ -248,7 +248,7 @@ TAMPERING = [
     pytest.param(_set("signature", "0x" + "00" * 65), "signature.malformed", "ecdsa signature",
                  id="signature_garbage"),
     pytest.param(_fully_resigned_by_unattested_key, "receipt.signer_not_in_evidence",
-                 "is not a ecdsa node of evidence", id="signed_by_unattested_key"),
+                 "is not an ecdsa node of evidence", id="signed_by_unattested_key"),
     pytest.param(_set("signing_algo", "ed25519"), "signature.malformed", "ed25519",
                  id="signing_algo"),
     pytest.param(_set("evidence_sha256", "ee" * 32), "receipt.evidence_missing", "not archived",
