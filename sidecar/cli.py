@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from sidecar.proxy.app import build_proxy_app
-    from sidecar.proxy.state import load_policies, state_factory
+    from sidecar.proxy.state import client_session, load_policies, state_factory
 
     settings = load_settings(args.config)
     configure_logging(settings.log.format, settings.log.level)
@@ -87,7 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.trust.anchors is TrustAnchors.SIMULATOR:
         log.warning("simulator_trust_anchors", warning=SIMULATOR_WARNING)
         print(f"WARNING: {SIMULATOR_WARNING}", file=sys.stderr)
-    app = build_proxy_app(settings, state_factory(settings, policies))
+    app = build_proxy_app(settings, state_factory(settings, policies),
+                          lambda: client_session(settings))
     log.info("listening", host=settings.listen.host, port=settings.listen.port,
              provider=str(settings.upstream.provider), upstream=settings.upstream.base_url,
              mode=str(settings.verification.mode), stream=str(settings.verification.stream))
@@ -138,10 +139,10 @@ def _attest(args: argparse.Namespace) -> int:
 
 
 async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
-    from sidecar.proxy.state import build_attester, load_policies
+    from sidecar.proxy.state import build_attester, client_session, load_policies
 
     policies = load_policies(settings)
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
+    async with client_session(settings) as session:
         _, attester = build_attester(settings, session, policies)
         try:
             report, _ = await attester.attest(args.model)

@@ -79,6 +79,7 @@ class UpstreamSettings(_Section):
     base_url: str = "https://nano-gpt.com/api"
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    ca_file: Path | None = None  # extra CA bundle for the provider's TLS (default: system store)
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0)
     signature_retries: int = Field(default=6, ge=0, le=50)

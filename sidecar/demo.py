@@ -79,6 +79,7 @@ def _banner(text: str) -> None:
 def main() -> int:
     """Run the demo; returns the process exit status."""
     import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
     with tempfile.TemporaryDirectory(prefix="tee-sidecar-demo-") as tmp:
         directory = Path(tmp)
@@ -108,7 +109,8 @@ def main() -> int:
 
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1",
                                    api_key="the-app-needs-no-real-key", max_retries=0)
-            messages = [{"role": "user", "content": "What protects this conversation?"}]
+            messages: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": "What protects this conversation?"}]
 
             _banner("plain chat completion through the openai SDK")
             raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages)

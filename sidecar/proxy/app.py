@@ -83,10 +83,12 @@ IN_FLIGHT: web.AppKey[dict[str, int]] = web.AppKey("in_flight", dict)
 StateFactory = Callable[[web.Application, aiohttp.ClientSession], Awaitable[ProxyState]]
 
 
-def build_proxy_app(settings: Settings, make_state: StateFactory) -> web.Application:
+def build_proxy_app(settings: Settings, make_state: StateFactory,
+                    make_session: Callable[[], aiohttp.ClientSession]) -> web.Application:
     """The proxy application; ``make_state`` wires upstream, attestation and policy.
 
-    The single ``aiohttp.ClientSession`` lives in the app's cleanup context.
+    The single ``aiohttp.ClientSession`` (from ``make_session``) lives in the app's cleanup
+    context.
     """
     limits = settings.limits
     app = web.Application(client_max_size=limits.max_request_bytes,
@@ -96,11 +98,7 @@ def build_proxy_app(settings: Settings, make_state: StateFactory) -> web.Applica
     app[IN_FLIGHT] = {}
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
-            max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
-        ) as session:
+        async with make_session() as session:
             app[STATE] = await make_state(app, session)
             yield
 

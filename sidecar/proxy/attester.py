@@ -63,9 +63,15 @@ class ModelAttester:
         nonce = secrets.token_hex(32)
         fetched = await self._upstream.fetch_attestation(model, nonce, self._signing_algo)
         document = parse_attestation_document(fetched.body)
-        evidence = await self._gather(document, fetched.tls_spki_sha256)
+        peer = fetched.peer
+        evidence = await self._gather(document, peer.spki_sha256 if peer else None)
         report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
                                     roots=self._roots, policy=policy, now=int(self._clock()))
+        tls_bound = any(c.name == "binding.tls_certificate" and c.ok
+                        for node in report.nodes if node.status is Status.PASS
+                        for c in node.checks)
+        if tls_bound and peer is not None:
+            self._upstream.pin_certificate(peer.der_sha256)
         return report, fetched.body
 
     async def _gather(self, document: AttestationDocument,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import aiohttp
 from aiohttp import web
 
@@ -39,6 +41,19 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
                              policies=policies, signing_algo=settings.verification.signing_algo,
                              pinned_jwks=anchors.pinned_jwks)
     return upstream, attester
+
+
+def client_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one outgoing ``ClientSession``: no transparent decompression (the enclave hashes
+    bodies as produced), header bounds from ``limits``, and ``upstream.ca_file`` when set."""
+    limits = settings.limits
+    ca_file = settings.upstream.ca_file
+    tls: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(ca_file))
+                                  if ca_file else True)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=tls)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                 max_line_size=limits.max_header_bytes,
+                                 max_field_size=limits.max_header_bytes)
 
 
 def state_factory(settings: Settings, policies: PolicySet):  # type: ignore[no-untyped-def]

@@ -27,11 +27,19 @@ MAX_SIGNATURE_BYTES = 16 << 10
 
 
 @dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """The TLS certificate seen on one connection: its DER sha256 and its SPKI sha256."""
+
+    der_sha256: bytes
+    spki_sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class FetchedReport:
-    """An attestation report body and the SPKI sha256 of the TLS certificate it came over."""
+    """An attestation report body and the TLS certificate of the connection it came over."""
 
     body: bytes
-    tls_spki_sha256: bytes | None
+    peer: PeerCertificate | None
 
 
 class UpstreamClient:
@@ -41,11 +49,25 @@ class UpstreamClient:
                  api_key: str | None, *, signature_retries: int, signature_retry_delay: float,
                  evidence_timeout: float) -> None:
         self._session = session
+        # True: the session connector's verification (system store or upstream.ca_file);
+        # a Fingerprint once an attestation bound the provider's TLS key.
+        self._ssl: aiohttp.Fingerprint | bool = True
+        self.pinned_certificate: bytes | None = None
         self.contract = contract
         self._api_key = api_key
         self._signature_retries = signature_retries
         self._signature_retry_delay = signature_retry_delay
         self._evidence_timeout = aiohttp.ClientTimeout(total=evidence_timeout)
+
+    def pin_certificate(self, der_sha256: bytes) -> None:
+        """Accept only this certificate from the provider for the rest of the session.
+
+        Called once an attestation bound the TLS key of the connection it arrived over into the
+        quote (spec section 2, TLS binding): from then on every connection must present that very
+        certificate, checked right after the handshake, before any request byte is sent.
+        """
+        self.pinned_certificate = der_sha256
+        self._ssl = aiohttp.Fingerprint(der_sha256)
 
     def headers(self, content_type: str | None = None) -> dict[str, str]:
         """Headers for every upstream call: our key (never the app's), no compression.
@@ -72,7 +94,10 @@ class UpstreamClient:
             return await self._session.request(
                 method, self.contract.openai_url(path), data=body,
                 headers=self.headers("application/json" if body is not None else None),
-                timeout=timeout, auto_decompress=False, allow_redirects=False)
+                timeout=timeout, auto_decompress=False, allow_redirects=False, ssl=self._ssl)
+        except aiohttp.ServerFingerprintMismatch:
+            raise UpstreamError("the provider's TLS certificate is not the attested one",
+                                code="upstream.tls_pin_mismatch") from None
         except asyncio.TimeoutError:
             raise UpstreamError("the provider did not answer in time", code="upstream.timeout") from None
         except aiohttp.ClientError as exc:
@@ -90,8 +115,8 @@ class UpstreamClient:
         url, query = self.contract.attestation_url(model, nonce, signing_algo)
         try:
             async with self._session.get(url, params=query, headers=self.headers(),
-                                         timeout=self._evidence_timeout) as resp:
-                spki = _peer_spki_sha256(resp)
+                                         timeout=self._evidence_timeout, ssl=self._ssl) as resp:
+                peer = _peer_certificate(resp)
                 if resp.status >= 500:
                     raise VerificationIncomplete(f"attestation endpoint answered {resp.status}",
                                                  code="attestation.fetch_failed")
@@ -100,13 +125,16 @@ class UpstreamClient:
                         f"provider has no attestation for {model} (HTTP {resp.status})",
                         code="attestation.unavailable")
                 body = await read_bounded(resp, MAX_EVIDENCE_BYTES, "attestation report")
+        except aiohttp.ServerFingerprintMismatch:
+            raise VerificationFailed("the provider's TLS certificate is not the attested one",
+                                     code="upstream.tls_pin_mismatch") from None
         except asyncio.TimeoutError:
             raise VerificationIncomplete("attestation endpoint timed out",
                                          code="attestation.fetch_failed") from None
         except aiohttp.ClientError as exc:
             raise VerificationIncomplete(f"attestation fetch failed: {type(exc).__name__}",
                                          code="attestation.fetch_failed") from None
-        return FetchedReport(body, spki)
+        return FetchedReport(body, peer)
 
     async def fetch_signature(self, chat_id: str, model: str, signing_algo: str) -> bytes:
         """Fetch the signature record of ``chat_id``, retrying briefly while it is not yet written.
@@ -124,7 +152,7 @@ class UpstreamClient:
         for attempt in range(self._signature_retries + 1):
             try:
                 async with self._session.get(url, params=query, headers=self.headers(),
-                                             timeout=self._evidence_timeout) as resp:
+                                             timeout=self._evidence_timeout, ssl=self._ssl) as resp:
                     if resp.status == 200:
                         return await read_bounded(resp, MAX_SIGNATURE_BYTES, "signature record")
                     if resp.status >= 500:
@@ -133,6 +161,9 @@ class UpstreamClient:
                     if resp.status != 404:
                         raise VerificationFailed(f"signature endpoint answered {resp.status}",
                                                  code="signature.missing")
+            except aiohttp.ServerFingerprintMismatch:
+                raise VerificationFailed("the provider's TLS certificate is not the attested one",
+                                         code="upstream.tls_pin_mismatch") from None
             except asyncio.TimeoutError:
                 raise VerificationIncomplete("signature endpoint timed out",
                                              code="signature.fetch_failed") from None
@@ -164,11 +195,19 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str,
     return bytes(body)
 
 
-def _peer_spki_sha256(resp: aiohttp.ClientResponse) -> bytes | None:
-    """sha256 of the DER SubjectPublicKeyInfo of the certificate on this very connection."""
-    if resp.connection is None or resp.connection.transport is None:
+def _peer_certificate(resp: aiohttp.ClientResponse) -> PeerCertificate | None:
+    """The certificate on this very connection (``None`` over plain HTTP or when unknowable).
+
+    A small body arrives with the headers, and aiohttp then releases the connection before the
+    caller sees the response; the response keeps its protocol, whose transport is the same TLS
+    connection, so that is read when ``resp.connection`` is already gone.
+    """
+    protocol = resp.connection.protocol if resp.connection is not None else getattr(
+        resp, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    if transport is None:
         return None
-    ssl_object = resp.connection.transport.get_extra_info("ssl_object")
+    ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
@@ -176,4 +215,4 @@ def _peer_spki_sha256(resp: aiohttp.ClientResponse) -> bytes | None:
         return None
     spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).digest()
+    return PeerCertificate(hashlib.sha256(der).digest(), hashlib.sha256(spki).digest())

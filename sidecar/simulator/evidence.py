@@ -40,6 +40,9 @@ class SimulatedEvidence:
                  nras: SimulatedNras | None = None) -> None:
         self.authority = authority or TestTdxAuthority()
         self.nras = nras or SimulatedNras()
+        # SPKI sha256 of the simulator's TLS certificate: when set, reports bind it into
+        # REPORTDATA as NEAR AI Cloud does with include_tls_fingerprint=true.
+        self.tls_spki_sha256: bytes | None = None
 
     def identity(self, index: int, knobs: dict[str, Any]) -> SimulatedNode:
         """The dstack identity of node ``index`` (stable: same app and instance ids)."""
@@ -69,7 +72,11 @@ class SimulatedEvidence:
         if faults.report_binds_other_address:
             bound_address = SigningNode().address(algo)
         identifier = signing_identifier_bytes(bound_address, algo)
-        report_data = identifier.ljust(32, b"\x00") + bound_nonce
+        if self.tls_spki_sha256 is not None:
+            key_half = hashlib.sha256(identifier + self.tls_spki_sha256).digest()
+        else:
+            key_half = identifier.ljust(32, b"\x00")
+        report_data = key_half + bound_nonce
         identity = self.identity(index, knobs)
         quote = self.authority.make_quote(
             report_data=report_data, mrtd=identity.mrtd, rtmr0=identity.rtmr0,
@@ -85,6 +92,8 @@ class SimulatedEvidence:
             "event_log": identity.event_log,
             "info": identity.info,
         }
+        if self.tls_spki_sha256 is not None:
+            obj["tls_cert_fingerprint"] = self.tls_spki_sha256.hex()
         if not knobs.get("no_gpu"):
             obj["nvidia_payload"] = self.nras.make_nvidia_payload(gpu_nonce)
         return obj

@@ -7,6 +7,7 @@ both the sync and the async SDK then talk to them over loopback exactly as an ap
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from sidecar.config import Settings, load_settings
 from sidecar.proxy.app import STATE, ProxyState, build_proxy_app
-from sidecar.proxy.state import load_policies, state_factory
+from sidecar.proxy.state import client_session, load_policies, state_factory
 from sidecar.simulator.provider import SimulatedProvider
 from sidecar.simulator.server import build_simulator
 
@@ -43,28 +44,32 @@ def simulator_settings(simulator_url: str, state_dir: Path, **sections: Mapping[
 class Stack:
     """A simulator plus any number of sidecars, served from one background loop."""
 
-    def __init__(self, state_dir: Path, *, nodes: int = 1) -> None:
+    def __init__(self, state_dir: Path, *, nodes: int = 1,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._state_dir = state_dir
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._runners: list[web.AppRunner] = []
         self.simulator_app, self.provider = build_simulator(nodes=nodes)
-        self.simulator_url = self.run(self._serve(self.simulator_app))
+        # Over TLS idle connections close after 0.3 s, so a test that swaps the certificate
+        # (a man in the middle) and waits a moment sees the sidecar reconnect and handshake.
+        self.simulator_url = self.run(self._serve(self.simulator_app, tls=tls))
         self._sidecars: dict[tuple[Any, ...], tuple[str, web.Application]] = {}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         """Run ``coro`` on the stack's loop and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _serve(self, app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None)
+    async def _serve(self, app: web.Application, tls: ssl.SSLContext | None = None) -> str:
+        runner = web.AppRunner(app, access_log=None,
+                               keepalive_timeout=0.3 if tls is not None else 75.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         self._runners.append(runner)
         port = runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}"
 
     def sidecar(self, *, fresh: bool = False, **sections: Mapping[str, Any]) -> str:
         """Base URL (``…/v1``) of a sidecar with these settings sections.
@@ -78,7 +83,8 @@ class Stack:
             key += (len(self._sidecars),)
         if key not in self._sidecars:
             settings = simulator_settings(self.simulator_url, self._state_dir, **sections)
-            app = build_proxy_app(settings, state_factory(settings, load_policies(settings)))
+            app = build_proxy_app(settings, state_factory(settings, load_policies(settings)),
+                                  lambda: client_session(settings))
             url = self.run(self._serve(app))
             self._sidecars[key] = (url, app)
         return self._sidecars[key][0] + "/v1"
