@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     attest.add_argument("--nras", type=Path, help="a saved NRAS answer for the GPU evidence")
     attest.add_argument("--at", help="verify as of this time (ISO 8601 or unix seconds)")
     attest.add_argument("--json", action="store_true", help="print one JSON object")
+
+    receipts = sub.add_parser(
+        "receipts", help="re-check a receipts file offline",
+        description="tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] [--json]: "
+                    "re-checks every receipt (signature, address, evidence binding, hash chain); "
+                    "exit 1 when any receipt is invalid.")
+    receipts.add_argument("args", nargs=argparse.REMAINDER, help="verify FILE [options]")
     return parser
 
 
@@ -70,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "receipts":
+            from sidecar.receipts import receipts_main
+
+            return receipts_main(args.args)
         return _attest(args)
     except ConfigError as exc:
         print(f"tee-sidecar: {exc.message}", file=sys.stderr)
@@ -77,24 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sidecar.proxy.app import build_proxy_app
-    from sidecar.proxy.state import client_session, load_policies, state_factory
+    from sidecar.proxy.server import serve
 
     settings = load_settings(args.config)
     configure_logging(settings.log.format, settings.log.level)
-    policies = load_policies(settings)
-    log = structlog.get_logger("tee_sidecar")
     if settings.trust.anchors is TrustAnchors.SIMULATOR:
-        log.warning("simulator_trust_anchors", warning=SIMULATOR_WARNING)
+        structlog.get_logger("tee_sidecar").warning("simulator_trust_anchors",
+                                                    warning=SIMULATOR_WARNING)
         print(f"WARNING: {SIMULATOR_WARNING}", file=sys.stderr)
-    app = build_proxy_app(settings, state_factory(settings, policies),
-                          lambda: client_session(settings))
-    log.info("listening", host=settings.listen.host, port=settings.listen.port,
-             provider=str(settings.upstream.provider), upstream=settings.upstream.base_url,
-             mode=str(settings.verification.mode), stream=str(settings.verification.stream))
-    web.run_app(app, host=settings.listen.host, port=settings.listen.port, print=None,
-                access_log=None, shutdown_timeout=30)
-    return 0
+    return serve(settings)
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -62,6 +62,8 @@ class ListenSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
+    # On SIGTERM: stop accepting, let in-flight requests and streams finish for at most this long.
+    shutdown_timeout: float = Field(default=30.0, gt=0)
 
 
 class AdminSettings(_Section):

@@ -20,6 +20,7 @@ Upstream errors that carry no completion (401, 429, 5xx) reach the app with thei
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -43,6 +44,8 @@ from sidecar.errors import (
 )
 from sidecar.proxy.attester import AttestationCache
 from sidecar.proxy.upstream import UpstreamClient, read_bounded
+from sidecar.receipts import ReceiptLog
+from sidecar.telemetry import Telemetry
 from sidecar.proxy.verdict import (
     HEADER_FAILURE,
     HEADER_REQUEST_ID,
@@ -73,6 +76,8 @@ class ProxyState:
     cache: AttestationCache
     verifier: CompletionVerifier
     policies: PolicySet
+    telemetry: Telemetry
+    receipts: ReceiptLog | None
 
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
@@ -99,8 +104,10 @@ def build_proxy_app(settings: Settings, make_state: StateFactory,
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         async with make_session() as session:
-            app[STATE] = await make_state(app, session)
+            state = app[STATE] = await make_state(app, session)
             yield
+            if state.receipts is not None:
+                await state.receipts.aclose()
 
     app.cleanup_ctx.append(session_ctx)
     app.router.add_post("/v1/chat/completions", _completion_handler("/v1/chat/completions"))
@@ -153,6 +160,12 @@ async def _errors_and_logs(request: web.Request,
         # A relayed stream's headers said "pending"; its verdict came at the end.
         relayed = request.get(VERDICT)
         headers = response.headers if response is not None else {}
+        state = request.app.get(STATE)
+        if state is not None and response is not None:
+            state.telemetry.observe_request(
+                request.path, response.status,
+                str(relayed.verified).lower() if relayed is not None
+                else headers.get(HEADER_VERIFIED))
         log.info("request", method=request.method, path=request.path,
                  status=response.status if response is not None else None,
                  model=request.get(MODEL),
@@ -213,10 +226,62 @@ def _parse_request(body: bytes) -> tuple[str, bool]:
     return model, payload.get("stream") is True
 
 
+@dataclass
+class _Completion:
+    """One completion in flight: what was sent, under which mode, and any failure so far."""
+
+    state: ProxyState
+    request: web.Request
+    model: str
+    mode: Mode
+    request_sha256: str
+    pre_failure: SidecarError | None
+    upstream_started: float
+
+    @property
+    def request_id(self) -> str:
+        return self.request[REQUEST_ID]
+
+    async def judge(self, chat_id: str | None, response_sha256: str,
+                    failure: SidecarError | None) -> CompletionVerdict:
+        """(5) Verify, then record: telemetry, and the receipt, before anything is delivered.
+
+        In enforce mode a completion whose receipt cannot be written is not delivered: the
+        receipt is the audit trail the delivery promises.
+        """
+        state = self.state
+        state.telemetry.observe_upstream(time.perf_counter() - self.upstream_started)
+        failure = self.pre_failure or failure
+        if failure is None and chat_id is None:
+            failure = VerificationFailed("response carries no completion id",
+                                         code="response.no_chat_id")
+        if failure is not None:
+            verdict = CompletionVerdict(False, chat_id=chat_id, request_sha256=self.request_sha256,
+                                        response_sha256=response_sha256, failure=failure)
+        else:
+            assert chat_id is not None
+            verdict = await state.verifier.verify(model=self.model, chat_id=chat_id,
+                                                  request_sha256=self.request_sha256,
+                                                  response_sha256=response_sha256)
+        if state.receipts is not None:
+            try:
+                await state.receipts.append_async(verdict.receipt(self.model))
+            except SidecarError as exc:
+                log.error("receipt_not_written", code=exc.code, error=exc.message)
+                if self.mode is Mode.ENFORCE:
+                    verdict = dataclasses.replace(verdict, verified=False, failure=exc)
+        if verdict.failure is not None:
+            state.telemetry.record_failure(self.model, verdict.failure.code,
+                                           verdict.failure.message)
+            if self.mode is Mode.ENFORCE:
+                state.telemetry.observe_blocked(verdict.failure.code)
+        self.request[VERDICT] = verdict
+        return verdict
+
+
 def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
-        request_id: str = request[REQUEST_ID]
 
         # (1) The exact bytes the app sent, and the model.
         body = await request.read()
@@ -237,24 +302,25 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
                 # Policy lets models without TEE attestation through, but never as verified.
                 mode = Mode.FLAG if mode is Mode.ENFORCE else mode
         if pre_failure is not None and mode is Mode.ENFORCE:
-            return _error_response(pre_failure, request_id)
+            state.telemetry.observe_blocked(pre_failure.code)
+            state.telemetry.record_failure(model, pre_failure.code, pre_failure.message)
+            return _error_response(pre_failure, request[REQUEST_ID])
 
         # (3) Forward the exact bytes.
-        request_sha256 = hashlib.sha256(body).hexdigest()
+        completion = _Completion(state, request, model, mode, hashlib.sha256(body).hexdigest(),
+                                 pre_failure, time.perf_counter())
         timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
                                         sock_read=state.settings.upstream.read_timeout)
         resp = await state.upstream.open("POST", path, body, timeout)
         async with resp:
             if resp.status != 200:
-                return await _upstream_error(resp, request_id)
+                return await _upstream_error(resp, request[REQUEST_ID])
             content_type = resp.headers.get(hdrs.CONTENT_TYPE, "")
             if content_type.startswith("text/event-stream"):
                 if state.settings.verification.stream is StreamMode.RELAY:
-                    return await _relay_stream(request, state, resp, model, request_sha256,
-                                               mode, pre_failure)
-                return await _buffer_stream(state, resp, model, request_sha256, mode,
-                                            pre_failure, request_id)
-            return await _plain(state, resp, model, request_sha256, mode, pre_failure, request_id)
+                    return await _relay_stream(completion, resp)
+                return await _buffer_stream(completion, resp)
+            return await _plain(completion, resp)
 
     return handler
 
@@ -311,59 +377,43 @@ async def _read_upstream_error(resp: aiohttp.ClientResponse) -> bytes:
         return b""
 
 
-async def _judge(state: ProxyState, model: str, chat_id: str | None, request_sha256: str,
-                 response_sha256: str, pre_failure: SidecarError | None) -> CompletionVerdict:
-    if pre_failure is not None:
-        return CompletionVerdict.failed(pre_failure, chat_id)
-    if chat_id is None:
-        return CompletionVerdict.failed(VerificationFailed(
-            "response carries no completion id", code="response.no_chat_id"))
-    return await state.verifier.verify(model=model, chat_id=chat_id,
-                                       request_sha256=request_sha256,
-                                       response_sha256=response_sha256)
-
-
-def _deliver_or_block(verdict: CompletionVerdict, mode: Mode, request_id: str, body: bytes,
+def _deliver_or_block(completion: _Completion, verdict: CompletionVerdict, body: bytes,
                       content_type: str) -> web.Response:
-    if not verdict.verified and mode is Mode.ENFORCE:
+    """(6) Enforce blocks what did not verify; flag and monitor deliver it, marked."""
+    if not verdict.verified and completion.mode is Mode.ENFORCE:
         assert verdict.failure is not None
-        return _error_response(verdict.failure, request_id)
-    headers = verdict.headers(mode)
-    headers[HEADER_REQUEST_ID] = request_id
+        return _error_response(verdict.failure, completion.request_id)
+    headers = verdict.headers(completion.mode)
+    headers[HEADER_REQUEST_ID] = completion.request_id
     headers[hdrs.CONTENT_TYPE] = content_type
     return web.Response(body=body, headers=headers)
 
 
-async def _plain(state: ProxyState, resp: aiohttp.ClientResponse, model: str,
-                 request_sha256: str, mode: Mode, pre_failure: VerificationFailed | None,
-                 request_id: str) -> web.Response:
+async def _plain(completion: _Completion, resp: aiohttp.ClientResponse) -> web.Response:
     # (4) The exact bytes received, and the completion id inside them.
-    body = await _read_upstream(resp, state.settings.limits)
+    body = await _read_upstream(resp, completion.state.settings.limits)
     chat_id: str | None = None
+    failure: SidecarError | None = None
     try:
         chat_id = chat_id_of(body)
     except VerificationFailed as exc:
-        pre_failure = pre_failure or exc
-    # (5) and (6)
-    verdict = await _judge(state, model, chat_id, request_sha256,
-                           hashlib.sha256(body).hexdigest(), pre_failure)
-    return _deliver_or_block(verdict, mode, request_id, body,
+        failure = exc
+    verdict = await completion.judge(chat_id, hashlib.sha256(body).hexdigest(), failure)
+    return _deliver_or_block(completion, verdict, body,
                              resp.headers.get(hdrs.CONTENT_TYPE, "application/json"))
 
 
-async def _buffer_stream(state: ProxyState, resp: aiohttp.ClientResponse, model: str,
-                         request_sha256: str, mode: Mode, pre_failure: VerificationFailed | None,
-                         request_id: str) -> web.Response:
-    body = await _read_upstream(resp, state.settings.limits)
+async def _buffer_stream(completion: _Completion, resp: aiohttp.ClientResponse) -> web.Response:
+    body = await _read_upstream(resp, completion.state.settings.limits)
     framer = SseFramer()
+    failure: SidecarError | None
     try:
         framer.feed(body)
         failure = _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = exc
-    verdict = await _judge(state, model, framer.chat_id, request_sha256,
-                           hashlib.sha256(body).hexdigest(), pre_failure or failure)
-    return _deliver_or_block(verdict, mode, request_id, body, "text/event-stream")
+    verdict = await completion.judge(framer.chat_id, hashlib.sha256(body).hexdigest(), failure)
+    return _deliver_or_block(completion, verdict, body, "text/event-stream")
 
 
 def _stream_shape_failure(framer: SseFramer) -> VerificationFailed | None:
@@ -374,21 +424,19 @@ def _stream_shape_failure(framer: SseFramer) -> VerificationFailed | None:
     return None
 
 
-async def _relay_stream(request: web.Request, state: ProxyState, resp: aiohttp.ClientResponse,
-                        model: str, request_sha256: str, mode: Mode,
-                        pre_failure: VerificationFailed | None) -> web.StreamResponse:
+async def _relay_stream(completion: _Completion,
+                        resp: aiohttp.ClientResponse) -> web.StreamResponse:
     """Forward events as they come; hold ``[DONE]`` until the verdict, which closes the stream."""
-    request_id: str = request[REQUEST_ID]
     out = web.StreamResponse(headers={
         hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
-        HEADER_VERIFIED: "pending", HEADER_REQUEST_ID: request_id})
-    await out.prepare(request)
+        HEADER_VERIFIED: "pending", HEADER_REQUEST_ID: completion.request_id})
+    await out.prepare(completion.request)
     framer = SseFramer()
     hasher = hashlib.sha256()
     received = 0
     done_event: bytes | None = None
     failure: SidecarError | None = None
-    limits = state.settings.limits
+    limits = completion.state.settings.limits
     deadline = asyncio.timeout(limits.stream_timeout)
     try:
         async with deadline:
@@ -412,12 +460,10 @@ async def _relay_stream(request: web.Request, state: ProxyState, resp: aiohttp.C
     except aiohttp.ClientError as exc:
         failure = VerificationFailed(f"upstream stream broke: {type(exc).__name__}",
                                      code="stream.truncated")
-    verdict = await _judge(state, model, framer.chat_id, request_sha256, hasher.hexdigest(),
-                           pre_failure or failure)
-    request[VERDICT] = verdict
+    verdict = await completion.judge(framer.chat_id, hasher.hexdigest(), failure)
     if verdict.verified:
         await out.write(VERIFIED_COMMENT + (done_event or b"data: [DONE]\n\n"))
-    elif mode is Mode.MONITOR:
+    elif completion.mode is Mode.MONITOR:
         await out.write(b": x-tee-verified false\n\n" + (done_event or b"data: [DONE]\n\n"))
     else:
         assert verdict.failure is not None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from sidecar.providers.wire import AttestationDocument, parse_attestation_docume
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
+from sidecar.telemetry import Telemetry
 from sidecar.verify.attestation import AttestationReport, NodeEvidence, TrustRoots, verify_attestation
 from sidecar.verify.checks import Status
 from sidecar.verify.nvidia import token_kids
@@ -47,6 +48,7 @@ class ModelAttester:
         self._signing_algo = signing_algo
         self._pinned_jwks = pinned_jwks
         self._clock = clock
+        self.simulated = roots.simulated
 
     async def attest(self, model: str) -> tuple[AttestationReport, bytes]:
         """Attest ``model`` now, under a nonce never used before.
@@ -115,10 +117,14 @@ class CachedAttestation:
 class AttestationCache:
     """Per-model attestations for this process, single-flight, expiring by TTL."""
 
-    def __init__(self, attester: ModelAttester, ttl_for: Callable[[str], int],
+    def __init__(self, attester: ModelAttester, ttl_for: Callable[[str], int], *,
+                 telemetry: Telemetry | None = None,
+                 on_attested: Callable[[CachedAttestation], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._attester = attester
         self._ttl_for = ttl_for
+        self._telemetry = telemetry or Telemetry()
+        self._on_attested = on_attested
         self._clock = clock
         self._entries: dict[str, CachedAttestation] = {}
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
@@ -166,9 +172,22 @@ class AttestationCache:
     async def _attest(self, model: str) -> CachedAttestation:
         self.attestations_run += 1
         started = self._clock()
+        timer = time.perf_counter()
+        try:
+            entry = await self._attest_once(model, started)
+        except VerificationFailed as exc:
+            self._telemetry.observe_verification(
+                "attestation", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
+                time.perf_counter() - timer)
+            self._telemetry.record_failure(model, exc.code, exc.message)
+            raise
+        self._telemetry.observe_verification("attestation", "pass", time.perf_counter() - timer)
+        return entry
+
+    async def _attest_once(self, model: str, started: float) -> CachedAttestation:
         report, body = await self._attester.attest(model)
         log.info("attestation", model=model, verdict=report.verdict,
-                 evidence_sha256=report.evidence_sha256,
+                 evidence_sha256=report.evidence_sha256, simulated_roots=self._attester.simulated,
                  nodes=[{"node": n.label, "key": n.signing_key, "status": str(n.status),
                          "failure": n.failure.code if n.failure else None} for n in report.nodes])
         if not report.attested_keys:
@@ -179,5 +198,8 @@ class AttestationCache:
                 raise VerificationIncomplete(f"attestation of {model} undecided: {detail}", code=code)
             raise VerificationFailed(f"attestation of {model} failed: {detail}", code=code)
         entry = CachedAttestation(report, body, started + self._ttl_for(model))
+        if self._on_attested is not None:
+            # The evidence is archived before any receipt can name it.
+            await self._on_attested(entry)
         self._entries[model] = entry
         return entry

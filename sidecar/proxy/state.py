@@ -9,12 +9,15 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.providers.contracts import ProviderContract
-from sidecar.proxy.app import ProxyState
-from sidecar.proxy.attester import AttestationCache, ModelAttester
+from sidecar.admin import attestation_times
+from sidecar.proxy.app import ProxyState, StateFactory
+from sidecar.proxy.attester import AttestationCache, CachedAttestation, ModelAttester
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.proxy.verdict import CompletionVerifier
+from sidecar.receipts import ReceiptLog
+from sidecar.telemetry import Telemetry
 from sidecar.trust import load_anchors
 from sidecar.verify.policy import PolicySet, load_policy
 
@@ -56,14 +59,27 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
                                  max_field_size=limits.max_header_bytes)
 
 
-def state_factory(settings: Settings, policies: PolicySet):  # type: ignore[no-untyped-def]
+def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
     """A ``StateFactory`` for ``build_proxy_app`` bound to ``settings`` and ``policies``."""
 
     async def make_state(app: web.Application, session: aiohttp.ClientSession) -> ProxyState:
+        telemetry = Telemetry()
+        receipts = (ReceiptLog(settings.receipts_path(), max_bytes=settings.receipts.max_bytes,
+                               backups=settings.receipts.backups)
+                    if settings.receipts.enabled else None)
+
+        async def archive(entry: CachedAttestation) -> None:
+            if receipts is not None:
+                await receipts.archive_evidence_async(entry.report.evidence_sha256, entry.body)
+
         upstream, attester = build_attester(settings, session, policies)
-        cache = AttestationCache(attester, lambda model: policies.for_model(model).attestation_ttl_seconds)
-        verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo)
-        return ProxyState(settings, upstream, cache, verifier, policies)
+        cache = AttestationCache(
+            attester, lambda model: policies.for_model(model).attestation_ttl_seconds,
+            telemetry=telemetry, on_attested=archive)
+        telemetry.watch_attestations(lambda: attestation_times(cache))
+        verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo,
+                                      telemetry)
+        return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts)
 
     return make_state
 

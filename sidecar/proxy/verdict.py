@@ -8,13 +8,16 @@ verdict then feeds the response headers, the error body, and the log line.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sidecar.config import Mode
-from sidecar.errors import SidecarError, VerificationFailed
-from sidecar.providers.wire import parse_signature_record
+from sidecar.errors import SidecarError, VerificationFailed, VerificationIncomplete
+from sidecar.providers.wire import SignatureRecordWire, parse_signature_record
 from sidecar.proxy.attester import AttestationCache, CachedAttestation
 from sidecar.proxy.upstream import UpstreamClient
+from sidecar.receipts import Receipt, receipt_time
+from sidecar.telemetry import Telemetry
 from sidecar.verify.signature import CompletionSignature, verify_completion_signature
 
 HEADER_VERIFIED = "x-tee-verified"
@@ -27,18 +30,27 @@ HEADER_SHOULD_RETRY = "x-should-retry"
 
 @dataclass(frozen=True, slots=True)
 class CompletionVerdict:
-    """Whether one completion verified, by whom, and if not, why."""
+    """Whether one completion verified, by whom, and if not, why; also what its receipt records.
+
+    Attributes:
+        verified: every check passed.
+        chat_id: the completion id (``None`` when the response carried none).
+        request_sha256, response_sha256: hashes of the exact bytes sent and received.
+        record: the enclave's signature record, when one was fetched.
+        signer: the key the signature recovered to, when verified.
+        evidence_sha256, nonce: the attestation the signer's key came from.
+        failure: the first failure (``None`` exactly when verified).
+    """
 
     verified: bool
     chat_id: str | None = None
+    request_sha256: str | None = None
+    response_sha256: str | None = None
+    record: SignatureRecordWire | None = None
     signer: str | None = None
     evidence_sha256: str | None = None
+    nonce: str | None = None
     failure: SidecarError | None = None
-
-    @classmethod
-    def failed(cls, error: SidecarError, chat_id: str | None = None) -> CompletionVerdict:
-        """A verdict for a completion that could not be verified."""
-        return cls(False, chat_id=chat_id, failure=error)
 
     def headers(self, mode: Mode) -> dict[str, str]:
         """The ``x-tee-*`` headers for a delivered response (monitor only says the verdict)."""
@@ -53,18 +65,37 @@ class CompletionVerdict:
             headers[HEADER_FAILURE] = self.failure.code
         return headers
 
+    def receipt(self, model: str) -> Receipt:
+        """The receipt line for this completion (digests only, never text)."""
+        record = self.record
+        return Receipt(
+            time=receipt_time(), model=model,
+            request_sha256=self.request_sha256 or "", response_sha256=self.response_sha256 or "",
+            chat_id=self.chat_id,
+            text=record.text if record else None,
+            signature=record.signature if record else None,
+            signing_address=record.signing_address if record else None,
+            signing_algo=record.signing_algo if record else None,
+            evidence_sha256=self.evidence_sha256, nonce=self.nonce,
+            verdict="verified" if self.verified else "failed",
+            failure_code=self.failure.code if self.failure else None)
+
 
 class CompletionVerifier:
     """Checks completions against the signatures the enclave published."""
 
-    def __init__(self, upstream: UpstreamClient, cache: AttestationCache, signing_algo: str) -> None:
+    def __init__(self, upstream: UpstreamClient, cache: AttestationCache, signing_algo: str,
+                 telemetry: Telemetry) -> None:
         self._upstream = upstream
         self._cache = cache
         self._signing_algo = signing_algo
+        self._telemetry = telemetry
 
     async def verify(self, *, model: str, chat_id: str, request_sha256: str,
                      response_sha256: str) -> CompletionVerdict:
         """Verify one completion; never raises for bad evidence (it becomes the verdict)."""
+        started = time.perf_counter()
+        record: SignatureRecordWire | None = None
         try:
             body = await self._upstream.fetch_signature(chat_id, model, self._signing_algo)
             record = parse_signature_record(body)
@@ -82,9 +113,16 @@ class CompletionVerifier:
                     attested_keys=attested.report.attested_keys)
             report.raise_for_failure()
         except VerificationFailed as exc:
-            return CompletionVerdict.failed(exc, chat_id)
-        return CompletionVerdict(True, chat_id=chat_id, signer=report.signer,
-                                 evidence_sha256=attested.report.evidence_sha256)
+            self._telemetry.observe_verification(
+                "signature", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
+                time.perf_counter() - started)
+            return CompletionVerdict(False, chat_id, request_sha256, response_sha256, record,
+                                     failure=exc)
+        self._telemetry.observe_verification("signature", "pass", time.perf_counter() - started)
+        return CompletionVerdict(True, chat_id, request_sha256, response_sha256, record,
+                                 signer=report.signer,
+                                 evidence_sha256=attested.report.evidence_sha256,
+                                 nonce=attested.report.nonce)
 
     async def _refresh(self, model: str, current: CachedAttestation) -> CachedAttestation:
         try:

@@ -82,7 +82,9 @@ class Stack:
         if fresh:
             key += (len(self._sidecars),)
         if key not in self._sidecars:
-            settings = simulator_settings(self.simulator_url, self._state_dir, **sections)
+            # Each sidecar its own state directory: a receipts file has one writer.
+            state_dir = self._state_dir / f"sidecar-{len(self._sidecars)}"
+            settings = simulator_settings(self.simulator_url, state_dir, **sections)
             app = build_proxy_app(settings, state_factory(settings, load_policies(settings)),
                                   lambda: client_session(settings))
             url = self.run(self._serve(app))

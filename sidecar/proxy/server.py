@@ -1,0 +1,82 @@
+"""Running the sidecar as a service: proxy and admin listeners, warm-up, graceful shutdown.
+
+On SIGTERM (or SIGINT) aiohttp's runner stops accepting on the proxy port, waits up to
+``listen.shutdown_timeout`` for in-flight requests and streams to finish, then runs the cleanup
+contexts in reverse: the warm-up task and the admin listener stop, the client session closes,
+and the receipts file is flushed and closed. The process then exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from aiohttp import web
+
+from sidecar.admin import build_admin_app, keep_models_warm
+from sidecar.config import Settings
+from sidecar.proxy.app import STATE, build_proxy_app
+from sidecar.proxy.state import client_session, load_policies, state_factory
+
+log = structlog.get_logger("tee_sidecar")
+
+
+def admin_and_warmup(settings: Settings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context for the proxy app: the admin listener and the warm-models loop.
+
+    It runs after the proxy state exists and stops before the client session closes.
+    """
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        runner: web.AppRunner | None = None
+        if settings.admin.enabled:
+            runner = web.AppRunner(build_admin_app(lambda: app.get(STATE)), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, settings.admin.host, settings.admin.port).start()
+            log.info("admin_listening", host=settings.admin.host, port=settings.admin.port)
+        warm: asyncio.Task[None] | None = None
+        if settings.attestation.warm_models:
+            warm = asyncio.create_task(
+                keep_models_warm(app[STATE], list(settings.attestation.warm_models)))
+        try:
+            yield
+        finally:
+            if warm is not None:
+                warm.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await warm
+            if runner is not None:
+                await runner.cleanup()
+
+    return context
+
+
+def build_service_app(settings: Settings) -> web.Application:
+    """The proxy app with its admin listener and warm-up attached.
+
+    Raises:
+        ConfigError: the policy file is invalid.
+    """
+    policies = load_policies(settings)
+    app = build_proxy_app(settings, state_factory(settings, policies),
+                          lambda: client_session(settings))
+    app.cleanup_ctx.append(admin_and_warmup(settings))
+    return app
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 after a graceful shutdown).
+
+    Raises:
+        ConfigError: the policy file is invalid.
+    """
+    app = build_service_app(settings)
+    log.info("listening", host=settings.listen.host, port=settings.listen.port,
+             provider=str(settings.upstream.provider), upstream=settings.upstream.base_url,
+             mode=str(settings.verification.mode), stream=str(settings.verification.stream))
+    web.run_app(app, host=settings.listen.host, port=settings.listen.port, print=None,
+                access_log=None, shutdown_timeout=settings.listen.shutdown_timeout)
+    log.info("stopped")
+    return 0
