@@ -1,0 +1,117 @@
+"""The attestation cache: single flight, TTL, and failures that never evict or extend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sidecar.errors import VerificationFailed
+from sidecar.proxy.attester import AttestationCache
+from sidecar.verify.attestation import AttestationReport, NodeReport
+from sidecar.verify.checks import Check
+
+
+def report(model: str, key: str, ok: bool = True) -> AttestationReport:
+    check = Check.passed("x", "ok") if ok else Check.failed("binding.nonce", "binding.nonce_mismatch",
+                                                            "stale nonce")
+    node = NodeReport("node-0", "model", key, "ecdsa", (check,))
+    return AttestationReport(model, "00" * 32, "ab" * 32, (node,), 0)
+
+
+class FakeAttester:
+    simulated = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.results: list[AttestationReport | Exception] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def attest(self, model: str) -> tuple[AttestationReport, bytes]:
+        self.calls += 1
+        await self.gate.wait()
+        result = self.results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result, b"{}"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(ttl: int = 100) -> tuple[AttestationCache, FakeAttester, Clock]:
+    attester, clock = FakeAttester(), Clock()
+    return AttestationCache(attester, lambda _: ttl, clock=clock), attester, clock  # type: ignore[arg-type]
+
+
+async def test_single_flight_under_concurrency() -> None:
+    cache, attester, _ = make()
+    attester.results = [report("m", "0xaa")]
+    attester.gate.clear()
+    waiters = [asyncio.ensure_future(cache.get("m")) for _ in range(20)]
+    await asyncio.sleep(0)
+    attester.gate.set()
+    entries = await asyncio.gather(*waiters)
+    assert attester.calls == 1
+    assert {id(e) for e in entries} == {id(entries[0])}
+
+
+async def test_expiry_attests_again() -> None:
+    cache, attester, clock = make(ttl=100)
+    attester.results = [report("m", "0xaa"), report("m", "0xbb")]
+    assert (await cache.get("m")).report.attested_keys == {"0xaa"}
+    clock.now += 99
+    assert (await cache.get("m")).report.attested_keys == {"0xaa"}
+    clock.now += 2
+    assert (await cache.get("m")).report.attested_keys == {"0xbb"}
+    assert attester.calls == 2
+
+
+async def test_failed_reattestation_keeps_the_valid_entry_unchanged() -> None:
+    cache, attester, clock = make(ttl=100)
+    attester.results = [report("m", "0xaa"), report("m", "0xbb", ok=False)]
+    first = await cache.get("m")
+    clock.now += 50
+    with pytest.raises(VerificationFailed, match="stale nonce"):
+        await cache.refresh("m")
+    assert cache.peek("m") is first
+    assert first.expires_at == 1100.0
+
+
+async def test_failed_attestation_never_extends_an_expired_entry() -> None:
+    cache, attester, clock = make(ttl=100)
+    attester.results = [report("m", "0xaa"), VerificationFailed("down", code="attestation.fetch_failed")]
+    await cache.get("m")
+    clock.now += 150
+    with pytest.raises(VerificationFailed, match="down"):
+        await cache.get("m")
+    assert cache.peek("m") is None
+
+
+async def test_only_reports_with_an_attested_node_are_cached() -> None:
+    cache, attester, _ = make()
+    attester.results = [report("m", "0xaa", ok=False)]
+    with pytest.raises(VerificationFailed) as info:
+        await cache.get("m")
+    assert info.value.code == "binding.nonce_mismatch"
+    assert cache.entries() == {}
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_attestation() -> None:
+    cache, attester, _ = make()
+    attester.results = [report("m", "0xaa")]
+    attester.gate.clear()
+    impatient = asyncio.ensure_future(cache.get("m"))
+    patient = asyncio.ensure_future(cache.get("m"))
+    await asyncio.sleep(0)
+    impatient.cancel()
+    attester.gate.set()
+    entry: Any = await patient
+    assert entry.report.attested_keys == {"0xaa"}
