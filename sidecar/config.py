@@ -181,6 +181,15 @@ class StateSettings(_Section):
     """Where the sidecar keeps its files (collateral cache, receipts)."""
 
     dir: Path = Path(os.environ.get("STATE_DIRECTORY", "state"))
+    # Disposable data (the DCAP collateral cache): systemd's CacheDirectory= when set.
+    cache_dir: Path | None = None
+
+    def resolved_cache_dir(self) -> Path:
+        """``cache_dir``, else ``$CACHE_DIRECTORY``, else ``<dir>/cache``."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        from_systemd = os.environ.get("CACHE_DIRECTORY")
+        return Path(from_systemd) if from_systemd else self.dir / "cache"
 
 
 class Settings(BaseSettings):

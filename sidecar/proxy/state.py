@@ -36,7 +36,7 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
     attestation = settings.attestation
     collateral = CollateralSource(session, pccs_url=attestation.pccs_url,
                                   offline_path=attestation.collateral_dir,
-                                  cache_dir=settings.state.dir / "collateral",
+                                  cache_dir=settings.state.resolved_cache_dir() / "collateral",
                                   timeout=attestation.timeout)
     nras = NrasClient(session, attestation.nras_url, attestation.nvidia_jwks_url,
                       attestation.timeout)
