@@ -213,7 +213,12 @@ async def _models(request: web.Request) -> web.StreamResponse:
         HEADER_VERIFIED: "false"})
 
 
-def _parse_request(body: bytes) -> tuple[str, bool]:
+def _parse_request(body: bytes) -> str:
+    """The ``model`` of an OpenAI request body.
+
+    Raises:
+        BadRequest: the body is not a JSON object naming a model.
+    """
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -223,7 +228,7 @@ def _parse_request(body: bytes) -> tuple[str, bool]:
     model = payload.get("model")
     if not isinstance(model, str) or not model or len(model) > 256:
         raise BadRequest("request must name a model (a string)", code="request.no_model")
-    return model, payload.get("stream") is True
+    return model
 
 
 @dataclass
@@ -285,7 +290,7 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
 
         # (1) The exact bytes the app sent, and the model.
         body = await request.read()
-        model, _ = _parse_request(body)
+        model = _parse_request(body)
         request[MODEL] = model
         mode = state.settings.verification.mode
 

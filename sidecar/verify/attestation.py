@@ -26,14 +26,16 @@ attested nodes may sign completions.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim
 from sidecar.verify.binding import NONCE_LENGTH, check_report_data_binding
 from sidecar.verify.checks import Check, Status
+from sidecar.errors import VerificationFailed
 from sidecar.verify.compose import (
+    NodeInfo,
     check_compose_binding,
     check_compose_manager_actions,
     check_info_events,
@@ -138,7 +140,7 @@ class AttestationReport:
         return failed[0] if failed else (checks[0] if checks else None)
 
 
-def _combine(statuses: Any) -> Status:
+def _combine(statuses: Iterable[Status]) -> Status:
     seen = set(statuses)
     if not seen or Status.FAIL in seen:
         return Status.FAIL
@@ -229,7 +231,8 @@ def verify_node(
                                    "tls_cert_fingerprint is not hex"))
         return report(**extra)
     nonce_bytes = bytes.fromhex(nonce)
-    assert len(nonce_bytes) == NONCE_LENGTH
+    if len(nonce_bytes) != NONCE_LENGTH:
+        raise ValueError(f"the session nonce must be {NONCE_LENGTH} bytes")  # a caller bug
     checks.extend(check_report_data_binding(measurements.report_data,
                                             signing_address=wire.signing_address, algo=algo,
                                             nonce=nonce_bytes, tls_fingerprint=tls_fingerprint))
@@ -250,11 +253,11 @@ def verify_node(
     # (5) The compose file and dstack identity events.
     facts_compose: dict[str, str | None] = {"compose_hash": None, "app_id": None,
                                             "os_image_hash": None}
+    info: NodeInfo | None
     try:
         info = parse_info(wire.info or {})
-    except Exception as exc:  # parse_info raises VerificationFailed; anything else is a bug
-        code = getattr(exc, "code", "info.malformed")
-        checks.append(Check.failed("info.parse", code, str(getattr(exc, "message", exc))))
+    except VerificationFailed as exc:
+        checks.append(Check.failed("info.parse", exc.code, exc.message))
         info = None
     if info is not None:
         checks.append(check_compose_binding(info.app_compose, measurements.mr_config_id))
