@@ -440,6 +440,7 @@ async def _relay_stream(completion: _Completion,
     hasher = hashlib.sha256()
     received = 0
     done_event: bytes | None = None
+    client_gone = False
     failure: SidecarError | None = None
     limits = completion.state.settings.limits
     deadline = asyncio.timeout(limits.stream_timeout)
@@ -454,8 +455,8 @@ async def _relay_stream(completion: _Completion,
                 for event in framer.feed(chunk):
                     if event.is_done and done_event is None:
                         done_event = event.raw
-                    elif done_event is None:
-                        await out.write(event.raw)
+                    elif done_event is None and not client_gone:
+                        client_gone = not await _write(out, event.raw)
         failure = _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = exc
@@ -465,14 +466,27 @@ async def _relay_stream(completion: _Completion,
     except aiohttp.ClientError as exc:
         failure = VerificationFailed(f"upstream stream broke: {type(exc).__name__}",
                                      code="stream.truncated")
+    # Judged (and its receipt written) even when the app went away mid-stream: part of the
+    # completion reached it, so the audit trail must say whether it was genuine.
     verdict = await completion.judge(framer.chat_id, hasher.hexdigest(), failure)
+    if client_gone:
+        return out
     if verdict.verified:
-        await out.write(VERIFIED_COMMENT + (done_event or b"data: [DONE]\n\n"))
+        ending = VERIFIED_COMMENT + (done_event or b"data: [DONE]\n\n")
     elif completion.mode is Mode.MONITOR:
-        await out.write(b": x-tee-verified false\n\n" + (done_event or b"data: [DONE]\n\n"))
+        ending = b": x-tee-verified false\n\n" + (done_event or b"data: [DONE]\n\n")
     else:
         assert verdict.failure is not None
-        error_event = json.dumps(openai_error_body(verdict.failure)).encode()
-        await out.write(b"data: " + error_event + b"\n\n")
-    await out.write_eof()
+        ending = b"data: " + json.dumps(openai_error_body(verdict.failure)).encode() + b"\n\n"
+    if await _write(out, ending):
+        await out.write_eof()
     return out
+
+
+async def _write(out: web.StreamResponse, data: bytes) -> bool:
+    """Write to the app; False once it has disconnected (the caller stops writing)."""
+    try:
+        await out.write(data)
+    except ConnectionError:
+        return False
+    return True
