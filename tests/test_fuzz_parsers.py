@@ -104,8 +104,6 @@ def test_chat_id_of_raises_only_verification_failed(payload: bytes) -> None:
     assert chat_id is None or (isinstance(chat_id, str) and 0 < len(chat_id) <= 256)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: chat_id_of and the SseFramer let json.loads' "
-                   "RecursionError out on deeply nested JSON (sidecar/verify/sse.py)")
 def test_chat_id_of_deeply_nested_json() -> None:
     only_sidecar_errors(chat_id_of, DEEP)
     only_sidecar_errors(SseFramer().feed, b"data: " + DEEP + b"\n\n")
@@ -137,8 +135,6 @@ def test_parse_attestation_document_raises_only_sidecar_errors(body: bytes) -> N
     assert document is None or len(document.nodes) >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_attestation_document lets json.loads' "
-                   "RecursionError out on deeply nested JSON (sidecar/providers/wire.py)")
 def test_parse_attestation_document_deeply_nested_json() -> None:
     only_sidecar_errors(parse_attestation_document, DEEP)
 

@@ -92,7 +92,7 @@ def parse_attestation_document(body: bytes) -> AttestationDocument:
                                  code="attestation.malformed")
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
         raise VerificationFailed("attestation report is not JSON", code="attestation.malformed") from None
     if not isinstance(obj, dict):
         raise VerificationFailed("attestation report is not a JSON object", code="attestation.malformed")

@@ -43,7 +43,7 @@ from sidecar.errors import (
     openai_error_body,
 )
 from sidecar.proxy.attester import AttestationCache
-from sidecar.proxy.upstream import UpstreamClient, read_bounded
+from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import ReceiptLog
 from sidecar.telemetry import Telemetry
 from sidecar.proxy.verdict import (
@@ -206,7 +206,9 @@ async def _models(request: web.Request) -> web.StreamResponse:
                                     sock_read=state.settings.upstream.read_timeout)
     resp = await state.upstream.open("GET", "/v1/models", None, timeout)
     async with resp:
-        body = await _read_upstream(resp, state.settings.limits)
+        body, failure = await _read_upstream(resp, state.settings.limits)
+    if failure is not None:
+        raise failure
     # A model list is not signed by any enclave: pass it on, marked as not verified.
     return web.Response(body=body, status=resp.status, headers={
         hdrs.CONTENT_TYPE: resp.headers.get(hdrs.CONTENT_TYPE, "application/json"),
@@ -221,7 +223,7 @@ def _parse_request(body: bytes) -> str:
     """
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
         raise BadRequest("request body is not valid JSON", code="request.invalid_json") from None
     if not isinstance(payload, dict):
         raise BadRequest("request body must be a JSON object", code="request.invalid_json")
@@ -330,25 +332,34 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
     return handler
 
 
-async def _read_upstream(resp: aiohttp.ClientResponse, limits: LimitsSettings) -> bytes:
-    """The whole upstream body within ``limits.max_response_bytes`` and ``limits.stream_timeout``.
+async def _read_upstream(resp: aiohttp.ClientResponse,
+                         limits: LimitsSettings) -> tuple[bytes, SidecarError | None]:
+    """The upstream body within ``limits.max_response_bytes`` and ``limits.stream_timeout``.
 
-    Raises:
-        VerificationFailed: ``limits.response_too_large``.
-        UpstreamError: ``limits.stream_timeout``, ``upstream.timeout`` or ``upstream.unavailable``.
+    Returns the bytes received and, when the read did not complete, why: a completion cut on
+    the path is still judged, so its receipt records it (the enclave may have signed it).
+    Failure codes: ``limits.response_too_large``, ``limits.stream_timeout``, ``upstream.timeout``,
+    ``stream.truncated``.
     """
+    received = bytearray()
     deadline = asyncio.timeout(limits.stream_timeout)
     try:
         async with deadline:
-            return await read_bounded(resp, limits.max_response_bytes, "upstream response",
-                                      code="limits.response_too_large")
+            async for chunk in resp.content.iter_any():
+                received += chunk
+                if len(received) > limits.max_response_bytes:
+                    return bytes(received), VerificationFailed(
+                        f"response exceeds limits.max_response_bytes ({limits.max_response_bytes})",
+                        code="limits.response_too_large")
     except TimeoutError:
         if deadline.expired():
-            raise _stream_timeout(limits) from None
-        raise UpstreamError("the provider stopped sending", code="upstream.timeout") from None
+            return bytes(received), _stream_timeout(limits)
+        return bytes(received), UpstreamError("the provider stopped sending",
+                                              code="upstream.timeout")
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"upstream connection failed: {type(exc).__name__}",
-                            code="upstream.unavailable") from None
+        return bytes(received), UpstreamError(
+            f"upstream connection broke mid-body: {type(exc).__name__}", code="stream.truncated")
+    return bytes(received), None
 
 
 def _stream_timeout(limits: LimitsSettings) -> UpstreamError:
@@ -365,7 +376,7 @@ async def _upstream_error(resp: aiohttp.ClientResponse, request_id: str) -> web.
         if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
             raise ValueError
         body = parsed
-    except ValueError:
+    except (ValueError, RecursionError):
         body = openai_error_body(UpstreamError(
             f"provider answered HTTP {resp.status}", code=f"upstream.http_{resp.status}"))
     headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: f"upstream.http_{resp.status}",
@@ -396,27 +407,26 @@ def _deliver_or_block(completion: _Completion, verdict: CompletionVerdict, body:
 
 async def _plain(completion: _Completion, resp: aiohttp.ClientResponse) -> web.Response:
     # (4) The exact bytes received, and the completion id inside them.
-    body = await _read_upstream(resp, completion.state.settings.limits)
+    body, failure = await _read_upstream(resp, completion.state.settings.limits)
     chat_id: str | None = None
-    failure: SidecarError | None = None
-    try:
-        chat_id = chat_id_of(body)
-    except VerificationFailed as exc:
-        failure = exc
+    if failure is None:
+        try:
+            chat_id = chat_id_of(body)
+        except VerificationFailed as exc:
+            failure = exc
     verdict = await completion.judge(chat_id, hashlib.sha256(body).hexdigest(), failure)
-    return _deliver_or_block(completion, verdict, body,
-                             resp.headers.get(hdrs.CONTENT_TYPE, "application/json"))
+    # The content type is ours, not upstream's: no signature covers upstream's headers.
+    return _deliver_or_block(completion, verdict, body, "application/json")
 
 
 async def _buffer_stream(completion: _Completion, resp: aiohttp.ClientResponse) -> web.Response:
-    body = await _read_upstream(resp, completion.state.settings.limits)
+    body, failure = await _read_upstream(resp, completion.state.settings.limits)
     framer = SseFramer()
-    failure: SidecarError | None
     try:
         framer.feed(body)
-        failure = _stream_shape_failure(framer)
+        failure = failure or _stream_shape_failure(framer)
     except VerificationFailed as exc:
-        failure = exc
+        failure = failure or exc
     verdict = await completion.judge(framer.chat_id, hashlib.sha256(body).hexdigest(), failure)
     return _deliver_or_block(completion, verdict, body, "text/event-stream")
 

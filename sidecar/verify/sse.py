@@ -57,7 +57,7 @@ def chat_id_of(payload: bytes) -> str:
     """
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
         raise VerificationFailed("response is not JSON", code="response.malformed") from None
     chat_id = obj.get("id") if isinstance(obj, dict) else None
     if not isinstance(chat_id, str) or not chat_id or len(chat_id) > MAX_CHAT_ID_LENGTH:

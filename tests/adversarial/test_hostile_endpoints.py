@@ -98,25 +98,13 @@ def test_one_flipped_byte_in_off_box_evidence(adv: AdversarialStack, kind: str) 
 
 # -- deeply nested JSON: RecursionError escapes the parsers -------------------------------------------
 
-DEEP_BUGS = {
-    "completion": "BUG: chat_id_of (sidecar/verify/sse.py) lets json.loads' RecursionError out: "
-                  "a deeply nested answer becomes sidecar.internal_error (500), not a block",
-    "attestation": "BUG: parse_attestation_document (sidecar/providers/wire.py) lets "
-                   "RecursionError out: sidecar.internal_error instead of attestation.malformed",
-}
-
-
-@pytest.mark.parametrize("kind", [
-    pytest.param(kind, marks=pytest.mark.xfail(strict=True, reason=DEEP_BUGS[kind]))
-    if kind in DEEP_BUGS else kind
-    for kind in ("completion", "attestation", "signature", "pcs", "nras")])
+@pytest.mark.parametrize("kind", ["completion", "attestation", "signature", "pcs", "nras"])
 def test_deeply_nested_json_from_an_endpoint(adv: AdversarialStack, kind: str) -> None:
     url = _url_for(adv, kind)
     adv.mitm.on(kind, answer(*DEEP_GARBAGE))  # type: ignore[arg-type]
     assert_blocked(*chat(url))
 
 
-@pytest.mark.xfail(strict=True, reason=DEEP_BUGS["completion"])
 @pytest.mark.parametrize("stream_mode", ["plain", "buffer", "relay"])
 def test_deeply_nested_completion_is_blocked_not_crashed(adv: AdversarialStack,
                                                          stream_mode: str) -> None:
@@ -132,9 +120,6 @@ def test_deeply_nested_completion_is_blocked_not_crashed(adv: AdversarialStack,
     assert status in (200, 502) and headers["x-tee-verified"] in ("false", "pending")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _upstream_error (sidecar/proxy/app.py) parses the "
-                   "error body with json.loads and catches only ValueError: RecursionError makes "
-                   "the upstream's 500 a sidecar.internal_error")
 def test_deeply_nested_upstream_error_body(adv: AdversarialStack) -> None:
     url = adv.sidecar()
     chat(url)
@@ -165,9 +150,6 @@ def test_local_client_garbage_gets_a_400(adv: AdversarialStack, body: bytes, cod
     assert len(adv.mitm.exchanges("completion")) == forwarded
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _parse_request (sidecar/proxy/app.py) catches "
-                   "ValueError only; a deeply nested request body raises RecursionError and "
-                   "becomes a 500 sidecar.internal_error instead of a 400")
 def test_local_client_deeply_nested_request(adv: AdversarialStack) -> None:
     status, headers, _ = post(adv.sidecar() + "/chat/completions",
                               b'{"model": "' + TEE_MODEL.encode() + b'", "x": ' + DEEP + b"}")

@@ -48,9 +48,6 @@ def test_one_receipt_per_judged_completion_and_all_reverify(adv: AdversarialStac
     assert report.verified == 18
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a completion the enclave served and signed, whose "
-                   "body the path cut or stalled, leaves no receipt: _read_upstream raises "
-                   "UpstreamError before judge() (sidecar/proxy/app.py)")
 @pytest.mark.parametrize("attack", ["reset_mid_body", "stall_mid_body"])
 def test_completion_cut_on_the_path_still_leaves_a_receipt(adv: AdversarialStack,
                                                            attack: str) -> None:
