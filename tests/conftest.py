@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.logs import configure_logging
 from sidecar.simulator.stack import Stack
+
+# One JSON line per event on stderr, as in production; pytest shows it for failing tests.
+configure_logging("json", "info")
 
 TEE_MODEL = "TEE/simulated-llama-3.3-70b"
 PLAIN_MODEL = "simulated/no-tee-model"
