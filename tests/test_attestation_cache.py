@@ -115,3 +115,15 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_attestation() -> No
     attester.gate.set()
     entry: Any = await patient
     assert entry.report.attested_keys == {"0xaa"}
+
+
+async def test_forced_refreshes_are_rate_limited_per_model() -> None:
+    cache, attester, clock = make(ttl=1000)
+    attester.results = [report("m", "0xaa"), report("m", "0xbb"), report("m", "0xcc")]
+    await cache.get("m")
+    assert (await cache.refresh("m")).report.attested_keys == {"0xbb"}
+    clock.now += 1
+    assert (await cache.refresh("m")).report.attested_keys == {"0xbb"}  # within the interval
+    clock.now += 10
+    assert (await cache.refresh("m")).report.attested_keys == {"0xcc"}
+    assert attester.calls == 3

@@ -32,6 +32,10 @@ from sidecar.verify.policy import PolicySet
 
 log = structlog.get_logger("tee_sidecar.attestation")
 
+# A genuine key rotation is one re-attestation; more than one per model in this interval is a
+# gateway naming keys it cannot have attested, and is not worth another round of evidence.
+REFRESH_MIN_INTERVAL_SECONDS = 10.0
+
 
 class ModelAttester:
     """Performs one full attestation of a model."""
@@ -128,6 +132,7 @@ class AttestationCache:
         self._clock = clock
         self._entries: dict[str, CachedAttestation] = {}
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
+        self._last_refresh: dict[str, float] = {}
         self.attestations_run = 0
 
     def peek(self, model: str) -> CachedAttestation | None:
@@ -151,14 +156,27 @@ class AttestationCache:
         return await self._run(model)
 
     async def refresh(self, model: str) -> CachedAttestation:
-        """Attest again now (a signature named a key the cache lacks: rotation, another node).
+        """Attest again (a signature named a key the cache lacks: rotation, another node).
 
-        On failure the previous entry stays exactly as it was, valid until its own expiry.
+        After a successful refresh, not again for ``REFRESH_MIN_INTERVAL_SECONDS`` per model
+        while a valid entry exists: otherwise a hostile gateway could make every completion,
+        signed by a key of its own, cost a full attestation. Within the interval the current
+        entry is returned unchanged, so the unknown signer stays unattested and the completion
+        fails closed. A failed refresh does not start the interval (the next unknown signer
+        tries again: a path that heals is picked up at once), and the previous entry stays
+        exactly as it was, valid until its own expiry.
 
         Raises:
             VerificationFailed: the re-attestation did not verify.
         """
-        return await self._run(model)
+        now = self._clock()
+        current = self.peek(model)
+        last = self._last_refresh.get(model)
+        if current is not None and last is not None and now - last < REFRESH_MIN_INTERVAL_SECONDS:
+            return current
+        entry = await self._run(model)
+        self._last_refresh[model] = now
+        return entry
 
     async def _run(self, model: str) -> CachedAttestation:
         task = self._inflight.get(model)
