@@ -7,6 +7,7 @@ both the sync and the async SDK then talk to them over loopback exactly as an ap
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 from collections.abc import Callable, Coroutine, Mapping
@@ -54,14 +55,20 @@ class Stack:
         self.simulator_app, self.provider = build_simulator(nodes=nodes)
         # Over TLS idle connections close after 0.3 s, so a test that swaps the certificate
         # (a man in the middle) and waits a moment sees the sidecar reconnect and handshake.
-        self.simulator_url = self.run(self._serve(self.simulator_app, tls=tls))
-        self._sidecars: dict[tuple[Any, ...], tuple[str, web.Application]] = {}
+        self.simulator_url = self.run(self.serve(self.simulator_app, tls=tls))
+        # Where sidecars send everything (provider, PCS, NRAS); a subclass may put a
+        # man in the middle here.
+        self.upstream_url = self.simulator_url
+        # Settings sections every sidecar of this stack starts from.
+        self.defaults: dict[str, dict[str, Any]] = {}
+        self._sidecars: dict[str, tuple[str, web.Application]] = {}
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         """Run ``coro`` on the stack's loop and wait for it."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    async def _serve(self, app: web.Application, tls: ssl.SSLContext | None = None) -> str:
+    async def serve(self, app: web.Application, tls: ssl.SSLContext | None = None) -> str:
+        """Serve ``app`` on a free loopback port of the stack's loop; returns its base URL."""
         runner = web.AppRunner(app, access_log=None,
                                keepalive_timeout=0.3 if tls is not None else 75.0)
         await runner.setup()
@@ -72,23 +79,24 @@ class Stack:
         return f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}"
 
     def sidecar(self, *, fresh: bool = False, **sections: Mapping[str, Any]) -> str:
-        """Base URL (``…/v1``) of a sidecar with these settings sections.
+        """Base URL (``…/v1``) of a sidecar with ``defaults`` overridden by ``sections``.
 
         One sidecar per configuration is reused; ``fresh`` starts a new one (a new process's
-        empty attestation cache).
+        empty attestation cache). Each sidecar has its own state directory: a receipts file
+        has one writer.
         """
-        key: tuple[Any, ...] = tuple(sorted((name, tuple(sorted(v.items())))
-                                            for name, v in sections.items()))
+        merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in self.defaults.items()}
+        for name, values in sections.items():
+            merged.setdefault(name, {}).update(values)
+        key = json.dumps(merged, sort_keys=True, default=str)
         if fresh:
-            key += (len(self._sidecars),)
+            key += f"#{len(self._sidecars)}"
         if key not in self._sidecars:
-            # Each sidecar its own state directory: a receipts file has one writer.
             state_dir = self._state_dir / f"sidecar-{len(self._sidecars)}"
-            settings = simulator_settings(self.simulator_url, state_dir, **sections)
+            settings = simulator_settings(self.upstream_url, state_dir, **merged)
             app = build_proxy_app(settings, state_factory(settings, load_policies(settings)),
                                   lambda: client_session(settings))
-            url = self.run(self._serve(app))
-            self._sidecars[key] = (url, app)
+            self._sidecars[key] = (self.run(self.serve(app)), app)
         return self._sidecars[key][0] + "/v1"
 
     def sidecar_state(self, base_url: str) -> ProxyState:
