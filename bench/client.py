@@ -154,8 +154,9 @@ class Load:
                                             hashlib.sha256(data).hexdigest())
         return first
 
-    async def worker(self, window_start: float, window_end: float) -> None:
-        """Send requests back to back until the window closes."""
+    async def worker(self, window_start: float, window_end: float, delay: float) -> None:
+        """Send requests back to back until the window closes (after ``delay``)."""
+        await asyncio.sleep(delay)
         while True:
             started = time.perf_counter()
             if started >= window_end:
@@ -189,8 +190,11 @@ class Load:
             now = time.perf_counter()
             window_start = now + args.warmup
             window_end = window_start + args.duration
-            workers = [asyncio.create_task(self.worker(window_start, window_end))
-                       for _ in range(args.concurrency)]
+            # Staggered starts spread paced streams over their length, so completions do not
+            # arrive in waves that a short window would count a whole wave too many or too few.
+            workers = [asyncio.create_task(self.worker(
+                window_start, window_end, args.stagger * i / args.concurrency))
+                for i in range(args.concurrency)]
             await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
             server_0 = procstat.sample(watched)
             client_0 = procstat.cpu_seconds(os.getpid())
@@ -223,6 +227,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--stagger", type=float, default=0.0,
+                        help="spread the workers' first requests over this many seconds")
     parser.add_argument("--max-tokens", type=int, default=15)
     parser.add_argument("--watch", default="", help="comma-separated server pids")
     parser.add_argument("--watch-tree", action="store_true", help="include their descendants")

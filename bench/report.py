@@ -15,7 +15,6 @@ END = "<!-- bench:results:end -->"
 MIB = 1 << 20
 PHASE_TITLES = {"zero-delay": "zero token delay (CPU-bound)",
                 "paced": "paced simulator", "open-streams": "open streams"}
-PROXIES = ("pass-through", "sidecar", "sidecar-buffer", "sidecar-relay", "litellm")
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -288,13 +287,15 @@ def chart(results: list[Result], path: Path, meta: dict[str, Any]) -> None:
         for y, samples in enumerate(data, start=1):
             p50 = percentile(samples, 50)
             ax.annotate(f"{p50:.1f}", (p50, y + 0.33), ha="center", fontsize=7)
-        if phase == "zero-delay":
-            ax.set_xscale("log")
+        ax.set_xscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("latency, ms (box p25–p75, line p50, whiskers p1–p99)", fontsize=8)
         ax.grid(axis="x", alpha=0.3, which="both")
     fig.suptitle("tee-sidecar (enforce mode) against the direct, manual, pass-through and "
                  "LiteLLM paths — lower is better", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, format="svg", metadata={"Date": None})
+    if path.suffix == ".svg":
+        fig.savefig(path, format="svg", metadata={"Date": None})
+    else:
+        fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -55,6 +55,14 @@ CLIENT = ROOT / "bench" / "client.py"
 LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
 MODEL = "TEE/simulated-llama-3.3-70b"
 CONCURRENCY = (1, 16, 128)
+# Events in one simulated stream of max_tokens=15: role, 15 tokens, finish, [DONE].
+STREAM_EVENTS = 18
+# Experiments (``--variants``): a relay sidecar with one thing changed, to price a proposal.
+VARIANTS: dict[str, dict[str, str]] = {
+    "uvloop": {},  # the same sidecar under uvloop's event loop
+    "no-receipts": {"TEE_SIDECAR_RECEIPTS__ENABLED": "false"},  # no receipt line, no fsync
+    "quiet-log": {"TEE_SIDECAR_LOG__LEVEL": "warning"},  # no per-request log line
+}
 
 
 @dataclass
@@ -142,7 +150,8 @@ class Bench:
         wait_completion(server, "sk-bench", verified=False)
         return server
 
-    def sidecar(self, sim: Server, stream: str, name: str, *, uvloop: bool = False) -> Server:
+    def sidecar(self, sim: Server, stream: str, name: str, *, uvloop: bool = False,
+                env: dict[str, str] | None = None) -> Server:
         """``python -m sidecar serve`` in enforce mode with a TOML config in the temp dir."""
         port = free_port()
         config = self.tmp / f"{name}.toml"
@@ -153,7 +162,10 @@ class Bench:
                               "sys.exit(main(sys.argv[1:]))", "serve", "--config", str(config)]
         else:
             argv = [PY, "-m", "sidecar", "serve", "--config", str(config)]
-        server = self.start(name, argv, f"http://127.0.0.1:{port}")
+        # Each sidecar's admin listener (/metrics, /status) needs its own port; settings that an
+        # older sidecar lacks are ignored when they come from the environment.
+        env = {"TEE_SIDECAR_ADMIN__PORT": str(free_port()), **(env or {})}
+        server = self.start(name, argv, f"http://127.0.0.1:{port}", env=env)
         # The first request attests the model; every later one must reuse that attestation.
         wait_completion(server, "sk-bench", verified=True)
         return server
@@ -199,12 +211,14 @@ class Bench:
     # -- measurements ------------------------------------------------------------------------
 
     def measure(self, phase: str, kind: str, config: str, concurrency: int, server: Server | None,
-                sim: Server, *, duration: float, warmup: float) -> dict[str, object]:
+                sim: Server, *, duration: float, warmup: float,
+                stagger: float = 0.0) -> dict[str, object]:
         """One client process against one configuration; the result is kept and returned."""
         target = server or sim
         url = (sim.url + "/api" if server is None else target.url) + "/v1/chat/completions"
         argv = [PY, str(CLIENT), "--url", url, "--concurrency", str(concurrency),
-                "--duration", str(duration), "--warmup", str(warmup), "--watch", str(target.pid)]
+                "--duration", str(duration), "--warmup", str(warmup), "--stagger", str(stagger),
+                "--watch", str(target.pid)]
         if target.tree:
             argv.append("--watch-tree")
         if kind == "stream":
@@ -381,7 +395,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     quick = args.quick
     zero = dict(duration=1.0 if quick else 3.0, warmup=0.3 if quick else 0.5)
-    paced = dict(duration=2.5 if quick else 5.0, warmup=0.8 if quick else 1.2)
+    stream_seconds = STREAM_EVENTS * args.token_delay
+    paced = dict(duration=3.0 if quick else 6.0, warmup=stream_seconds + 0.3,
+                 stagger=stream_seconds)
     busy = busy_cpu_share()
     if busy > 0.1:
         print(f"warning: {busy:.0%} of the CPU is busy before the bench starts; "
@@ -398,9 +414,10 @@ def run(args: argparse.Namespace) -> int:
             buffer = bench.sidecar(sim, "buffer", "sidecar-buffer")
             relay = bench.sidecar(sim, "relay", "sidecar-relay")
             extra: dict[str, Server] = {}
-            if args.uvloop:
-                extra["sidecar-relay-uvloop"] = bench.sidecar(sim, "relay", "sidecar-relay-uvloop",
-                                                              uvloop=True)
+            for variant in filter(None, args.variants.split(",")):
+                name = f"sidecar+{variant}"
+                extra[name] = bench.sidecar(sim, "relay", name, uvloop=variant == "uvloop",
+                                            env=VARIANTS[variant])
             litellm = None if args.no_litellm else bench.litellm(sim)
             print(f"servers up in {time.monotonic() - started:.0f} s", flush=True)
 
@@ -447,7 +464,8 @@ def run(args: argparse.Namespace) -> int:
                                ("sidecar-buffer", lambda: bench.sidecar(sim, "buffer", "buffer-fresh"))):
                 server = make()
                 result = bench.measure("open-streams", "stream", name, args.open_streams, server,
-                                       sim, duration=1.5 if quick else 2.5, warmup=0.3)
+                                       sim, duration=1.5 if quick else 2.5,
+                                       warmup=STREAM_EVENTS * args.open_stream_delay / 2)
                 memory.append(result)
                 bench.stop(server)
             bench.set_token_delay(sim, 0.0)
@@ -463,14 +481,19 @@ def run(args: argparse.Namespace) -> int:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps({"meta": meta, "results": bench.results}))
-    text = report.render(bench.results, meta)
-    print(text)
-    if not args.no_docs:
-        report.write_doc(ROOT / "docs" / "benchmarks.md", text, meta)
-        report.chart(bench.results, ROOT / "docs" / "benchmarks.svg", meta)
-        print("wrote docs/benchmarks.md and docs/benchmarks.svg")
+    publish(bench.results, meta, write_docs=not args.no_docs)
     print(f"bench finished in {elapsed:.0f} s")
     return 0
+
+
+def publish(results: list[dict[str, object]], meta: dict[str, object], *, write_docs: bool) -> None:
+    """Print the tables; write docs/benchmarks.md (between its markers) and the chart."""
+    text = report.render(results, meta)
+    print(text)
+    if write_docs:
+        report.write_doc(ROOT / "docs" / "benchmarks.md", text, meta)
+        report.chart(results, ROOT / "docs" / "benchmarks.svg", meta)
+        print("wrote docs/benchmarks.md and docs/benchmarks.svg")
 
 
 def main() -> int:
@@ -479,23 +502,34 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short windows (about 1.5 minutes)")
     parser.add_argument("--token-delay", type=float, default=0.03,
                         help="seconds before each streamed event in phase B (default 0.03)")
-    parser.add_argument("--open-streams", type=int, default=256,
-                        help="streams held open at once in phase C (default 256)")
+    parser.add_argument("--open-streams", type=int, default=200,
+                        help="streams held open at once in phase C (default 200, below the "
+                             "sidecar's default limits.max_concurrent_per_client of 256)")
     parser.add_argument("--open-stream-delay", type=float, default=0.1,
                         help="token delay in phase C, so streams stay open (default 0.1)")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even if installed")
-    parser.add_argument("--uvloop", action="store_true",
-                        help="also run a relay sidecar under uvloop (an experiment)")
+    parser.add_argument("--variants", default="",
+                        help="also run relay sidecars with one change each (experiments): "
+                             + ", ".join(VARIANTS))
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/ alone")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with logs")
     parser.add_argument("--code", metavar="GIT_REF",
                         help="run simulator and sidecar as committed at this ref "
                              "(default: the working tree)")
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="re-render the table, doc and chart from a saved results file")
     parser.add_argument("--install-litellm", action="store_true",
                         help="create bench/.venv-litellm with litellm[proxy], then exit")
     args = parser.parse_args()
+    unknown = set(filter(None, args.variants.split(","))) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if args.install_litellm:
         return install_litellm()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        publish(saved["results"], saved["meta"], write_docs=not args.no_docs)
+        return 0
     return run(args)
 
 
