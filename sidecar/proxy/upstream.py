@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -113,7 +115,7 @@ class UpstreamClient:
             VerificationIncomplete: ``attestation.fetch_failed`` on transport errors and 5xx.
         """
         url, query = self.contract.attestation_url(model, nonce, signing_algo)
-        try:
+        with _evidence_fetch("attestation", "attestation.fetch_failed"):
             async with self._session.get(url, params=query, headers=self.headers(),
                                          timeout=self._evidence_timeout, ssl=self._ssl) as resp:
                 peer = _peer_certificate(resp)
@@ -125,15 +127,6 @@ class UpstreamClient:
                         f"provider has no attestation for {model} (HTTP {resp.status})",
                         code="attestation.unavailable")
                 body = await read_bounded(resp, MAX_EVIDENCE_BYTES, "attestation report")
-        except aiohttp.ServerFingerprintMismatch:
-            raise VerificationFailed("the provider's TLS certificate is not the attested one",
-                                     code="upstream.tls_pin_mismatch") from None
-        except asyncio.TimeoutError:
-            raise VerificationIncomplete("attestation endpoint timed out",
-                                         code="attestation.fetch_failed") from None
-        except aiohttp.ClientError as exc:
-            raise VerificationIncomplete(f"attestation fetch failed: {type(exc).__name__}",
-                                         code="attestation.fetch_failed") from None
         return FetchedReport(body, peer)
 
     async def fetch_signature(self, chat_id: str, model: str, signing_algo: str) -> bytes:
@@ -150,7 +143,7 @@ class UpstreamClient:
         url, query = self.contract.signature_url(chat_id, model, signing_algo)
         delay = self._signature_retry_delay
         for attempt in range(self._signature_retries + 1):
-            try:
+            with _evidence_fetch("signature", "signature.fetch_failed"):
                 async with self._session.get(url, params=query, headers=self.headers(),
                                              timeout=self._evidence_timeout, ssl=self._ssl) as resp:
                     if resp.status == 200:
@@ -161,20 +154,31 @@ class UpstreamClient:
                     if resp.status != 404:
                         raise VerificationFailed(f"signature endpoint answered {resp.status}",
                                                  code="signature.missing")
-            except aiohttp.ServerFingerprintMismatch:
-                raise VerificationFailed("the provider's TLS certificate is not the attested one",
-                                         code="upstream.tls_pin_mismatch") from None
-            except asyncio.TimeoutError:
-                raise VerificationIncomplete("signature endpoint timed out",
-                                             code="signature.fetch_failed") from None
-            except aiohttp.ClientError as exc:
-                raise VerificationIncomplete(f"signature fetch failed: {type(exc).__name__}",
-                                             code="signature.fetch_failed") from None
             if attempt < self._signature_retries:
                 await asyncio.sleep(delay)
                 delay *= 2
         raise VerificationFailed(f"no signature for completion {chat_id} after "
                                  f"{self._signature_retries + 1} tries", code="signature.missing")
+
+
+@contextmanager
+def _evidence_fetch(what: str, code: str) -> Iterator[None]:
+    """Map transport failures of an evidence fetch to the sidecar's errors.
+
+    Raises:
+        VerificationFailed: ``upstream.tls_pin_mismatch`` (not the attested certificate).
+        VerificationIncomplete: ``code`` for timeouts and connection failures.
+    """
+    try:
+        yield
+    except aiohttp.ServerFingerprintMismatch:
+        raise VerificationFailed("the provider's TLS certificate is not the attested one",
+                                 code="upstream.tls_pin_mismatch") from None
+    except asyncio.TimeoutError:
+        raise VerificationIncomplete(f"{what} endpoint timed out", code=code) from None
+    except aiohttp.ClientError as exc:
+        raise VerificationIncomplete(f"{what} fetch failed: {type(exc).__name__}",
+                                     code=code) from None
 
 
 async def read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str,

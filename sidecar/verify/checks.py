@@ -54,3 +54,23 @@ class Check:
     def ok(self) -> bool:
         """True only for a passing check."""
         return self.status is Status.PASS
+
+
+class CheckedReport:
+    """Mixin for a report that holds ``checks``: ``ok`` and the first ``failure``.
+
+    A report with no checks is not ok: nothing was verified.
+    """
+
+    __slots__ = ()
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True only when checks ran and every one passed."""
+        return bool(self.checks) and all(check.ok for check in self.checks)
+
+    @property
+    def failure(self) -> Check | None:
+        """The first check that did not pass, if any."""
+        return next((check for check in self.checks if not check.ok), None)

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sidecar.errors import VerificationFailed
-from sidecar.verify.checks import Check
+from sidecar.verify.checks import Check, CheckedReport
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -48,7 +48,7 @@ class CompletionSignature:
 
 
 @dataclass(frozen=True, slots=True)
-class CompletionSignatureReport:
+class CompletionSignatureReport(CheckedReport):
     """Outcome of verifying one completion's signature.
 
     Attributes:
@@ -60,16 +60,6 @@ class CompletionSignatureReport:
     checks: tuple[Check, ...]
     signer: str | None
     algo: str
-
-    @property
-    def ok(self) -> bool:
-        """True when every check passed."""
-        return bool(self.checks) and all(check.ok for check in self.checks)
-
-    @property
-    def failure(self) -> Check | None:
-        """The first failing check, if any."""
-        return next((check for check in self.checks if not check.ok), None)
 
     def raise_for_failure(self) -> None:
         """Raise the first failure.

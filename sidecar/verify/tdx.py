@@ -46,7 +46,7 @@ import dcap_qvl
 from cryptography import x509
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.verify.checks import Check, Status
+from sidecar.verify.checks import Check, CheckedReport, Status
 
 __all__ = [
     "MAX_COLLATERAL_BYTES",
@@ -135,7 +135,7 @@ class TdxTcbPolicy:
 
 
 @dataclass(frozen=True)
-class TdxQuoteReport:
+class TdxQuoteReport(CheckedReport):
     """Outcome of :func:`verify_tdx_quote`.
 
     Attributes:
@@ -150,16 +150,6 @@ class TdxQuoteReport:
     tcb_status: str | None
     advisory_ids: tuple[str, ...]
     measurements: TdxMeasurements | None
-
-    @property
-    def ok(self) -> bool:
-        """True only if checks ran and all passed."""
-        return bool(self.checks) and all(check.ok for check in self.checks)
-
-    @property
-    def failure(self) -> Check | None:
-        """The first check that did not pass, if any."""
-        return next((check for check in self.checks if not check.ok), None)
 
     def raise_for_failure(self) -> TdxMeasurements:
         """Return the verified measurements, or raise for the first failing check.
