@@ -380,7 +380,8 @@ class ReceiptLog:
         self.evidence_dir = self.path.parent / EVIDENCE_DIRNAME
         self.torn_path = self.path.with_name(self.path.name + ".torn")
         self._lock = threading.Lock()
-        self._async_lock: asyncio.Lock | None = None
+        self._queue: list[tuple[Receipt, asyncio.Future[None]]] = []
+        self._writer: asyncio.Future[None] | None = None
         self._archived: set[str] = set()
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -451,24 +452,38 @@ class ReceiptLog:
             ReceiptLogError: the log is closed, or the line could not be written durably; a
                 partially written line is cut off again, so the file stays valid JSON lines.
         """
+        self.append_batch([receipt])
+
+    def append_batch(self, receipts: Sequence[Receipt]) -> None:
+        """Append ``receipts`` in order, one ``os.write`` per line, then one ``fsync`` for all.
+
+        This is the group commit behind ``append_async``: durability costs one ``fsync`` per
+        batch, not per completion, and nothing returns before its line is durable.
+
+        Raises:
+            ReceiptLogError: as ``append``; lines of the batch written before a failure stay in
+                the file (the chain follows them), but none of the batch is reported durable.
+        """
         with self._lock:
             if self._fd is None:
                 raise ReceiptLogError(f"receipt log {self.path} is closed", code="receipts.closed")
-            line = encode_receipt_line(receipt, self._prev)
             try:
-                if self._size > 0 and self._size + len(line) > self.max_bytes:
-                    self._rotate()
+                for receipt in receipts:
+                    line = encode_receipt_line(receipt, self._prev)
+                    if self._size > 0 and self._size + len(line) > self.max_bytes:
+                        self._rotate()
+                    assert self._fd is not None
+                    written = os.write(self._fd, line)
+                    if written != len(line):
+                        # A short write (disk full): undo it rather than leave half a line behind.
+                        os.ftruncate(self._fd, self._size)
+                        raise ReceiptLogError(
+                            f"short write to {self.path} ({written} of {len(line)} bytes); undone")
+                    # The line is in the file from here on: the chain must follow it even if
+                    # the fsync below fails.
+                    self._size += len(line)
+                    self._prev = _line_sha256(line)
                 assert self._fd is not None
-                written = os.write(self._fd, line)
-                if written != len(line):
-                    # A short write (disk full): undo it rather than leave half a line behind.
-                    os.ftruncate(self._fd, self._size)
-                    raise ReceiptLogError(
-                        f"short write to {self.path} ({written} of {len(line)} bytes); undone")
-                # The line is in the file from here on: the chain must follow it even if the
-                # fsync below fails.
-                self._size += len(line)
-                self._prev = _line_sha256(line)
                 os.fsync(self._fd)
             except OSError as exc:
                 if self._fd is None:
@@ -484,20 +499,37 @@ class ReceiptLog:
             log.error("receipts.reopen_failed", path=str(self.path), error=str(exc))
 
     async def append_async(self, receipt: Receipt) -> None:
-        """``append`` from asyncio code: the write and ``fsync`` run in a worker thread.
+        """``append`` from asyncio code, group-committed: returns once the line is durable.
 
-        Appends from concurrent tasks are serialized first-come first-served (an ``asyncio.Lock``)
-        so they neither interleave nor tie up one worker thread each while waiting; the thread
-        lock inside ``append`` is what guarantees whole lines. A cancelled caller does not cancel
-        a write already handed to its thread.
+        Receipts queue in arrival order; one writer task at a time hands everything queued to a
+        worker thread, which writes the lines and ``fsync``-s once (``append_batch``), then
+        releases every waiter of that batch. A cancelled caller does not cancel a write already
+        queued.
 
         Raises:
             ReceiptLogError: as ``append``.
         """
-        if self._async_lock is None:
-            self._async_lock = asyncio.Lock()
-        async with self._async_lock:
-            await asyncio.to_thread(self.append, receipt)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((receipt, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._drain())
+        await asyncio.shield(done)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await asyncio.to_thread(self.append_batch, [receipt for receipt, _ in batch])
+            except Exception as exc:  # every waiter must hear how its batch ended
+                error = exc if isinstance(exc, ReceiptLogError) else ReceiptLogError(
+                    f"cannot write receipts to {self.path}: {exc}")
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     def _rotate(self) -> None:
         # Called with self._lock held. Each rename is atomic; a crash between two of them loses no
@@ -611,10 +643,9 @@ class ReceiptLog:
         Raises:
             ReceiptLogError: as ``close``.
         """
-        if self._async_lock is None:
-            self._async_lock = asyncio.Lock()
-        async with self._async_lock:
-            await asyncio.to_thread(self.close)
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> Self:
         return self

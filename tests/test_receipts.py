@@ -559,3 +559,23 @@ def test_cli_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -
 def test_cli_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert receipts_main(["verify", str(tmp_path / "absent.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+async def test_concurrent_appends_are_group_committed(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    await asyncio.gather(*(log.append_async(failed_receipt(f"chatcmpl-{i}")) for i in range(100)))
+    await log.aclose()
+    assert verify_receipts(path).total == 100
+    # Every line durable before its append returned, with far fewer fsyncs than lines.
+    assert fsyncs < 50
