@@ -26,10 +26,23 @@ def test_events_are_byte_exact_however_the_stream_is_split(split: int) -> None:
     assert framer.pending == b""
 
 
-def test_crlf_terminated_events() -> None:
+@pytest.mark.parametrize("split", [1, 2, 3, 5])
+def test_crlf_terminated_events_however_split(split: int) -> None:
+    crlf = STREAM.replace(b"\n\n", b"\r\n\r\n")
     framer = SseFramer()
-    events = framer.feed(STREAM.replace(b"\n\n", b"\r\n\r\n"))
-    assert len(events) == 3 and framer.done and framer.chat_id == "chatcmpl-abc"
+    events = []
+    for i in range(0, len(crlf), split):
+        events += framer.feed(crlf[i:i + split])
+    assert [e.raw for e in events] == [e + b"\r\n\r\n" for e in crlf.split(b"\r\n\r\n")[:-1]]
+    assert framer.done and framer.chat_id == "chatcmpl-abc"
+
+
+def test_a_line_break_inside_an_event_does_not_end_it() -> None:
+    framer = SseFramer()
+    events = framer.feed(b'event: message\ndata: {"id": "chatcmpl-x"}\n\ndata: [DONE]\r\n\n')
+    assert [e.raw for e in events] == [b'event: message\ndata: {"id": "chatcmpl-x"}\n\n',
+                                       b"data: [DONE]\r\n\n"]
+    assert framer.done and framer.chat_id == "chatcmpl-x"
 
 
 def test_comments_and_trailing_data_after_done() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 from sidecar.errors import VerificationFailed
 
@@ -19,25 +20,48 @@ MAX_EVENT_BYTES = 1 << 20
 # Ids are short ("chatcmpl-…"); a long one is an attempt to smuggle data into paths and logs.
 MAX_CHAT_ID_LENGTH = 256
 
-_TERMINATORS = (b"\r\n\r\n", b"\n\n")
+_UNDECIDED = -1  # the bytes after a newline have not arrived yet
 
 
-@dataclass(frozen=True, slots=True)
+def _event_end(buffer: bytearray, newline: int) -> int:
+    """Where the event ends if the newline at ``newline`` starts its terminator.
+
+    Returns the offset just past ``\\n\\n`` or ``\\r\\n\\r\\n``, 0 when this newline ends
+    a line but not the event, or ``_UNDECIDED`` when the following bytes are still to come.
+    """
+    following = buffer[newline + 1:newline + 3]
+    if not following:
+        return _UNDECIDED
+    if following[:1] == b"\n":
+        return newline + 2
+    if newline > 0 and buffer[newline - 1] == 0x0D and following[:1] == b"\r":
+        if len(following) < 2:
+            return _UNDECIDED
+        if following == b"\r\n":
+            return newline + 3
+    return 0
+
+
+@dataclass(frozen=True)
 class SseEvent:
     """One complete event as received.
 
     Attributes:
         raw: the exact bytes, terminator included.
-        data: the joined ``data:`` field (``None`` for a comment-only event).
     """
 
     raw: bytes
-    data: bytes | None
+
+    @cached_property
+    def data(self) -> bytes | None:
+        """The joined ``data:`` field (``None`` for a comment-only event); parsed on first use."""
+        return _field_data(self.raw)
 
     @property
     def is_done(self) -> bool:
         """True for the ``data: [DONE]`` sentinel that ends an OpenAI stream."""
-        return self.data is not None and self.data.strip() == b"[DONE]"
+        # The substring test spares parsing every token event just to rule it out.
+        return b"[DONE]" in self.raw and self.data is not None and self.data.strip() == b"[DONE]"
 
 
 def _field_data(raw: bytes) -> bytes | None:
@@ -78,6 +102,7 @@ class SseFramer:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._scanned = 0  # offset in the buffer from which to look for the next newline
         self.chat_id: str | None = None
         self.done = False
         self.trailing_after_done = 0
@@ -89,16 +114,24 @@ class SseFramer:
             VerificationFailed: ``stream.event_too_large`` for an event over ``MAX_EVENT_BYTES``;
                 ``response.no_chat_id`` when the first data event has no usable id.
         """
-        self._buffer += chunk
+        buffer = self._buffer
+        buffer += chunk
         events: list[SseEvent] = []
-        while True:
-            end = self._next_boundary()
-            if end < 0:
+        start = 0
+        # Resume the newline scan where the previous chunk left off: linear in the stream.
+        newline = buffer.find(b"\n", max(self._scanned, 0))
+        while newline >= 0:
+            end = _event_end(buffer, newline)
+            if end == _UNDECIDED:
                 break
-            raw = bytes(self._buffer[:end])
-            del self._buffer[:end]
-            events.append(self._accept(raw))
-        if len(self._buffer) > MAX_EVENT_BYTES:
+            if end > 0:
+                events.append(self._accept(bytes(buffer[start:end])))
+                start = end
+            newline = buffer.find(b"\n", max(newline + 1, start))
+        self._scanned = (newline if newline >= 0 else len(buffer)) - start
+        if start:
+            del buffer[:start]
+        if len(buffer) > MAX_EVENT_BYTES:
             raise VerificationFailed("an SSE event exceeds 1 MiB", code="stream.event_too_large")
         return events
 
@@ -107,16 +140,8 @@ class SseFramer:
         """Bytes received after the last complete event (a cut stream leaves them here)."""
         return bytes(self._buffer)
 
-    def _next_boundary(self) -> int:
-        best = -1
-        for terminator in _TERMINATORS:
-            index = self._buffer.find(terminator)
-            if index >= 0 and (best < 0 or index + len(terminator) < best):
-                best = index + len(terminator)
-        return best
-
     def _accept(self, raw: bytes) -> SseEvent:
-        event = SseEvent(raw, _field_data(raw))
+        event = SseEvent(raw)
         if self.done:
             self.trailing_after_done += 1
         elif event.is_done:
