@@ -181,6 +181,7 @@ class Telemetry:
             "Time spent verifying an attestation or a completion signature.",
             ["kind"], buckets=VERIFICATION_BUCKETS, registry=self.registry)
         self.registry.register(_AttestationGauges(lambda: self._attestation_times))
+        self._request_children: dict[tuple[str, str, str], Any] = {}
         self._tally: _Tally[str] = _Tally()
         self._failures: deque[FailureRecord] = deque(maxlen=failure_history)
 
@@ -198,8 +199,13 @@ class Telemetry:
                 anything else, or ``None``, counts as ``false``: never verified by default.
         """
         verified_label = verified if verified in _VERIFIED else "false"
-        self._requests.labels(endpoint_label(endpoint), status_class(status),
-                              verified_label).inc()
+        labels = (endpoint_label(endpoint), status_class(status), verified_label)
+        child = self._request_children.get(labels)
+        if child is None:
+            # The label set is closed and small; caching the child skips prometheus-client's
+            # locked lookup on every request.
+            child = self._request_children[labels] = self._requests.labels(*labels)
+        child.inc()
         self._tally["requests"] += 1
         self._tally[f"requests_verified_{verified_label}"] += 1
 

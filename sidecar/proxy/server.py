@@ -73,7 +73,14 @@ def serve(settings: Settings) -> int:
         ConfigError: the policy file is invalid.
     """
     app = build_service_app(settings)
-    log.info("listening", host=settings.listen.host, port=settings.listen.port,
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        loop_name = "uvloop"
+    except ImportError:
+        loop_name = "asyncio"
+    log.info("listening", loop=loop_name, host=settings.listen.host, port=settings.listen.port,
              provider=str(settings.upstream.provider), upstream=settings.upstream.base_url,
              mode=str(settings.verification.mode), stream=str(settings.verification.stream))
     web.run_app(app, host=settings.listen.host, port=settings.listen.port, print=None,
