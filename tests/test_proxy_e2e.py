@@ -337,3 +337,24 @@ def test_bad_request_bodies_get_clear_400s(stack: Stack, body: bytes, code: str)
     status, _, content = post(stack.sidecar() + "/chat/completions", body)
     assert status == 400
     assert json.loads(content)["error"]["code"] == code
+
+
+def test_private_ml_sdk_contract(stack: Stack) -> None:
+    """The /v1/attestation/report and /v1/signature/{id} paths (NEAR AI, RedPill, Phala)."""
+    url = stack.sidecar(upstream={"provider": "private-ml-sdk", "base_url": stack.simulator_url})
+    for stream in (False, True):
+        headers, text = _complete(url, stream)
+        assert headers["x-tee-verified"] == "true" and text == EXPECTED_TEXT
+
+
+def test_near_shaped_report_with_model_attestations(stack: Stack) -> None:
+    set_faults(stack, evidence={"shape": "near"})
+    headers, _ = _complete(stack.sidecar(fresh=True), False)
+    assert headers["x-tee-verified"] == "true"
+
+
+def test_ed25519_signing(stack: Stack) -> None:
+    url = stack.sidecar(verification={"signing_algo": "ed25519"})
+    headers, _ = _complete(url, False)
+    assert headers["x-tee-verified"] == "true"
+    assert len(headers["x-tee-signing-address"]) == 64
