@@ -614,12 +614,15 @@ class ReceiptLog:
             ReceiptLogError: the ``fsync`` failed.
         """
         with self._lock:
-            if self._fd is None:
-                return
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                raise ReceiptLogError(f"cannot flush {self.path}: {exc}") from exc
+            self._fsync_locked()
+
+    def _fsync_locked(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise ReceiptLogError(f"cannot flush {self.path}: {exc}") from exc
 
     def close(self) -> None:
         """Flush and close; waits for an append in progress. Idempotent.
@@ -631,9 +634,7 @@ class ReceiptLog:
             if self._fd is None:
                 return
             try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                raise ReceiptLogError(f"cannot flush {self.path}: {exc}") from exc
+                self._fsync_locked()
             finally:
                 self._release()
 

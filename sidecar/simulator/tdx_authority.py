@@ -30,12 +30,15 @@ import hashlib
 import json
 import struct
 from collections.abc import Sequence
+from typing import get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
+from sidecar.verify.policy import TcbStatus
 
 __all__ = [
     "SIMULATOR_FMSPC",
@@ -266,17 +269,8 @@ class TestTdxAuthority:
     # The class name starts with "Test"; tell pytest it is not a test case.
     __test__ = False
 
-    TCB_STATUSES = frozenset(
-        {
-            "UpToDate",
-            "SWHardeningNeeded",
-            "ConfigurationNeeded",
-            "ConfigurationAndSWHardeningNeeded",
-            "OutOfDate",
-            "OutOfDateConfigurationNeeded",
-            "Revoked",
-        }
-    )
+    # Every status Intel's TCB info can give a level (the policy's accepted ones, and Revoked).
+    TCB_STATUSES = frozenset(get_args(TcbStatus)) | {"Revoked"}
 
     def __init__(
         self,
