@@ -116,13 +116,11 @@ def build_proxy_app(settings: Settings, make_state: StateFactory,
     return app
 
 
-def _error_response(error: SidecarError, request_id: str, *, extra: dict[str, str] | None = None
-                    ) -> web.Response:
+def _error_response(error: SidecarError, request_id: str) -> web.Response:
     # Only a local concurrency limit is worth retrying; a failed verification is not.
     headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: error.code,
                HEADER_REQUEST_ID: request_id,
                HEADER_SHOULD_RETRY: "true" if error.http_status == 429 else "false"}
-    headers.update(extra or {})
     return web.json_response(openai_error_body(error), status=error.http_status, headers=headers)
 
 
@@ -160,17 +158,14 @@ async def _errors_and_logs(request: web.Request,
         # A relayed stream's headers said "pending"; its verdict came at the end.
         relayed = request.get(VERDICT)
         headers = response.headers if response is not None else {}
+        verified = (str(relayed.verified).lower() if relayed is not None
+                    else headers.get(HEADER_VERIFIED))
         state = request.app.get(STATE)
         if state is not None and response is not None:
-            state.telemetry.observe_request(
-                request.path, response.status,
-                str(relayed.verified).lower() if relayed is not None
-                else headers.get(HEADER_VERIFIED))
+            state.telemetry.observe_request(request.path, response.status, verified)
         log.info("request", method=request.method, path=request.path,
                  status=response.status if response is not None else None,
-                 model=request.get(MODEL),
-                 verified=(str(relayed.verified).lower() if relayed is not None
-                           else headers.get(HEADER_VERIFIED)),
+                 model=request.get(MODEL), verified=verified,
                  failure=(relayed.failure.code if relayed is not None and relayed.failure
                           else headers.get(HEADER_FAILURE)),
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
