@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     attest.add_argument("--collateral", type=Path,
                         help="DCAP collateral JSON for the report's quotes (offline)")
     attest.add_argument("--nras", type=Path, help="a saved NRAS answer for the GPU evidence")
+    attest.add_argument("--jwks", type=Path,
+                        help="NVIDIA's JWKS to check a saved NRAS answer against (offline, "
+                             "production anchors; the simulator's is built in)")
     attest.add_argument("--at", help="verify as of this time (ISO 8601 or unix seconds)")
     attest.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -171,6 +174,7 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
         body = args.report.read_bytes()
         collateral = args.collateral.read_text() if args.collateral else None
         nras = json.loads(args.nras.read_text()) if args.nras else None
+        jwks = json.loads(args.jwks.read_text()) if args.jwks else None
     except (OSError, ValueError) as exc:
         print(f"tee-sidecar attest: cannot read input: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -184,8 +188,9 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
         collateral_json=collateral,
         collateral_error="offline: no --collateral given",
         nras_response=nras,
-        nras_error="offline: NRAS cannot be consulted (give --nras with a saved answer)",
-        jwks=anchors.pinned_jwks,
+        nras_error=("offline: NRAS cannot be consulted (give --nras with a saved answer)"
+                    if nras is None else "offline: no JWKS to check the NRAS answer (give --jwks)"),
+        jwks=jwks or anchors.pinned_jwks,
     )
     model = document.nodes[0].wire.model_name or args.model or "(saved report)"
     policy = load_policy(settings.policy.file).for_model(model)

@@ -114,3 +114,25 @@ def test_online_against_the_simulator(tmp_path: Path, capsys: pytest.CaptureFixt
         assert (status, out["verdict"]) == (1, "failed")
     finally:
         stack.close()
+
+
+def test_offline_nras_answer_needs_a_jwks_under_production_anchors(
+        saved: tuple[Path, str, Path, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    report, nonce, collateral, nras = saved
+    monkeypatch.setenv("TEE_SIDECAR_TRUST__ANCHORS", "production")
+    status, out = run(capsys, "attest", "--report", str(report), "--nonce", nonce,
+                      "--nras", str(nras), "--json")
+    gpu = [c for c in out["checks"] if c["name"] == "gpu.nras"]  # type: ignore[union-attr]
+    assert gpu and gpu[0]["status"] == "incomplete" and "--jwks" in gpu[0]["detail"]
+    assert out["verdict"] != "verified"
+    # The simulator's JWKS given explicitly: its tokens verify, but the simulator's quote still
+    # fails against Intel's production root.
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(SimulatedEvidence().nras.jwks()))
+    status, out = run(capsys, "attest", "--report", str(report), "--nonce", nonce,
+                      "--collateral", str(collateral), "--nras", str(nras), "--jwks", str(jwks),
+                      "--json")
+    assert (status, out["verdict"]) == (1, "failed")
+    failed = {c["name"] for c in out["checks"] if c["status"] == "fail"}  # type: ignore[union-attr]
+    assert "tdx.quote_signature" in failed
