@@ -669,3 +669,65 @@ def test_raise_for_failure_ranks_failed_above_incomplete() -> None:
     assert not isinstance(raised.value, VerificationIncomplete)
     with pytest.raises(VerificationFailed, match="named no GPU"):
         GpuEvidenceReport((passed,), ()).raise_for_failure()
+
+
+# --- NRAS's per-step verdicts (report signature, RIMs, certificate chains) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("faults", "name", "code", "detail"),
+    [
+        (NrasFaults(rim_signature_unverified=True), "gpu.integrity_claims",
+         "gpu.integrity_claim_failed",
+         "GPU-0: NRAS did not confirm x-nvidia-gpu-driver-rim-signature-verified=false"),
+        (NrasFaults(cert_revoked=True), "gpu.cert_chains", "gpu.cert_chain_invalid",
+         "GPU-0: attestation report certificate revoked/OCSP revoked"),
+        (NrasFaults(attestation_warning="RIM expired"), "gpu.attestation_warning",
+         "gpu.attestation_warning", 'GPU-0: NRAS warns "RIM expired"'),
+    ],
+    ids=["rim_signature_unverified", "cert_revoked", "attestation_warning"],
+)
+def test_nras_step_verdicts_each_fail_on_their_own(faults: NrasFaults, name: str, code: str,
+                                                   detail: str) -> None:
+    failed = only_failure(verify(attest(faults)))
+    assert (failed.name, failed.code, failed.detail) == (name, code, detail)
+    # A policy that waives them accepts the same answer.
+    assert verify(attest(faults), policy=GpuPolicy(require_integrity_claims=False)).ok
+
+
+def _resign(answer: list[Any], edit: Any) -> list[Any]:
+    """Re-issue an answer with edited GPU claims, signed by the simulator's key (a genuine NRAS
+    of another version), with the overall token's submods recomputed."""
+    nras = SimulatedNras()
+    overall = jwt.decode(answer[0][1], options={"verify_signature": False})
+    detached = {}
+    for gpu_id, token in answer[1].items():
+        claims = jwt.decode(token, options={"verify_signature": False})
+        edit(claims)
+        detached[gpu_id] = nras._sign(claims)
+    overall["submods"] = {gpu_id: ["DIGEST", ["SHA-256", hashlib.sha256(t.encode()).hexdigest()]]
+                          for gpu_id, t in detached.items()}
+    return [["JWT", nras._sign(overall)], detached]
+
+
+def test_older_nras_boolean_cert_claims_are_accepted() -> None:
+    def older(claims: dict[str, Any]) -> None:
+        for _, chain, flag in (("r", "x-nvidia-gpu-attestation-report-cert-chain",
+                                "x-nvidia-gpu-attestation-report-cert-chain-validated"),
+                               ("d", "x-nvidia-gpu-driver-rim-cert-chain",
+                                "x-nvidia-gpu-driver-rim-cert-validated"),
+                               ("v", "x-nvidia-gpu-vbios-rim-cert-chain",
+                                "x-nvidia-gpu-vbios-rim-cert-validated")):
+            del claims[chain]
+            claims[flag] = True
+
+    assert verify(_resign(attest(), older)).ok
+
+
+def test_a_missing_integrity_flag_fails() -> None:
+    def drop(claims: dict[str, Any]) -> None:
+        del claims["x-nvidia-gpu-vbios-rim-measurements-available"]
+
+    failed = only_failure(verify(_resign(attest(), drop)))
+    assert failed.code == "gpu.integrity_claim_failed"
+    assert "x-nvidia-gpu-vbios-rim-measurements-available=null" in failed.detail

@@ -451,3 +451,11 @@ def test_unattested_entry_allowed_when_file_says_so(tmp_path: Path) -> None:
     entry = load_policy(path).for_model("open/llama")
     assert not entry.requires_attestation
     assert entry.report(_facts(has_tdx=False, tdx_ok=False, has_nvidia=False, gpu_ok=False)).ok
+
+
+def test_gpu_integrity_claims_can_be_waived_per_model(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('[models."TEE/legacy-*".gpu]\nrequire_integrity_claims = false\n')
+    policies = load_policy(path)
+    assert policies.for_model("TEE/legacy-1").gpu.require_integrity_claims is False
+    assert policies.for_model("TEE/other").gpu.require_integrity_claims is True

@@ -87,6 +87,9 @@ class NrasFaults:
         measres_failure: ``measres`` is ``"fail"``.
         secboot_disabled: ``secboot`` is false.
         report_nonce_mismatch: NRAS says the SPDM report's nonce did not match.
+        rim_signature_unverified: the driver RIM's signature did not verify.
+        cert_revoked: the attestation report's certificate chain is revoked.
+        attestation_warning: a warning NRAS attaches to the GPU's claims.
         driver_version: the ``x-nvidia-gpu-driver-version`` claim.
         vbios_version: the ``x-nvidia-gpu-vbios-version`` claim.
     """
@@ -107,6 +110,9 @@ class NrasFaults:
     measres_failure: bool = False
     secboot_disabled: bool = False
     report_nonce_mismatch: bool = False
+    rim_signature_unverified: bool = False
+    cert_revoked: bool = False
+    attestation_warning: str | None = None
     driver_version: str = SIMULATOR_DRIVER_VERSION
     vbios_version: str = SIMULATOR_VBIOS_VERSION
 
@@ -276,6 +282,9 @@ class SimulatedNras:
             "x-nvidia-cert-expiration-date": "9999-12-31T23:59:59Z",
             "x-nvidia-cert-revocation-reason": None,
         }
+        report_chain = cert_chain if not faults.cert_revoked else {
+            **cert_chain, "x-nvidia-cert-status": "revoked", "x-nvidia-cert-ocsp-status": "revoked",
+            "x-nvidia-cert-revocation-reason": "keyCompromise"}
         return {
             "measres": "fail" if faults.measres_failure else "success",
             "secboot": not faults.secboot_disabled,
@@ -288,14 +297,14 @@ class SimulatedNras:
             ),
             "x-nvidia-gpu-attestation-report-parsed": True,
             "x-nvidia-gpu-attestation-report-signature-verified": True,
-            "x-nvidia-gpu-attestation-report-cert-chain": cert_chain,
+            "x-nvidia-gpu-attestation-report-cert-chain": report_chain,
             "x-nvidia-gpu-attestation-report-cert-chain-fwid-match": True,
             "x-nvidia-gpu-arch-check": True,
             "x-nvidia-gpu-driver-version": faults.driver_version,
             "x-nvidia-gpu-vbios-version": faults.vbios_version,
             "x-nvidia-gpu-driver-rim-fetched": True,
             "x-nvidia-gpu-driver-rim-schema-validated": True,
-            "x-nvidia-gpu-driver-rim-signature-verified": True,
+            "x-nvidia-gpu-driver-rim-signature-verified": not faults.rim_signature_unverified,
             "x-nvidia-gpu-driver-rim-version-match": True,
             "x-nvidia-gpu-driver-rim-measurements-available": True,
             "x-nvidia-gpu-driver-rim-cert-chain": cert_chain,
@@ -306,7 +315,7 @@ class SimulatedNras:
             "x-nvidia-gpu-vbios-rim-measurements-available": True,
             "x-nvidia-gpu-vbios-rim-cert-chain": cert_chain,
             "x-nvidia-gpu-vbios-index-no-conflict": True,
-            "x-nvidia-attestation-warning": None,
+            "x-nvidia-attestation-warning": faults.attestation_warning,
         }
 
     @staticmethod

@@ -118,6 +118,8 @@ class GpuPolicy:
         require_measres_success: ``measres`` must be ``"success"`` (measurements match the RIMs).
         require_secure_boot: ``secboot`` must be ``true``.
         require_debug_disabled: ``dbgstat`` must be ``"disabled"``.
+        require_integrity_claims: every flag in ``INTEGRITY_FLAGS`` is ``true``, every chain in
+            ``CERT_CHAINS`` is valid, and NRAS raised no ``x-nvidia-attestation-warning``.
         allowed_driver_versions: allowed ``x-nvidia-gpu-driver-version`` values; ``None`` = any.
         allowed_vbios_versions: allowed ``x-nvidia-gpu-vbios-version`` values; ``None`` = any.
     """
@@ -125,6 +127,7 @@ class GpuPolicy:
     require_measres_success: bool = True
     require_secure_boot: bool = True
     require_debug_disabled: bool = True
+    require_integrity_claims: bool = True
     allowed_driver_versions: frozenset[str] | None = None
     allowed_vbios_versions: frozenset[str] | None = None
 
@@ -715,6 +718,67 @@ def _verify_gpu(
     return GpuVerdict(gpu_id, tuple(checks), reported)
 
 
+# NRAS's own verdicts on the evidence it checked (GPU Claims guide v3.0), as a real NRAS answer
+# carries them: the SPDM report parsed and its signature verified, the driver and VBIOS reference
+# manifests (RIMs) fetched, schema-valid, signed and with measurements. ``measres`` summarises
+# the measurement comparison, but a policy that trusts only ``measres`` trusts NRAS to have
+# done every step; these flags say that it did.
+INTEGRITY_FLAGS: Final[tuple[str, ...]] = (
+    "x-nvidia-gpu-attestation-report-parsed",
+    "x-nvidia-gpu-attestation-report-signature-verified",
+    "x-nvidia-gpu-arch-check",
+    "x-nvidia-gpu-driver-rim-fetched",
+    "x-nvidia-gpu-driver-rim-signature-verified",
+    "x-nvidia-gpu-driver-rim-measurements-available",
+    "x-nvidia-gpu-vbios-rim-fetched",
+    "x-nvidia-gpu-vbios-rim-signature-verified",
+    "x-nvidia-gpu-vbios-rim-measurements-available",
+    "x-nvidia-gpu-vbios-index-no-conflict",
+)
+# Certificate chains NRAS validated: (what, v3 object claim, older boolean claim). NRAS versions
+# report either the object ({x-nvidia-cert-status, x-nvidia-cert-ocsp-status, …}) or the boolean.
+CERT_CHAINS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("attestation report", "x-nvidia-gpu-attestation-report-cert-chain",
+     "x-nvidia-gpu-attestation-report-cert-chain-validated"),
+    ("driver RIM", "x-nvidia-gpu-driver-rim-cert-chain", "x-nvidia-gpu-driver-rim-cert-validated"),
+    ("VBIOS RIM", "x-nvidia-gpu-vbios-rim-cert-chain", "x-nvidia-gpu-vbios-rim-cert-validated"),
+)
+
+
+def _check_integrity_claims(gpu_id: str, claims: Mapping[str, Any]) -> list[Check]:
+    """NRAS's per-step verdicts: every flag true, every chain valid and not revoked, no warning."""
+    bad_flags = [flag for flag in INTEGRITY_FLAGS if claims.get(flag) is not True]
+    if bad_flags:
+        shown = ", ".join(f"{flag}={_short(json.dumps(claims.get(flag), default=str), 20)}"
+                          for flag in bad_flags)
+        flags = Check.failed("gpu.integrity_claims", "gpu.integrity_claim_failed",
+                             f"{gpu_id}: NRAS did not confirm {shown}")
+    else:
+        flags = Check.passed("gpu.integrity_claims",
+                             f"{gpu_id}: report signature, RIMs and measurements confirmed by NRAS")
+    bad_chains = []
+    for what, chain_claim, flag_claim in CERT_CHAINS:
+        chain = claims.get(chain_claim)
+        if isinstance(chain, Mapping):
+            status, ocsp = chain.get("x-nvidia-cert-status"), chain.get("x-nvidia-cert-ocsp-status")
+            if status != "valid" or ocsp != "good":
+                bad_chains.append(f"{what} certificate {status}/OCSP {ocsp}")
+        elif claims.get(flag_claim) is not True:
+            bad_chains.append(f"{what} certificate chain not validated")
+    if bad_chains:
+        chains = Check.failed("gpu.cert_chains", "gpu.cert_chain_invalid",
+                              f"{gpu_id}: " + "; ".join(bad_chains))
+    else:
+        chains = Check.passed("gpu.cert_chains", f"{gpu_id}: report and RIM certificate chains valid")
+    warning = claims.get("x-nvidia-attestation-warning")
+    if warning is None:
+        warned = Check.passed("gpu.attestation_warning", f"{gpu_id}: NRAS raised no warning")
+    else:
+        warned = Check.failed("gpu.attestation_warning", "gpu.attestation_warning",
+                              f"{gpu_id}: NRAS warns {_short(json.dumps(warning, default=str))}")
+    return [flags, chains, warned]
+
+
 def _check_gpu_claims(gpu_id: str, claims: Mapping[str, Any], policy: GpuPolicy) -> list[Check]:
     """The per-GPU claims of NVIDIA's GPU Claims guide v3.0 that the policy names."""
     checks: list[Check] = []
@@ -746,6 +810,8 @@ def _check_gpu_claims(gpu_id: str, claims: Mapping[str, Any], policy: GpuPolicy)
         expect("gpu.secboot", "secboot", True, "gpu.secure_boot_disabled")
     if policy.require_debug_disabled:
         expect("gpu.dbgstat", "dbgstat", "disabled", "gpu.debug_enabled")
+    if policy.require_integrity_claims:
+        checks.extend(_check_integrity_claims(gpu_id, claims))
     checks.extend(
         _check_version(
             gpu_id,

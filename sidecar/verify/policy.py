@@ -360,6 +360,8 @@ class GpuRequirements:
         require_measres_success: ``measres`` must be ``"success"``.
         require_secure_boot: ``secboot`` must be true.
         require_debug_disabled: ``dbgstat`` must be ``"disabled"``.
+        require_integrity_claims: NRAS's report, RIM and certificate-chain checks must all
+            have passed (see ``nvidia.INTEGRITY_FLAGS`` and ``nvidia.CERT_CHAINS``).
         allowed_driver_versions: accepted driver versions; ``None`` = any.
         allowed_vbios_versions: accepted VBIOS versions; ``None`` = any.
     """
@@ -367,6 +369,7 @@ class GpuRequirements:
     require_measres_success: bool = True
     require_secure_boot: bool = True
     require_debug_disabled: bool = True
+    require_integrity_claims: bool = True
     allowed_driver_versions: frozenset[str] | None = None
     allowed_vbios_versions: frozenset[str] | None = None
 
@@ -592,6 +595,7 @@ class _GpuFile(_FileModel):
     require_measres_success: bool | None = None
     require_secure_boot: bool | None = None
     require_debug_disabled: bool | None = None
+    require_integrity_claims: bool | None = None
     allowed_driver_versions: _NonEmptyStrings | None = None
     allowed_vbios_versions: _NonEmptyStrings | None = None
 
@@ -673,6 +677,11 @@ def _merge_gpu(entry: _GpuFile | None, defaults: _GpuFile | None) -> GpuRequirem
             e.require_debug_disabled,
             d.require_debug_disabled,
             fallback=base.require_debug_disabled,
+        ),
+        require_integrity_claims=_pick(
+            e.require_integrity_claims,
+            d.require_integrity_claims,
+            fallback=base.require_integrity_claims,
         ),
         allowed_driver_versions=frozenset(drivers) if drivers is not None else None,
         allowed_vbios_versions=frozenset(vbios) if vbios is not None else None,
