@@ -81,7 +81,9 @@ class UpstreamSettings(_Section):
     base_url: str = "https://nano-gpt.com/api"
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
-    ca_file: Path | None = None  # extra CA bundle for the provider's TLS (default: system store)
+    # Extra CA bundle trusted for the provider's TLS only (on top of the system store); PCS,
+    # NRAS and NVIDIA's JWKS are always checked against the system store alone.
+    ca_file: Path | None = None
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0)
     signature_retries: int = Field(default=6, ge=0, le=50)
@@ -127,7 +129,6 @@ class VerificationSettings(_Section):
 class AttestationSettings(_Section):
     """Where hardware evidence is checked and how long a verdict lasts."""
 
-    ttl_seconds: int = Field(default=3600, gt=0)
     timeout: float = Field(default=30.0, gt=0)
     pccs_url: str = "https://api.trustedservices.intel.com"
     collateral_dir: Path | None = None

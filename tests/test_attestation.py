@@ -208,3 +208,45 @@ def test_report_fields_are_reported_per_node_in_json() -> None:
     assert data["verdict"] == "verified"
     assert {c["status"] for c in data["checks"]} == {"pass"}
     assert all({"name", "node", "status", "detail"} <= set(c) for c in data["checks"])
+
+
+def test_a_gateway_key_never_signs_completions() -> None:
+    """NEAR's gateway is verified without GPU evidence, so its key must not be admitted."""
+    def gateway_without_gpu(report: dict[str, Any]) -> None:
+        gateway = dict(report["model_attestations"][0])
+        gateway.pop("nvidia_payload")
+        report["gateway_attestation"] = gateway
+
+    report = attest(faults=Faults(evidence={"shape": "near"}), edit=gateway_without_gpu)
+    gateway, model = report.nodes
+    assert (gateway.role, str(gateway.status)) == ("gateway", "pass")
+    assert report.attested_keys == {model.signing_key}
+
+
+def test_a_report_of_a_gateway_alone_is_refused() -> None:
+    from sidecar.errors import VerificationFailed
+
+    node = SimulatedEvidence().node_report(0, SigningNode(), "ecdsa", "00" * 32, b"\0" * 32, Faults())
+    body = json.dumps({"gateway_attestation": node, "model_attestations": []}).encode()
+    with pytest.raises(VerificationFailed, match="model_attestations"):
+        parse_attestation_document(body)
+
+
+def test_lone_surrogates_in_a_report_are_refused_at_the_edge() -> None:
+    from sidecar.errors import VerificationFailed
+
+    body = b'{"signing_address": "0x' + b"11" * 20 + b'", "event_log": [{"event": "\\ud800"}]}'
+    with pytest.raises(VerificationFailed, match="not valid Unicode"):
+        parse_attestation_document(body)
+
+
+def test_a_verifier_that_raises_fails_the_node_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidecar.verify.attestation as recipe
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(recipe, "verify_event_log", boom)
+    report = attest()
+    assert report.verdict == "failed" and not report.attested_keys
+    assert "attestation.internal_error" in failure_codes(report)

@@ -127,3 +127,16 @@ async def test_forced_refreshes_are_rate_limited_per_model() -> None:
     clock.now += 10
     assert (await cache.refresh("m")).report.attested_keys == {"0xcc"}
     assert attester.calls == 3
+
+
+async def test_a_failed_attestation_is_not_retried_by_every_request() -> None:
+    from sidecar.proxy.attester import FAILED_ATTESTATION_BACKOFF_SECONDS
+
+    cache, attester, clock = make()
+    attester.results = [report("m", "0xaa", ok=False), report("m", "0xbb")]
+    for _ in range(3):
+        with pytest.raises(VerificationFailed, match="stale nonce"):
+            await cache.get("m")
+    assert attester.calls == 1
+    clock.now += FAILED_ATTESTATION_BACKOFF_SECONDS + 0.1
+    assert (await cache.get("m")).report.attested_keys == {"0xbb"}

@@ -317,7 +317,10 @@ def test_upstream_errors_reach_the_app_unverified(stack: Stack, status: int) -> 
         _complete(stack.sidecar(), False)
     assert info.value.status_code == status
     assert info.value.response.headers["x-tee-verified"] == "false"
-    assert info.value.response.json()["error"]["message"] == "simulated upstream failure"
+    error = info.value.response.json()["error"]
+    assert error["message"] == f"tee-sidecar: provider answered HTTP {status}: simulated upstream failure"
+    assert error["code"] == f"upstream.http_{status}"
+    assert error["upstream_code"] == "simulated"
 
 
 def test_model_without_attestation_is_refused_by_default(stack: Stack) -> None:
@@ -358,3 +361,43 @@ def test_ed25519_signing(stack: Stack) -> None:
     headers, _ = _complete(url, False)
     assert headers["x-tee-verified"] == "true"
     assert len(headers["x-tee-signing-address"]) == 64
+
+
+@pytest.mark.parametrize("status", [201, 203, 206])
+def test_a_2xx_other_than_200_never_delivers_its_body(stack: Stack, status: int) -> None:
+    """The SDK treats every 2xx as success: such an answer must not pass as an upstream error."""
+    set_faults(stack, completion_status=status)
+    with pytest.raises(openai.APIStatusError) as info:
+        _complete(stack.sidecar(), False)
+    _assert_blocked(info.value, "upstream.unexpected_status")
+    assert "simulated upstream failure" not in info.value.response.text
+
+
+def _policy_file(tmp_path: Any, text: str) -> str:
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("status, code", [(429, "attestation.refused"),
+                                          (404, "attestation.unavailable")])
+def test_allow_unattested_never_downgrades_a_model_the_policy_claims_for_tee(
+        stack: Stack, tmp_path: Any, status: int, code: str) -> None:
+    policy = _policy_file(tmp_path, 'strict = true\nallow_unattested_models = true\n'
+                                    '[models."TEE/*"]\non_failure = "block"\n')
+    set_faults(stack, attestation_status=status)
+    served_before = stack.call(lambda: stack.simulator.completions_served)
+    with pytest.raises(openai.APIStatusError) as info:
+        _complete(stack.sidecar(policy={"file": policy}, fresh=True), False)
+    _assert_blocked(info.value, code)
+    assert stack.call(lambda: stack.simulator.completions_served) == served_before
+
+
+def test_allow_unattested_lets_an_unclaimed_model_through_flagged(stack: Stack,
+                                                                   tmp_path: Any) -> None:
+    policy = _policy_file(tmp_path, 'strict = true\nallow_unattested_models = true\n'
+                                    '[models."TEE/*"]\non_failure = "block"\n')
+    raw = client(stack.sidecar(policy={"file": policy})).chat.completions.with_raw_response.create(
+        model=PLAIN_MODEL, messages=MESSAGES)
+    assert raw.headers["x-tee-verified"] == "false"
+    assert raw.headers["x-tee-failure"] == "attestation.unavailable"

@@ -142,3 +142,8 @@ def test_raise_for_failure_carries_the_code() -> None:
     with pytest.raises(VerificationFailed, match="recovered 0x[0-9a-f]{40}, which is not an attested") as info:
         report.raise_for_failure()  # type: ignore[attr-defined]
     assert info.value.code == "signature.address_not_attested"
+
+
+@pytest.mark.parametrize("key", ["0xAbC" + "0" * 37, "abc" + "0" * 37, " 0XABC" + "0" * 37])
+def test_ecdsa_addresses_normalise_to_one_form(key: str) -> None:
+    assert normalise_key(key, "ecdsa") == "0xabc" + "0" * 37

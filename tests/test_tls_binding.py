@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sidecar.simulator.evidence import SimulatedEvidence
+from sidecar.simulator.server import build_simulator
 from sidecar.simulator.stack import Stack
 from tests.conftest import TEE_MODEL
 
@@ -80,6 +81,11 @@ def tls_stack(tmp_path: Path) -> Iterator[tuple[Stack, ssl.SSLContext, Path, Pat
     context.load_cert_chain(genuine_cert, genuine_key)
     stack = Stack(tmp_path / "state", tls=context)
     cast(SimulatedEvidence, stack.provider.evidence).tls_spki_sha256 = _spki_sha256(genuine)
+    # upstream.ca_file covers the provider only; collateral and NRAS come from a plain-HTTP
+    # simulator (same deterministic test roots), as they come from Intel and NVIDIA for real.
+    evidence_url = stack.run(stack.serve(build_simulator()[0]))
+    stack.defaults = {"attestation": {"pccs_url": evidence_url + "/pcs",
+                                      "nras_url": evidence_url + "/nras/v3/attest/gpu"}}
     try:
         yield stack, context, ca_path, mitm_cert, mitm_key
     finally:

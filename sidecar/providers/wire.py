@@ -60,7 +60,8 @@ class _NearReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     gateway_attestation: NodeAttestationWire | None = None
-    model_attestations: list[NodeAttestationWire] = Field(max_length=MAX_NODES)
+    # At least one model node: a gateway alone attests no key that may sign completions.
+    model_attestations: list[NodeAttestationWire] = Field(min_length=1, max_length=MAX_NODES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,13 @@ def parse_attestation_document(body: bytes) -> AttestationDocument:
         raise VerificationFailed("attestation report is not JSON", code="attestation.malformed") from None
     if not isinstance(obj, dict):
         raise VerificationFailed("attestation report is not a JSON object", code="attestation.malformed")
+    try:
+        # JSON escapes can smuggle lone surrogates (\ud800) into strings, which later fail to
+        # encode deep inside a verifier; such a body is not UTF-8 text and is refused here.
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise VerificationFailed("attestation report holds strings that are not valid Unicode",
+                                 code="attestation.malformed") from None
     digest = hashlib.sha256(body).hexdigest()
     try:
         if "model_attestations" in obj:

@@ -13,8 +13,9 @@ Request flow for ``POST /v1/chat/completions`` and ``POST /v1/completions``:
       deliver with ``x-tee-*`` headers. Streams are held until verified (``buffer``) or relayed
       with the verdict closing the stream (``relay``).
 
-Upstream errors that carry no completion (401, 429, 5xx) reach the app with their status and
-``x-tee-verified: false``.
+Upstream errors that carry no completion (status >= 400: 401, 429, 5xx) reach the app with
+their status, a body rebuilt from the upstream's error message, and ``x-tee-verified: false``;
+any other status but 200 is refused (``upstream.unexpected_status``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import structlog
@@ -65,6 +67,10 @@ log = structlog.get_logger("tee_sidecar.proxy")
 MAX_ERROR_BODY_BYTES = 64 << 10
 
 VERIFIED_COMMENT = b": x-tee-verified true\n\n"
+# The sidecar's own verdict lines; the same text arriving from upstream is a forgery.
+OWN_COMMENT_PREFIX = b": x-tee-"
+# An upstream error message passed on to the app is cut to this length.
+MAX_UPSTREAM_MESSAGE = 512
 
 
 @dataclass
@@ -281,6 +287,20 @@ class _Completion:
         return verdict
 
 
+def _may_pass_unattested(state: ProxyState, model: str) -> bool:
+    """Whether a model the provider has no attestation for (404) may be used unverified.
+
+    Only with ``allow_unattested_models`` and only for a model no policy entry claims for TEE:
+    a model matched by an entry that requires attestation stays blocked, whatever the
+    provider's attestation endpoint answers.
+    """
+    policies = state.policies
+    if not policies.allow_unattested_models:
+        return False
+    policy = policies.for_model(model)
+    return not policy.requires_attestation or (not policies.strict and policy is policies.default)
+
+
 def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
@@ -300,7 +320,7 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             await state.cache.get(model)
         except VerificationFailed as exc:
             pre_failure = exc
-            if exc.code == "attestation.unavailable" and state.policies.allow_unattested_models:
+            if exc.code == "attestation.unavailable" and _may_pass_unattested(state, model):
                 # Policy lets models without TEE attestation through, but never as verified.
                 mode = Mode.FLAG if mode is Mode.ENFORCE else mode
         if pre_failure is not None and mode is Mode.ENFORCE:
@@ -315,8 +335,13 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
                                         sock_read=state.settings.upstream.read_timeout)
         resp = await state.upstream.open("POST", path, body, timeout)
         async with resp:
-            if resp.status != 200:
+            if resp.status >= 400:
                 return await _upstream_error(resp, request[REQUEST_ID])
+            if resp.status != 200:
+                # A 2xx other than 200 would reach the SDK as a success unverified; a 1xx/3xx
+                # is outside the contract. Neither carries a completion the sidecar can check.
+                raise VerificationFailed(f"provider answered HTTP {resp.status}, not 200",
+                                         code="upstream.unexpected_status")
             content_type = resp.headers.get(hdrs.CONTENT_TYPE, "")
             if content_type.startswith("text/event-stream"):
                 if state.settings.verification.stream is StreamMode.RELAY:
@@ -364,20 +389,31 @@ def _stream_timeout(limits: LimitsSettings) -> UpstreamError:
 
 
 async def _upstream_error(resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
-    """Pass on an upstream error that carries no completion, never marked verified."""
+    """Pass on an upstream error (status >= 400) that carries no completion, never as verified.
+
+    The body is rebuilt from the upstream's ``error.message``, ``type`` and ``code`` only (as
+    bounded strings), so nothing else the provider put in it reaches the app.
+    """
     raw = await _read_upstream_error(resp)
+    upstream: dict[str, Any] = {}
     try:
         parsed = json.loads(raw)
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
-            raise ValueError
-        body = parsed
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            upstream = parsed["error"]
     except (ValueError, RecursionError):
-        body = openai_error_body(UpstreamError(
-            f"provider answered HTTP {resp.status}", code=f"upstream.http_{resp.status}"))
+        pass
+    message = upstream.get("message")
+    body = openai_error_body(UpstreamError(
+        f"provider answered HTTP {resp.status}: {message[:MAX_UPSTREAM_MESSAGE]}"
+        if isinstance(message, str) else f"provider answered HTTP {resp.status}",
+        code=f"upstream.http_{resp.status}"))
+    for field in ("type", "code"):
+        if isinstance(upstream.get(field), str):
+            body["error"][f"upstream_{field}"] = upstream[field][:MAX_UPSTREAM_MESSAGE]
     headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: f"upstream.http_{resp.status}",
                HEADER_REQUEST_ID: request_id}
     if retry_after := resp.headers.get(hdrs.RETRY_AFTER):
-        headers[hdrs.RETRY_AFTER] = retry_after
+        headers[hdrs.RETRY_AFTER] = retry_after[:64]
     return web.json_response(body, status=resp.status, headers=headers)
 
 
@@ -445,6 +481,7 @@ async def _relay_stream(completion: _Completion,
     hasher = hashlib.sha256()
     received = 0
     done_event: bytes | None = None
+    forged: VerificationFailed | None = None
     client_gone = False
     failure: SidecarError | None = None
     limits = completion.state.settings.limits
@@ -461,13 +498,17 @@ async def _relay_stream(completion: _Completion,
                 # was the relay's largest cost); [DONE] is held back for the verdict.
                 ready: list[bytes] = []
                 for event in framer.feed(chunk):
-                    if event.is_done and done_event is None:
+                    if event.raw.startswith(OWN_COMMENT_PREFIX):
+                        # Never forward a verdict line the sidecar did not write.
+                        forged = forged or VerificationFailed(
+                            "upstream sent an x-tee verdict comment", code="stream.forged_verdict")
+                    elif event.is_done and done_event is None:
                         done_event = event.raw
                     elif done_event is None:
                         ready.append(event.raw)
                 if ready and not client_gone:
                     client_gone = not await _write(out, b"".join(ready))
-        failure = _stream_shape_failure(framer)
+        failure = forged or _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = exc
     except TimeoutError:
@@ -478,7 +519,12 @@ async def _relay_stream(completion: _Completion,
                                      code="stream.truncated")
     # Judged (and its receipt written) even when the app went away mid-stream: part of the
     # completion reached it, so the audit trail must say whether it was genuine.
-    verdict = await completion.judge(framer.chat_id, hasher.hexdigest(), failure)
+    try:
+        verdict = await completion.judge(framer.chat_id, hasher.hexdigest(), failure)
+    except Exception:  # the headers are gone: the stream must still end in a verdict
+        log.exception("relay_judge_failed")
+        verdict = CompletionVerdict(False, failure=SidecarError(
+            "internal error in tee-sidecar", code="sidecar.internal_error"))
     if client_gone:
         return out
     if verdict.verified:

@@ -35,6 +35,10 @@ log = structlog.get_logger("tee_sidecar.attestation")
 # A genuine key rotation is one re-attestation; more than one per model in this interval is a
 # gateway naming keys it cannot have attested, and is not worth another round of evidence.
 REFRESH_MIN_INTERVAL_SECONDS = 10.0
+# After an attestation of a model failed, requests for it fail with the same error for this long
+# instead of each starting another attestation (every node's quote, collateral and NRAS call):
+# a failing provider must not turn every app request into a burst of evidence fetches.
+FAILED_ATTESTATION_BACKOFF_SECONDS = 5.0
 
 
 class ModelAttester:
@@ -100,6 +104,9 @@ class ModelAttester:
                         require_kids=token_kids(nras_response))
                 except VerificationIncomplete as exc:
                     nras_error = exc.message
+                except Exception as exc:  # fail closed: the GPU check is undecided, not passed
+                    log.exception("nras_error")
+                    nras_error = f"NRAS call failed: {type(exc).__name__}"
             return label, NodeEvidence(collateral, collateral_error, nras_response, nras_error,
                                        jwks, tls_spki)
 
@@ -133,6 +140,7 @@ class AttestationCache:
         self._entries: dict[str, CachedAttestation] = {}
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
         self._last_refresh: dict[str, float] = {}
+        self._failed: dict[str, tuple[float, VerificationFailed]] = {}
         self.attestations_run = 0
 
     def peek(self, model: str) -> CachedAttestation | None:
@@ -153,6 +161,9 @@ class AttestationCache:
         entry = self.peek(model)
         if entry is not None:
             return entry
+        failed = self._failed.get(model)
+        if failed is not None and failed[0] > self._clock():
+            raise failed[1]
         return await self._run(model)
 
     async def refresh(self, model: str) -> CachedAttestation:
@@ -198,7 +209,9 @@ class AttestationCache:
                 "attestation", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
                 time.perf_counter() - timer)
             self._telemetry.record_failure(model, exc.code, exc.message)
+            self._failed[model] = (self._clock() + FAILED_ATTESTATION_BACKOFF_SECONDS, exc)
             raise
+        self._failed.pop(model, None)
         self._telemetry.observe_verification("attestation", "pass", time.perf_counter() - timer)
         return entry
 

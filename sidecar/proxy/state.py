@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +32,8 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
         upstream_settings.resolved_api_key(),
         signature_retries=upstream_settings.signature_retries,
         signature_retry_delay=upstream_settings.signature_retry_delay,
-        evidence_timeout=settings.attestation.timeout)
+        evidence_timeout=settings.attestation.timeout,
+        ssl_context=provider_tls(upstream_settings.ca_file))
     anchors = load_anchors(settings.trust.anchors)
     attestation = settings.attestation
     collateral = CollateralSource(session, pccs_url=attestation.pccs_url,
@@ -46,14 +48,24 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
     return upstream, attester
 
 
+def provider_tls(ca_file: Path | None) -> ssl.SSLContext | None:
+    """The provider's TLS trust: the system store plus ``upstream.ca_file`` (``None``: system).
+
+    Only the provider's connections use it: PCS, NRAS and NVIDIA's JWKS, whose TLS is part of
+    the GPU trust chain, stay on the system store.
+    """
+    if ca_file is None:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
 def client_session(settings: Settings) -> aiohttp.ClientSession:
     """The one outgoing ``ClientSession``: no transparent decompression (the enclave hashes
-    bodies as produced), header bounds from ``limits``, and ``upstream.ca_file`` when set."""
+    bodies as produced) and header bounds from ``limits``."""
     limits = settings.limits
-    ca_file = settings.upstream.ca_file
-    tls: ssl.SSLContext | bool = (ssl.create_default_context(cafile=str(ca_file))
-                                  if ca_file else True)
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=tls)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                  max_line_size=limits.max_header_bytes,
                                  max_field_size=limits.max_header_bytes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,11 +50,12 @@ class UpstreamClient:
 
     def __init__(self, session: aiohttp.ClientSession, contract: ProviderContract,
                  api_key: str | None, *, signature_retries: int, signature_retry_delay: float,
-                 evidence_timeout: float) -> None:
+                 evidence_timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
         self._session = session
-        # True: the session connector's verification (system store or upstream.ca_file);
-        # a Fingerprint once an attestation bound the provider's TLS key.
-        self._ssl: aiohttp.Fingerprint | bool = True
+        # For the provider's connections only: the system store (True), or with
+        # upstream.ca_file a context that adds that bundle; a Fingerprint once an attestation
+        # bound the provider's TLS key. PCS and NRAS keep the session's system store.
+        self._ssl: ssl.SSLContext | aiohttp.Fingerprint | bool = ssl_context or True
         self.pinned_certificate: bytes | None = None
         self.contract = contract
         self._api_key = api_key
@@ -111,21 +113,27 @@ class UpstreamClient:
 
         Raises:
             VerificationFailed: ``attestation.unavailable`` when the provider says the model has
-                no attestation (404) or refuses (4xx).
+                no attestation (404); ``attestation.refused`` for other 3xx/4xx answers.
             VerificationIncomplete: ``attestation.fetch_failed`` on transport errors and 5xx.
         """
         url, query = self.contract.attestation_url(model, nonce, signing_algo)
         with _evidence_fetch("attestation", "attestation.fetch_failed"):
             async with self._session.get(url, params=query, headers=self.headers(),
-                                         timeout=self._evidence_timeout, ssl=self._ssl) as resp:
+                                         timeout=self._evidence_timeout, ssl=self._ssl,
+                                         allow_redirects=False) as resp:
                 peer = _peer_certificate(resp)
                 if resp.status >= 500:
                     raise VerificationIncomplete(f"attestation endpoint answered {resp.status}",
                                                  code="attestation.fetch_failed")
-                if resp.status != 200:
+                if resp.status == 404:
                     raise VerificationFailed(
-                        f"provider has no attestation for {model} (HTTP {resp.status})",
+                        f"provider has no attestation for {model} (HTTP 404)",
                         code="attestation.unavailable")
+                if resp.status != 200:
+                    # 429, 401, a redirect: not "this model has no TEE", only "not now".
+                    raise VerificationFailed(
+                        f"attestation endpoint refused (HTTP {resp.status})",
+                        code="attestation.refused")
                 body = await read_bounded(resp, MAX_EVIDENCE_BYTES, "attestation report")
         return FetchedReport(body, peer)
 
@@ -145,7 +153,8 @@ class UpstreamClient:
         for attempt in range(self._signature_retries + 1):
             with _evidence_fetch("signature", "signature.fetch_failed"):
                 async with self._session.get(url, params=query, headers=self.headers(),
-                                             timeout=self._evidence_timeout, ssl=self._ssl) as resp:
+                                             timeout=self._evidence_timeout, ssl=self._ssl,
+                                             allow_redirects=False) as resp:
                     if resp.status == 200:
                         return await read_bounded(resp, MAX_SIGNATURE_BYTES, "signature record")
                     if resp.status >= 500:

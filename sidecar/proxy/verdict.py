@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import structlog
+
 from sidecar.config import Mode
 from sidecar.errors import SidecarError, VerificationFailed, VerificationIncomplete
 from sidecar.providers.wire import SignatureRecordWire, parse_signature_record
@@ -19,6 +21,8 @@ from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import Receipt, receipt_time
 from sidecar.telemetry import Telemetry
 from sidecar.verify.signature import CompletionSignature, verify_completion_signature
+
+log = structlog.get_logger("tee_sidecar.verify")
 
 HEADER_VERIFIED = "x-tee-verified"
 HEADER_SIGNER = "x-tee-signing-address"
@@ -112,12 +116,16 @@ class CompletionVerifier:
                     signed, request_sha256=request_sha256, response_sha256=response_sha256,
                     attested_keys=attested.report.attested_keys)
             report.raise_for_failure()
-        except VerificationFailed as exc:
+        except Exception as exc:  # VerificationFailed is the verdict; anything else fails closed
+            error = exc if isinstance(exc, VerificationFailed) else VerificationFailed(
+                f"verification raised {type(exc).__name__}", code="verification.internal_error")
+            if error is not exc:
+                log.exception("verification_internal_error")
             self._telemetry.observe_verification(
                 "signature", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
                 time.perf_counter() - started)
             return CompletionVerdict(False, chat_id, request_sha256, response_sha256, record,
-                                     failure=exc)
+                                     failure=error)
         self._telemetry.observe_verification("signature", "pass", time.perf_counter() - started)
         return CompletionVerdict(True, chat_id, request_sha256, response_sha256, record,
                                  signer=report.signer,

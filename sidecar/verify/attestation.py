@@ -129,8 +129,14 @@ class AttestationReport:
 
     @property
     def attested_keys(self) -> frozenset[str]:
-        """Normalised signing keys of the nodes that passed every check."""
-        return frozenset(n.signing_key for n in self.nodes if n.status is Status.PASS)
+        """Normalised signing keys of the model nodes that passed every check.
+
+        A gateway node (NEAR's TLS terminator) is verified and reported, but its key never
+        signs completions: the GPU requirement is waived for it, so admitting its key would let
+        a report dressed as a gateway skip the GPU evidence the policy demands.
+        """
+        return frozenset(n.signing_key for n in self.nodes
+                         if n.role == "model" and n.status is Status.PASS)
 
     @property
     def failure(self) -> Check | None:
@@ -169,11 +175,25 @@ def verify_attestation(
         now: unix seconds (injected so tests can pin the clock).
     """
     nodes = tuple(
-        verify_node(claim, nonce=nonce, evidence=evidence.get(claim.label, NodeEvidence()),
-                    roots=roots, policy=policy, now=now)
+        _verify_node_closed(claim, nonce=nonce,
+                            evidence=evidence.get(claim.label, NodeEvidence()),
+                            roots=roots, policy=policy, now=now)
         for claim in document.nodes
     )
     return AttestationReport(model, nonce, document.evidence_sha256, nodes, now)
+
+
+def _verify_node_closed(claim: AttestedNodeClaim, **kwargs: Any) -> NodeReport:
+    """``verify_node``, failing the node (never passing it) if a verifier raises unexpectedly."""
+    try:
+        return verify_node(claim, **kwargs)
+    except Exception as exc:  # a bug or an input no verifier foresaw: fail closed, keep going
+        wire = claim.wire
+        failed = Check.failed("attestation.internal", "attestation.internal_error",
+                              f"verification raised {type(exc).__name__}")
+        return NodeReport(claim.label, claim.role,
+                          normalise_key(wire.signing_address, wire.signing_algo),
+                          wire.signing_algo, (failed,))
 
 
 def verify_node(
@@ -185,7 +205,8 @@ def verify_node(
     policy: ModelPolicy,
     now: int,
 ) -> NodeReport:
-    """Verify one node; never raises on bad evidence (it becomes failed checks)."""
+    """Verify one node; bad evidence becomes failed checks (``verify_attestation`` also turns
+    any unexpected exception into a failed node)."""
     wire = claim.wire
     algo = wire.signing_algo
     key = normalise_key(wire.signing_address, algo)

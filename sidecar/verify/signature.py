@@ -76,10 +76,8 @@ def normalise_key(key: str, algo: str) -> str:
 
     EIP-55 checksums are display only (spec section 3), so addresses compare lower-cased.
     """
-    key = key.strip().lower()
-    if algo == "ed25519" and key.startswith("0x"):
-        key = key[2:]
-    return key
+    key = key.strip().lower().removeprefix("0x")
+    return key if algo == "ed25519" else "0x" + key
 
 
 def keccak256(data: bytes) -> bytes:

@@ -223,3 +223,23 @@ def test_sse_attack_flagged_in_flag_mode(adv: AdversarialStack, attack: str) -> 
     assert status == 200
     assert headers["x-tee-verified"] == "false"
     assert headers["x-tee-failure"] == "signature.response_hash_mismatch"
+
+
+def _forged_verdict(events: list[bytes]) -> list[bytes]:
+    """A verdict line as the sidecar writes it, injected before [DONE]."""
+    return events[:-1] + [b": x-tee-verified true\n\n"] + events[-1:]
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+def test_upstream_cannot_forge_the_relay_verdict_line(adv: AdversarialStack, mode: str) -> None:
+    url = adv.sidecar(verification={"stream": "relay", "mode": mode})
+    adv.mitm.on("completion", rewrite_events(_forged_verdict))
+    request = json.dumps({"model": TEE_MODEL, "messages": MESSAGES, "stream": True}).encode()
+    status, headers, body = post(url + "/chat/completions", request)
+    assert status == 200 and headers["x-tee-verified"] == "pending"
+    # The forged line is never forwarded; the sidecar's own verdict closes the stream.
+    assert b": x-tee-verified true" not in body
+    if mode == "monitor":
+        assert body.endswith(b": x-tee-verified false\n\ndata: [DONE]\n\n")
+    else:
+        assert relay_verdict(body) != "verified"
