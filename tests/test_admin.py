@@ -47,13 +47,20 @@ MEASUREMENTS = {"mrtd": "aa" * 48, "rtmr0": "b0" * 48, "rtmr1": "b1" * 48, "rtmr
 
 
 def hand_built_entry(model: str, *, ttl: float = 600.0, key: str = "0x" + "ab" * 20,
-                     detail: str = "quote verifies") -> CachedAttestation:
-    """A cached attestation with one passing node (no evidence needed)."""
-    node = NodeReport(label="node-0", role="inference", signing_key=key, algo="ecdsa",
+                     detail: str = "quote verifies",
+                     failed_detail: str | None = None) -> CachedAttestation:
+    """A cached attestation with one passing node (no evidence needed), and with
+    ``failed_detail`` a second node whose check failed with that text."""
+    node = NodeReport(label="node-0", role="model", signing_key=key, algo="ecdsa",
                       checks=(Check.passed("tdx.quote", detail),), tcb_status="UpToDate",
                       measurements=dict(MEASUREMENTS))
+    nodes: tuple[NodeReport, ...] = (node,)
+    if failed_detail is not None:
+        nodes += (NodeReport(label="node-1", role="model", signing_key=key, algo="ecdsa",
+                             checks=(Check.failed("binding.nonce", failed_detail,
+                                                  failed_detail),)),)
     report = AttestationReport(model=model, nonce="00" * 32, evidence_sha256="ee" * 32,
-                               nodes=(node,), verified_at=int(time.time()) - 5)
+                               nodes=nodes, verified_at=int(time.time()) - 5)
     return CachedAttestation(report, b"{}", time.monotonic() + ttl)
 
 
@@ -348,7 +355,8 @@ async def test_status_page_escapes_hostile_names_and_messages(
         aiohttp_client: ClientFactory) -> None:
     telemetry = Telemetry()
     telemetry.record_failure(HOSTILE, "signature.invalid", f"signature of {HOSTILE} failed")
-    cache = FakeCache({HOSTILE: hand_built_entry(HOSTILE, key=HOSTILE, detail=HOSTILE)})
+    cache = FakeCache({HOSTILE: hand_built_entry(HOSTILE, key=HOSTILE, detail=HOSTILE,
+                                                 failed_detail=HOSTILE)})
     client = await admin_client(aiohttp_client, View(settings_for(), cache, telemetry))
 
     resp = await client.get("/status")
@@ -358,8 +366,11 @@ async def test_status_page_escapes_hostile_names_and_messages(
     assert resp.headers[hdrs.CONTENT_SECURITY_POLICY].startswith("default-src 'none'")
     page = await resp.text()
     assert "<script" not in page and "<img" not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" \
-        in page
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+    assert escaped in page
+    # The failing node's check (detail and code come from the provider's evidence) is shown
+    # escaped too.
+    assert page.count(escaped) >= 4
     # The upstream URL is shown without its credentials or query.
     assert "secret" not in page and "key=k" not in page
     assert "https://provider.example/api" in page

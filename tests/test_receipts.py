@@ -579,3 +579,52 @@ async def test_concurrent_appends_are_group_committed(tmp_path: Path,
     assert verify_receipts(path).total == 100
     # Every line durable before its append returned, with far fewer fsyncs than lines.
     assert fsyncs < 50
+
+
+async def test_a_failed_batch_fails_every_waiter(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    log = ReceiptLog(tmp_path / "receipts.jsonl")
+
+    def broken(_: object) -> None:
+        raise ReceiptLogError("disk on fire")
+
+    monkeypatch.setattr(log, "append_batch", broken)
+    results = await asyncio.gather(*(log.append_async(failed_receipt(f"chatcmpl-{i}"))
+                                     for i in range(10)), return_exceptions=True)
+    assert all(isinstance(r, ReceiptLogError) and "disk on fire" in str(r) for r in results)
+    log.close()
+
+
+async def test_a_cancelled_caller_still_gets_its_line_written(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    waiter = asyncio.ensure_future(log.append_async(failed_receipt("chatcmpl-cancelled")))
+    await asyncio.sleep(0)  # queued and handed to the writer
+    waiter.cancel()
+    await log.aclose()  # waits for the pending batch
+    assert verify_receipts(path).total == 1
+
+
+async def test_aclose_waits_for_every_pending_append(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    pending = [asyncio.ensure_future(log.append_async(failed_receipt(f"chatcmpl-{i}")))
+               for i in range(25)]
+    await asyncio.sleep(0)
+    await log.aclose()
+    await asyncio.gather(*pending)
+    assert verify_receipts(path).total == 25
+
+
+def test_a_failed_verdict_with_an_unrecordable_record_keeps_its_receipt() -> None:
+    from sidecar.errors import VerificationFailed
+    from sidecar.providers.wire import SignatureRecordWire
+    from sidecar.proxy.verdict import CompletionVerdict
+
+    record = SignatureRecordWire.model_construct(text="x" * 1000, signature="", signing_address="",
+                                                 signing_algo="ecdsa")
+    verdict = CompletionVerdict(False, "chatcmpl-1", "ab" * 32, "cd" * 32, record,
+                                failure=VerificationFailed("bad", code="signature.text_malformed"))
+    receipt = verdict.receipt("TEE/m")
+    assert (receipt.text, receipt.signature, receipt.failure_code) == (
+        None, None, "signature.text_malformed")

@@ -139,9 +139,11 @@ class SignatureRecordWire(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    text: str = Field(max_length=1024)
-    signature: str = Field(max_length=1024)
-    signing_address: str = Field(max_length=130)
+    # The same bounds as a receipt's fields (sidecar.receipts), so any record that parses can be
+    # recorded. A signed text is two digests and a colon: 129 characters.
+    text: str = Field(min_length=1, max_length=256)
+    signature: str = Field(min_length=1, max_length=1024)
+    signing_address: str = Field(min_length=1, max_length=130)
     signing_algo: Literal["ecdsa", "ed25519"] = "ecdsa"
 
 

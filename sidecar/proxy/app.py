@@ -46,7 +46,7 @@ from sidecar.errors import (
 )
 from sidecar.proxy.attester import AttestationCache
 from sidecar.proxy.upstream import UpstreamClient
-from sidecar.receipts import ReceiptLog
+from sidecar.receipts import ReceiptLog, ReceiptLogError
 from sidecar.telemetry import Telemetry
 from sidecar.proxy.verdict import (
     HEADER_FAILURE,
@@ -274,10 +274,12 @@ class _Completion:
         if state.receipts is not None:
             try:
                 await state.receipts.append_async(verdict.receipt(self.model))
-            except SidecarError as exc:
-                log.error("receipt_not_written", code=exc.code, error=exc.message)
+            except Exception as exc:  # whatever stops the receipt, the delivery answers for it
+                error = exc if isinstance(exc, SidecarError) else ReceiptLogError(
+                    f"receipt not written: {type(exc).__name__}")
+                log.error("receipt_not_written", code=error.code, error=error.message)
                 if self.mode is Mode.ENFORCE:
-                    verdict = dataclasses.replace(verdict, verified=False, failure=exc)
+                    verdict = dataclasses.replace(verdict, verified=False, failure=error)
         if verdict.failure is not None:
             state.telemetry.record_failure(self.model, verdict.failure.code,
                                            verdict.failure.message)

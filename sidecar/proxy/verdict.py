@@ -18,7 +18,7 @@ from sidecar.errors import SidecarError, VerificationFailed, VerificationIncompl
 from sidecar.providers.wire import SignatureRecordWire, parse_signature_record
 from sidecar.proxy.attester import AttestationCache, CachedAttestation
 from sidecar.proxy.upstream import UpstreamClient
-from sidecar.receipts import Receipt, receipt_time
+from sidecar.receipts import Receipt, ReceiptFormatError, receipt_time
 from sidecar.telemetry import Telemetry
 from sidecar.verify.signature import CompletionSignature, verify_completion_signature
 
@@ -70,8 +70,19 @@ class CompletionVerdict:
         return headers
 
     def receipt(self, model: str) -> Receipt:
-        """The receipt line for this completion (digests only, never text)."""
-        record = self.record
+        """The receipt line for this completion (digests only, never text).
+
+        A failed completion whose record cannot be written as it came (out of a receipt's
+        bounds) is recorded without it, so it is never left without a receipt.
+        """
+        try:
+            return self._receipt(model, self.record)
+        except ReceiptFormatError:
+            if self.verified:
+                raise
+            return self._receipt(model, None)
+
+    def _receipt(self, model: str, record: SignatureRecordWire | None) -> Receipt:
         return Receipt(
             time=receipt_time(), model=model,
             request_sha256=self.request_sha256 or "", response_sha256=self.response_sha256 or "",

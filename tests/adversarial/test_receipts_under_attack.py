@@ -4,14 +4,14 @@ the MITM did to it, and the file re-verifies offline (``verify_receipts``)."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 
 import pytest
 
+from sidecar.receipts import ReceiptsReport, verify_receipts
 from tests.adversarial.harness import AdversarialStack, chat
-from tests.adversarial.mitm import reset_after, rewrite_events, rewrite_response, stall
+from tests.adversarial.mitm import answer, reset_after, rewrite_events, rewrite_response, stall
 from tests.adversarial.test_tamper_bytes import STREAM_ATTACKS
-
-receipts = pytest.importorskip("sidecar.receipts")
 
 
 def _flip(body: bytes) -> bytes:
@@ -19,11 +19,8 @@ def _flip(body: bytes) -> bytes:
     return body[:i] + bytes([body[i] ^ 0x20]) + body[i + 1:]
 
 
-def _report(adv: AdversarialStack, url: str):  # type: ignore[no-untyped-def]
-    settings = adv.sidecar_state(url).settings
-    path = (settings.receipts_path() if hasattr(settings, "receipts_path")
-            else settings.state.dir / "receipts" / "receipts.jsonl")
-    return receipts.verify_receipts(path)
+def _report(adv: AdversarialStack, url: str) -> ReceiptsReport:
+    return verify_receipts(adv.sidecar_state(url).settings.receipts_path())
 
 
 @pytest.mark.parametrize("stream_mode", ["buffer", "relay"])
@@ -58,3 +55,19 @@ def test_completion_cut_on_the_path_still_leaves_a_receipt(adv: AdversarialStack
     assert chat(url)[0] in (502, 504)
     report = _report(adv, url)
     assert report.total == 2 and report.recorded_failed == 1
+
+
+@pytest.mark.parametrize("record", [
+    {"text": "a" * 300 + ":b", "signature": "0x00", "signing_address": "0x" + "11" * 20},
+    {"text": "", "signature": "", "signing_address": ""},
+], ids=["oversized_text", "empty_fields"])
+@pytest.mark.parametrize("mode", ["enforce", "flag"])
+def test_a_hostile_signature_record_still_leaves_a_receipt(adv: AdversarialStack, mode: str,
+                                                           record: dict[str, str]) -> None:
+    url = adv.sidecar(fresh=True, verification={"mode": mode})
+    adv.mitm.on("signature", answer(200, json.dumps(record).encode()))
+    status, headers, _ = chat(url)
+    assert status == (502 if mode == "enforce" else 200)
+    assert headers["x-tee-failure"] == "signature.record_malformed"
+    report = _report(adv, url)
+    assert report.ok and (report.total, report.recorded_failed) == (1, 1)
