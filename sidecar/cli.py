@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 from datetime import datetime
 from pathlib import Path
 
@@ -24,12 +25,47 @@ from sidecar.render import EXIT_STATUS, attestation_json, attestation_text
 from sidecar.trust import SIMULATOR_WARNING, load_anchors
 from sidecar.verify.attestation import AttestationReport, NodeEvidence, verify_attestation
 
-EXIT_USAGE = 2
+EXIT_USAGE = 64  # EX_USAGE: distinct from attest's verdicts (0 verified, 1 failed, 2 incomplete)
+EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG: systemd and supervisors show it as a configuration error
+# Unix seconds beyond this are not a time (year 9999), whatever datetime would make of them.
+MAX_UNIX_TIME = 253_402_300_799
+
+
+class UsageError(Exception):
+    """Arguments that make no sense; reported in one line with EX_USAGE."""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with EX_USAGE for bad arguments (its own 2 would read as "incomplete")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tee-sidecar",
         description="A local OpenAI-compatible proxy that verifies TEE attestation and the "
                     "signature of every completion before the app sees it.")
@@ -41,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="run the built-in simulated TEE provider")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8900)
-    simulate.add_argument("--nodes", type=int, default=1, help="serving nodes (signing keys)")
+    simulate.add_argument("--port", type=_port, default=8900)
+    simulate.add_argument("--nodes", type=_positive, default=1,
+                          help="serving nodes (signing keys)")
     simulate.add_argument("--api-key", help="require this bearer key (default: any key)")
 
     attest = sub.add_parser(
@@ -88,6 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tee-sidecar: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+    except UsageError as exc:
+        print(f"tee-sidecar: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SidecarError as exc:  # e.g. the receipts file is locked by another instance
+        print(f"tee-sidecar: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. the port is taken
+        print(f"tee-sidecar: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -114,14 +160,21 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _parse_time(text: str | None) -> int:
+    """``--at``: unix seconds or ISO 8601; now when absent.
+
+    Raises:
+        UsageError: anything else, or a time outside years 1970-9999.
+    """
     if text is None:
         return int(time.time())
-    if text.isdigit():
-        return int(text)
     try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        raise ConfigError(f"--at {text!r} is neither unix seconds nor ISO 8601") from None
+        moment = int(text) if text.isdigit() else int(
+            datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except (ValueError, OverflowError):
+        raise UsageError(f"--at {text!r} is neither unix seconds nor ISO 8601") from None
+    if not 0 <= moment <= MAX_UNIX_TIME:
+        raise UsageError(f"--at {text!r} is outside the years 1970-9999")
+    return moment
 
 
 def _print_report(report: AttestationReport, as_json: bool) -> int:
@@ -170,6 +223,7 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     if len(nonce) != 64 or any(c not in "0123456789abcdef" for c in nonce):
         print("tee-sidecar attest: --nonce must be 64 hex characters", file=sys.stderr)
         return EXIT_USAGE
+    at = _parse_time(args.at)
     try:
         body = args.report.read_bytes()
         collateral = args.collateral.read_text() if args.collateral else None
@@ -196,5 +250,5 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     policy = load_policy(settings.policy.file).for_model(model)
     report = verify_attestation(document, model=model, nonce=nonce,
                                 evidence={n.label: evidence for n in document.nodes},
-                                roots=anchors.roots, policy=policy, now=_parse_time(args.at))
+                                roots=anchors.roots, policy=policy, now=at)
     return _print_report(report, args.json)

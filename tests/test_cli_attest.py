@@ -90,9 +90,11 @@ def test_text_report_names_every_check(saved: tuple[Path, str, Path, Path],
     (["attest"], "name a MODEL"),
     (["attest", "--report", "x.json"], "needs --nonce"),
     (["attest", "--report", "x.json", "--nonce", "zz"], "64 hex"),
+    (["attest", "--report", "x.json", "--nonce", "ab" * 32, "--at", "-5"], "unix seconds"),
+    (["attest", "--report", "x.json", "--nonce", "ab" * 32, "--at", "9" * 20], "1970-9999"),
 ])
 def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv) == 2
+    assert main(argv) == 64
     assert message in capsys.readouterr().err
 
 

@@ -85,6 +85,10 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
 
+    def simulator_has_requests(self) -> bool:
+        status, body = get(f"{self.sim}/_simulator/stats")
+        return status == 200 and json.loads(body)["completions_served"] > 0
+
     def logs(self) -> str:
         if not self.log.closed:
             self.log.flush()
@@ -149,18 +153,28 @@ def test_sigterm_lets_a_stream_in_flight_finish(service: Service) -> None:
     result: dict[str, object] = {}
 
     def stream() -> None:
-        with client.chat.completions.with_streaming_response.create(
-            model=TEE_MODEL, messages=MESSAGES, stream=True  # type: ignore[arg-type]
-        ) as response:
-            result["headers"] = dict(response.headers)
-            result["text"] = "".join(c.choices[0].delta.content or ""
-                                     for c in response.parse() if c.choices)
+        try:
+            with client.chat.completions.with_streaming_response.create(
+                model=TEE_MODEL, messages=MESSAGES, stream=True  # type: ignore[arg-type]
+            ) as response:
+                result["headers"] = dict(response.headers)
+                result["text"] = "".join(c.choices[0].delta.content or ""
+                                         for c in response.parse() if c.choices)
+        except Exception as exc:  # reported below rather than lost in the thread
+            result["error"] = exc
 
+    # Buffer mode: the response (headers included) leaves only once the stream was verified,
+    # so wait until the simulator has started streaming, then signal mid-stream.
     thread = threading.Thread(target=stream)
     thread.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while not service.simulator_has_requests() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a few of the 18 events (0.1 s apart) are in flight
     service.proc.send_signal(signal.SIGTERM)
     thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert "error" not in result, result.get("error")
     assert service.proc.wait(timeout=30) == 0
     assert result["headers"]["x-tee-verified"] == "true"  # type: ignore[index]
     assert str(result["text"]).endswith("signed by its key.")
@@ -190,3 +204,26 @@ def test_bad_config_file(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 78
     assert "verification.surprise" in result.stderr
+
+
+def test_start_up_failures_are_one_line_not_a_trace(tmp_path: Path) -> None:
+    env = {**os.environ, "TEE_SIDECAR_STATE__DIR": str(tmp_path / "state"),
+           "TEE_SIDECAR_ADMIN__ENABLED": "false"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "sidecar", "serve"],
+                                env={**env, "TEE_SIDECAR_LISTEN__PORT": str(port)},
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("tee-sidecar: ")
+
+
+@pytest.mark.parametrize("argv", [["simulate", "--port", "99999"], ["simulate", "--nodes", "0"],
+                                  ["serve", "--no-such-flag"]])
+def test_bad_arguments_exit_with_ex_usage(argv: list[str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "sidecar", *argv], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 64 and "error:" in result.stderr

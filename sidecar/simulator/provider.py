@@ -6,7 +6,8 @@ secp256k1 key it generates (or ed25519 on request), keeps signatures in a TTL ca
 attestation requests with real-format evidence bound to the caller's nonce (``evidence.py``).
 
 ``Faults`` breaks exactly one thing at a time, for tests and the soak run; it can be set over
-HTTP at ``POST /_simulator/faults`` from another process.
+HTTP at ``POST /_simulator/faults`` from another process, and ``GET /_simulator/stats`` counts
+the completions served (each is counted, and signed, as its response starts).
 """
 
 from __future__ import annotations
@@ -279,7 +280,11 @@ def build_simulator_app(provider: SimulatedProvider) -> web.Application:
         app.router.add_post(prefix + "/v1/completions", authorised(completions("text")))
         app.router.add_get(prefix + attestation_path, authorised(attestation))
         app.router.add_get(prefix + signature_path, authorised(signature))
+    async def stats(_: web.Request) -> web.Response:
+        return web.json_response({"completions_served": provider.completions_served})
+
     app.router.add_post("/_simulator/faults", set_faults)
+    app.router.add_get("/_simulator/stats", stats)
     return app
 
 
@@ -346,7 +351,9 @@ async def _stream(request: web.Request, provider: SimulatedProvider, kind: str, 
         chunks.append(usage_chunk)
     events = [b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks]
     events.append(b"data: [DONE]\n\n")
-    # The signature covers the stream as produced; it is written when the response finishes.
+    # The signature covers the stream as produced. The simulator knows the whole stream up front
+    # and records it before sending (vllm-proxy writes it when the stream finishes; the sidecar
+    # fetches it only after the last byte either way).
     provider.record_signature(chat_id, request_body, b"".join(events))
     if faults.tamper_response:
         events = [_tamper(e) if b"inference" in e else e for e in events]
