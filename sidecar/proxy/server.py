@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from sidecar.admin import build_admin_app, keep_models_warm
+from sidecar.admin import build_admin_app, keep_models_warm, public_url
 from sidecar.config import Settings
+from sidecar.errors import VerificationFailed
 from sidecar.proxy.app import STATE, build_proxy_app
 from sidecar.proxy.state import client_session, load_policies, state_factory
+from sidecar.verify.policy import PolicySet
 
 log = structlog.get_logger("tee_sidecar")
 
@@ -37,9 +39,13 @@ def admin_and_warmup(settings: Settings) -> Callable[[web.Application], AsyncIte
             await web.TCPSite(runner, settings.admin.host, settings.admin.port).start()
             log.info("admin_listening", host=settings.admin.host, port=settings.admin.port)
         warm: asyncio.Task[None] | None = None
-        if settings.attestation.warm_models:
-            warm = asyncio.create_task(
-                keep_models_warm(app[STATE], list(settings.attestation.warm_models)))
+        models = list(settings.attestation.warm_models)
+        if models:
+            # Refresh well inside the shortest TTL among them, so /readyz never sees a gap.
+            ttl = min(_ttl(app[STATE].policies, model) for model in models)
+            warm = asyncio.create_task(keep_models_warm(
+                app[STATE], models, interval=max(1.0, min(60.0, ttl / 4)),
+                refresh_before=min(300.0, ttl / 2)))
         try:
             yield
         finally:
@@ -51,6 +57,13 @@ def admin_and_warmup(settings: Settings) -> Callable[[web.Application], AsyncIte
                 await runner.cleanup()
 
     return context
+
+
+def _ttl(policies: PolicySet, model: str) -> int:
+    try:
+        return policies.for_model(model).attestation_ttl_seconds
+    except VerificationFailed:  # a warm model the policy refuses: it will never be ready
+        return 3600
 
 
 def build_service_app(settings: Settings) -> web.Application:
@@ -81,7 +94,8 @@ def serve(settings: Settings) -> int:
     except ImportError:
         loop_name = "asyncio"
     log.info("listening", loop=loop_name, host=settings.listen.host, port=settings.listen.port,
-             provider=str(settings.upstream.provider), upstream=settings.upstream.base_url,
+             provider=str(settings.upstream.provider),
+             upstream=public_url(settings.upstream.base_url),
              mode=str(settings.verification.mode), stream=str(settings.verification.stream))
     web.run_app(app, host=settings.listen.host, port=settings.listen.port, print=None,
                 access_log=None, shutdown_timeout=settings.listen.shutdown_timeout)
