@@ -39,6 +39,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import sys
 import threading
 import time as _time
@@ -783,7 +784,12 @@ class _EvidenceArchive:
     def _load(self, digest: str) -> AttestationDocument | Check:
         path = self.directory / f"{digest}.json"  # digest is validated hex: no path traversal
         try:
-            size = path.stat().st_size
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                # A FIFO or device here would block the reader forever.
+                return Check.failed("receipt.evidence", "receipt.evidence_mismatch",
+                                    f"archived evidence {digest} is not a regular file")
+            size = info.st_size
             if size > MAX_REPORT_BYTES:
                 return Check.failed("receipt.evidence", "receipt.evidence_mismatch",
                                     f"archived evidence {digest} is {size} bytes, over the bound")

@@ -628,3 +628,16 @@ def test_a_failed_verdict_with_an_unrecordable_record_keeps_its_receipt() -> Non
     receipt = verdict.receipt("TEE/m")
     assert (receipt.text, receipt.signature, receipt.failure_code) == (
         None, None, "signature.text_malformed")
+
+
+def test_a_fifo_in_the_evidence_directory_does_not_hang_verification(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    path = tmp_path / "receipts.jsonl"
+    attestation = attest(evidence, [node])
+    with ReceiptLog(path) as log:
+        log.append(signed_receipt(node, attestation, chat_id="chatcmpl-fifo"))
+    (tmp_path / "evidence").mkdir(exist_ok=True)
+    os.mkfifo(tmp_path / "evidence" / f"{attestation.digest}.json")
+    report = verify_receipts(path)
+    assert report.invalid == 1
+    assert "not a regular file" in report.invalid_lines[0].failure.detail  # type: ignore[union-attr]
