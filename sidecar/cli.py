@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 
     receipts = sub.add_parser(
         "receipts", help="re-check a receipts file offline",
-        description="tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] [--json]: "
+        description="tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] "
+                    "[--expect-head SHA256] [--json]: "
                     "re-checks every receipt (signature, address, evidence binding, hash chain); "
                     "exit 1 when any receipt is invalid.")
     receipts.add_argument("args", nargs=argparse.REMAINDER, help="verify FILE [options]")

@@ -688,6 +688,7 @@ class ReceiptLineResult:
         outcome: verified, recorded as failed, or invalid.
         checks: the checks, in order (failing ones say why the line is invalid).
         receipt: the parsed receipt (``None`` when the line did not parse).
+        line_sha256: sha256 of the line's bytes (the next line's ``prev_sha256``).
     """
 
     file: Path
@@ -695,6 +696,7 @@ class ReceiptLineResult:
     outcome: ReceiptOutcome
     checks: tuple[Check, ...]
     receipt: Receipt | None
+    line_sha256: str = ""
 
     @property
     def failure(self) -> Check | None:
@@ -1004,7 +1006,8 @@ def _result(line: _Line) -> ReceiptLineResult:
         outcome = ReceiptOutcome.VERIFIED
     else:
         outcome = ReceiptOutcome.RECORDED_FAILED
-    return ReceiptLineResult(line.file, line.number, outcome, tuple(line.checks), line.receipt)
+    return ReceiptLineResult(line.file, line.number, outcome, tuple(line.checks), line.receipt,
+                             line.digest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1040,6 +1043,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="archived attestation reports (default: evidence/ beside FILE)")
     verify.add_argument("--rotated", action="store_true",
                         help="also read FILE.N … FILE.1 and check the chain across them")
+    verify.add_argument("--expect-head", metavar="SHA256",
+                        help="the chain head noted down elsewhere earlier (e.g. from /status or "
+                             "a previous verify): fails unless the file still ends in that line "
+                             "or continues from it; catches lines rewritten with the chain rebuilt")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -1101,11 +1108,22 @@ def receipts_main(argv: Sequence[str]) -> int:
         print(f"tee-sidecar receipts: cannot read {args.file}: {exc.strerror or exc}",
               file=sys.stderr)
         return EXIT_USAGE
+    head_ok = True
+    if args.expect_head is not None:
+        expected = args.expect_head.strip().lower()
+        chain = {result.line_sha256 for result in report.lines} | {GENESIS_PREV_SHA256}
+        head_ok = expected in chain
     if args.json:
-        print(json.dumps(receipts_json(report), indent=2))
+        document = receipts_json(report)
+        if args.expect_head is not None:
+            document["expected_head_found"] = head_ok
+        print(json.dumps(document, indent=2))
     else:
         print(receipts_text(report))
-    return EXIT_OK if report.ok else EXIT_INVALID
+        if not head_ok:
+            print(f"the expected chain head {args.expect_head} is not a line of this chain: "
+                  "lines up to it were rewritten or removed")
+    return EXIT_OK if report.ok and head_ok else EXIT_INVALID
 
 
 __all__ = [

@@ -641,3 +641,18 @@ def test_a_fifo_in_the_evidence_directory_does_not_hang_verification(
     report = verify_receipts(path)
     assert report.invalid == 1
     assert "not a regular file" in report.invalid_lines[0].failure.detail  # type: ignore[union-attr]
+
+
+def test_expect_head_catches_a_chain_rebuilt_after_an_edit(
+        three_verified: Written, capsys: pytest.CaptureFixture[str]) -> None:
+    path = three_verified.log_path
+    head = verify_receipts(path).head_sha256
+    assert receipts_main(["verify", str(path), "--expect-head", head]) == 0
+    # Rewrite the chain from scratch: drop the last line and re-link nothing (a valid, shorter
+    # file); the head noted earlier is no longer in it.
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]))
+    capsys.readouterr()
+    assert verify_receipts(path).ok
+    assert receipts_main(["verify", str(path), "--expect-head", head]) == 1
+    assert "is not a line of this chain" in capsys.readouterr().out
