@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim
@@ -42,7 +42,7 @@ from sidecar.verify.compose import (
     parse_info,
 )
 from sidecar.verify.eventlog import verify_event_log
-from sidecar.verify.nvidia import GpuPolicy, GpuVerdict, check_gpu_payload_nonce, verify_nras_result
+from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import ModelPolicy, NodeFacts
 from sidecar.verify.signature import normalise_key
 from sidecar.verify.tdx import (
@@ -305,7 +305,7 @@ def verify_node(
         else:
             gpu = verify_nras_result(list(evidence.nras_response), expected_nonce=nonce,
                                      jwks=evidence.jwks, expected_issuer=roots.nras_issuer,
-                                     now=now, policy=GpuPolicy(**asdict(policy.gpu)))
+                                     now=now, policy=policy.gpu)
             gpu_checks.extend(gpu.all_checks())
             if not gpu.gpus:
                 gpu_checks.append(Check.failed("gpu.count", "gpu.nras_response_malformed",

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from sidecar.errors import ConfigError, VerificationFailed
 from sidecar.verify.checks import Check
+from sidecar.verify.nvidia import GpuPolicy
 
 __all__ = [
     "BUILTIN_DEFAULT",
@@ -352,26 +353,8 @@ class AnyOf:
 # Per-model policies
 
 
-@dataclass(frozen=True, slots=True)
-class GpuRequirements:
-    """What each attested GPU must show. Plain fields, the same as ``nvidia.GpuPolicy``'s.
-
-    Attributes:
-        require_measres_success: ``measres`` must be ``"success"``.
-        require_secure_boot: ``secboot`` must be true.
-        require_debug_disabled: ``dbgstat`` must be ``"disabled"``.
-        require_integrity_claims: NRAS's report, RIM and certificate-chain checks must all
-            have passed (see ``nvidia.INTEGRITY_FLAGS`` and ``nvidia.CERT_CHAINS``).
-        allowed_driver_versions: accepted driver versions; ``None`` = any.
-        allowed_vbios_versions: accepted VBIOS versions; ``None`` = any.
-    """
-
-    require_measres_success: bool = True
-    require_secure_boot: bool = True
-    require_debug_disabled: bool = True
-    require_integrity_claims: bool = True
-    allowed_driver_versions: frozenset[str] | None = None
-    allowed_vbios_versions: frozenset[str] | None = None
+# What each attested GPU must show: the NVIDIA verifier's own policy type, one definition.
+GpuRequirements = GpuPolicy
 
 
 @dataclass(frozen=True, slots=True)
