@@ -23,7 +23,12 @@ from sidecar.logs import configure_logging
 from sidecar.providers.wire import parse_attestation_document
 from sidecar.render import EXIT_STATUS, attestation_json, attestation_text
 from sidecar.trust import SIMULATOR_WARNING, load_anchors
-from sidecar.verify.attestation import AttestationReport, NodeEvidence, verify_attestation
+from sidecar.verify.attestation import (
+    AttestationReport,
+    NodeEvidence,
+    decode_context,
+    verify_attestation,
+)
 
 EXIT_USAGE = 64  # EX_USAGE: distinct from attest's verdicts (0 verified, 1 failed, 2 incomplete)
 EXIT_FAILURE = 1
@@ -97,7 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     attest.add_argument("--jwks", type=Path,
                         help="NVIDIA's JWKS to check a saved NRAS answer against (offline, "
                              "production anchors; the simulator's is built in)")
-    attest.add_argument("--at", help="verify as of this time (ISO 8601 or unix seconds)")
+    attest.add_argument("--context", type=Path,
+                        help="the context the proxy archived beside the report "
+                             "(evidence/<sha256>.context.json): nonce, time, collateral, NRAS "
+                             "answer and JWKS as they were; the flags above override it")
+    attest.add_argument("--at", help="verify as of this time (ISO 8601 or unix seconds; with "
+                                     "--context, default: the attestation's own time)")
     attest.add_argument("--json", action="store_true", help="print one JSON object")
 
     receipts = sub.add_parser(
@@ -204,7 +214,7 @@ async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
     async with client_session(settings) as session:
         _, attester = build_attester(settings, session, policies)
         try:
-            report, _ = await attester.attest(args.model)
+            report, _, _ = await attester.attest(args.model)
         except VerificationFailed as exc:
             print(json.dumps({"verdict": "incomplete" if exc.code.endswith("fetch_failed")
                               else "failed", "error": {"code": exc.code, "message": exc.message},
@@ -216,40 +226,49 @@ async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
 def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     from sidecar.verify.policy import load_policy
 
-    if not args.nonce:
-        print("tee-sidecar attest: --report needs --nonce HEX (the nonce it was requested with)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    nonce = args.nonce.lower()
-    if len(nonce) != 64 or any(c not in "0123456789abcdef" for c in nonce):
-        print("tee-sidecar attest: --nonce must be 64 hex characters", file=sys.stderr)
-        return EXIT_USAGE
-    at = _parse_time(args.at)
+    if not args.nonce and not args.context:
+        raise UsageError("attest: --report needs --nonce HEX (the nonce it was requested with) "
+                         "or --context FILE (the archived context, which records it)")
+    if args.nonce and (len(args.nonce) != 64
+                       or any(c not in "0123456789abcdef" for c in args.nonce.lower())):
+        raise UsageError("attest: --nonce must be 64 hex characters")
+    at_arg = _parse_time(args.at) if args.at else None
     try:
         body = args.report.read_bytes()
+        context = decode_context(args.context.read_bytes()) if args.context else None
         collateral = args.collateral.read_text() if args.collateral else None
         nras = json.loads(args.nras.read_text()) if args.nras else None
         jwks = json.loads(args.jwks.read_text()) if args.jwks else None
-    except (OSError, ValueError) as exc:
-        print(f"tee-sidecar attest: cannot read input: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UsageError(f"attest: cannot read input: {exc}") from None
+    except SidecarError as exc:
+        raise UsageError(f"attest: {exc.message}") from None
+    nonce = (args.nonce or (context.nonce if context else "")).lower()
+    # An archived context verifies as of the attestation's own time unless --at says otherwise.
+    at = at_arg if at_arg is not None else (context.verified_at if context else int(time.time()))
     try:
         document = parse_attestation_document(body)
     except SidecarError as exc:
         print(f"tee-sidecar attest: {exc}", file=sys.stderr)
         return EXIT_STATUS["failed"]
     anchors = load_anchors(settings.trust.anchors)
-    evidence = NodeEvidence(
-        collateral_json=collateral,
-        collateral_error="offline: no --collateral given",
-        nras_response=nras,
-        nras_error=("offline: NRAS cannot be consulted (give --nras with a saved answer)"
-                    if nras is None else "offline: no JWKS to check the NRAS answer (give --jwks)"),
-        jwks=jwks or anchors.pinned_jwks,
-    )
-    model = document.nodes[0].wire.model_name or args.model or "(saved report)"
+    evidence: dict[str, NodeEvidence] = {}
+    for node in document.nodes:
+        saved = context.evidence.get(node.label, NodeEvidence()) if context else NodeEvidence()
+        node_nras = nras if nras is not None else saved.nras_response
+        evidence[node.label] = NodeEvidence(
+            collateral_json=collateral if collateral is not None else saved.collateral_json,
+            collateral_error="offline: no --collateral given (or in --context)",
+            nras_response=node_nras,
+            nras_error=("offline: NRAS cannot be consulted (give --nras with a saved answer)"
+                        if node_nras is None
+                        else "offline: no JWKS to check the NRAS answer (give --jwks)"),
+            jwks=jwks or saved.jwks or anchors.pinned_jwks,
+            tls_spki_sha256=saved.tls_spki_sha256,
+        )
+    model = (context.model if context else None) or document.nodes[0].wire.model_name \
+        or args.model or "(saved report)"
     policy = load_policy(settings.policy.file).for_model(model)
-    report = verify_attestation(document, model=model, nonce=nonce,
-                                evidence={n.label: evidence for n in document.nodes},
+    report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
                                 roots=anchors.roots, policy=policy, now=at)
     return _print_report(report, args.json)

@@ -579,25 +579,50 @@ class ReceiptLog:
             if target.exists() and _sha256_file(target) == evidence_sha256:
                 self._archived.add(evidence_sha256)
                 return target
-            self.evidence_dir.mkdir(parents=True, exist_ok=True)
-            # A unique temporary name: concurrent archivers of one digest each rename a whole file.
-            tmp = self.evidence_dir / f".{evidence_sha256}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                try:
-                    _write_all(fd, body)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, target)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            _fsync_dir(self.evidence_dir)
+            self._write_whole(target, body)
         except OSError as exc:
             raise ReceiptLogError(f"cannot archive evidence {evidence_sha256}: {exc}") from exc
         self._archived.add(evidence_sha256)
         return target
+
+    def archive_context(self, evidence_sha256: str, context: bytes) -> Path:
+        """Store what the evidence was checked with as ``evidence/<sha256>.context.json``.
+
+        The context (per node: the DCAP collateral, the NRAS answer and JWKS, the TLS key seen;
+        the nonce and the time) lets ``tee-sidecar attest --report … --context …`` re-run the
+        whole verification offline later. It is the sidecar's own record, not evidence: the
+        report and every signature in it are still checked against the trust anchors.
+
+        Raises:
+            ReceiptLogError: the digest is not sha256 hex, or the file cannot be written.
+        """
+        if not _SHA256_HEX.fullmatch(evidence_sha256):
+            raise ReceiptLogError(f"evidence digest {evidence_sha256[:80]!r} is not sha256 hex",
+                                  code="receipts.evidence_digest_mismatch")
+        target = self.evidence_dir / f"{evidence_sha256}.context.json"
+        try:
+            self._write_whole(target, context)
+        except OSError as exc:
+            raise ReceiptLogError(f"cannot archive context {evidence_sha256}: {exc}") from exc
+        return target
+
+    def _write_whole(self, target: Path, data: bytes) -> None:
+        """Write ``target`` whole or not at all (temporary file, ``fsync``, ``rename``)."""
+        self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        # A unique temporary name: concurrent writers of one file each rename a whole file.
+        tmp = self.evidence_dir / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.evidence_dir)
 
     async def archive_evidence_async(self, evidence_sha256: str, body: bytes) -> Path:
         """``archive_evidence`` in a worker thread, for asyncio code.

@@ -250,3 +250,19 @@ def test_a_verifier_that_raises_fails_the_node_closed(monkeypatch: pytest.Monkey
     report = attest()
     assert report.verdict == "failed" and not report.attested_keys
     assert "attestation.internal_error" in failure_codes(report)
+
+
+@pytest.mark.parametrize("data", [
+    b"not json", b"[]", b'{"format": "other"}',
+    b'{"format": "tee-sidecar-attestation-context/1", "nonce": "zz", "model": "m", '
+    b'"verified_at": 1, "nodes": {}}',
+    b'{"format": "tee-sidecar-attestation-context/1", "nonce": "' + b"ab" * 32 + b'", '
+    b'"model": "m", "verified_at": 1, "nodes": {"node-0": {"collateral": 5}}}',
+])
+def test_a_malformed_context_is_refused(data: bytes) -> None:
+    from sidecar.errors import VerificationFailed
+    from sidecar.verify.attestation import decode_context
+
+    with pytest.raises(VerificationFailed) as info:
+        decode_context(data)
+    assert info.value.code == "attestation.context_malformed"

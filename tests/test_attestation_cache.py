@@ -29,13 +29,13 @@ class FakeAttester:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def attest(self, model: str) -> tuple[AttestationReport, bytes]:
+    async def attest(self, model: str) -> tuple[AttestationReport, bytes, bytes]:
         self.calls += 1
         await self.gate.wait()
         result = self.results.pop(0)
         if isinstance(result, Exception):
             raise result
-        return result, b"{}"
+        return result, b"{}", b"{}"
 
 
 class Clock:

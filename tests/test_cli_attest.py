@@ -90,6 +90,7 @@ def test_text_report_names_every_check(saved: tuple[Path, str, Path, Path],
     (["attest"], "name a MODEL"),
     (["attest", "--report", "x.json"], "needs --nonce"),
     (["attest", "--report", "x.json", "--nonce", "zz"], "64 hex"),
+    (["attest", "--report", "x.json", "--nonce", "ab" * 32], "cannot read input"),
     (["attest", "--report", "x.json", "--nonce", "ab" * 32, "--at", "-5"], "unix seconds"),
     (["attest", "--report", "x.json", "--nonce", "ab" * 32, "--at", "9" * 20], "1970-9999"),
 ])
@@ -138,3 +139,46 @@ def test_offline_nras_answer_needs_a_jwks_under_production_anchors(
     assert (status, out["verdict"]) == (1, "failed")
     failed = {c["name"] for c in out["checks"] if c["status"] == "fail"}  # type: ignore[union-attr]
     assert "tdx.quote_signature" in failed
+
+
+def test_an_archived_attestation_reverifies_offline_from_its_context(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit path: the proxy archived the report and its context beside the receipts; the
+    whole verification re-runs offline from them, as of the attestation's own time."""
+    import openai
+
+    from sidecar.receipts import verify_receipts
+
+    stack = Stack(tmp_path)
+    try:
+        url = stack.sidecar()
+        openai.OpenAI(base_url=url, api_key="x", max_retries=0).chat.completions.create(
+            model=TEE_MODEL, messages=[{"role": "user", "content": "audit me"}])
+        receipts = stack.sidecar_state(url).settings.receipts_path()
+    finally:
+        stack.close()
+    receipt = json.loads(receipts.read_text().splitlines()[0])
+    evidence = receipts.parent / "evidence" / f"{receipt['evidence_sha256']}.json"
+    context = evidence.with_suffix(".context.json")
+    assert verify_receipts(receipts).verified == 1
+
+    monkeypatch.setenv("TEE_SIDECAR_TRUST__ANCHORS", "simulator")
+    status, out = run(capsys, "attest", "--report", str(evidence), "--context", str(context),
+                      "--json")
+    assert (status, out["verdict"]) == (0, "verified")
+    assert out["nonce"] == receipt["nonce"]
+    # Months later the collateral and tokens have expired: as of now it no longer verifies.
+    later = str(int(time.time()) + 90 * 86400)
+    status, out = run(capsys, "attest", "--report", str(evidence), "--context", str(context),
+                      "--at", later, "--json")
+    assert (status, out["verdict"]) == (1, "failed")
+
+
+def test_a_malformed_context_is_a_usage_error(saved: tuple[Path, str, Path, Path],
+                                              tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    report, _, _, _ = saved
+    context = tmp_path / "context.json"
+    context.write_text('{"format": "something else"}')
+    assert main(["attest", "--report", str(report), "--context", str(context)]) == 64
+    assert "attestation context" in capsys.readouterr().err

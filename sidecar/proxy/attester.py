@@ -25,7 +25,13 @@ from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.telemetry import Telemetry
-from sidecar.verify.attestation import AttestationReport, NodeEvidence, TrustRoots, verify_attestation
+from sidecar.verify.attestation import (
+    AttestationReport,
+    NodeEvidence,
+    TrustRoots,
+    encode_context,
+    verify_attestation,
+)
 from sidecar.verify.checks import Status
 from sidecar.verify.nvidia import token_kids
 from sidecar.verify.policy import PolicySet
@@ -58,11 +64,12 @@ class ModelAttester:
         self._clock = clock
         self.simulated = roots.simulated
 
-    async def attest(self, model: str) -> tuple[AttestationReport, bytes]:
+    async def attest(self, model: str) -> tuple[AttestationReport, bytes, bytes]:
         """Attest ``model`` now, under a nonce never used before.
 
         Returns:
-            The report (whatever its verdict) and the exact report body received.
+            The report (whatever its verdict), the exact report body received, and the context
+            it was verified with (``encode_context``), for the evidence archive.
 
         Raises:
             VerificationFailed: the policy refuses the model, the report is malformed, or the
@@ -82,7 +89,7 @@ class ModelAttester:
                         for c in node.checks)
         if tls_bound and peer is not None:
             self._upstream.pin_certificate(peer.der_sha256)
-        return report, fetched.body
+        return report, fetched.body, encode_context(report, evidence)
 
     async def _gather(self, document: AttestationDocument,
                       tls_spki: bytes | None) -> dict[str, NodeEvidence]:
@@ -118,11 +125,13 @@ class ModelAttester:
 
 @dataclass(frozen=True, slots=True)
 class CachedAttestation:
-    """A verified report, the exact body it came from, and when it stops counting."""
+    """A verified report, the exact body it came from, when it stops counting, and what it was
+    verified with (``encode_context``)."""
 
     report: AttestationReport
     body: bytes
     expires_at: float
+    context: bytes = b""
 
 
 class AttestationCache:
@@ -216,7 +225,7 @@ class AttestationCache:
         return entry
 
     async def _attest_once(self, model: str, started: float) -> CachedAttestation:
-        report, body = await self._attester.attest(model)
+        report, body, context = await self._attester.attest(model)
         log.info("attestation", model=model, verdict=report.verdict,
                  evidence_sha256=report.evidence_sha256, simulated_roots=self._attester.simulated,
                  nodes=[{"node": n.label, "key": n.signing_key, "status": str(n.status),
@@ -228,7 +237,7 @@ class AttestationCache:
             if failure is not None and failure.status is Status.INCOMPLETE:
                 raise VerificationIncomplete(f"attestation of {model} undecided: {detail}", code=code)
             raise VerificationFailed(f"attestation of {model} failed: {detail}", code=code)
-        entry = CachedAttestation(report, body, started + self._ttl_for(model))
+        entry = CachedAttestation(report, body, started + self._ttl_for(model), context)
         if self._on_attested is not None:
             # The evidence is archived before any receipt can name it.
             await self._on_attested(entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
 
         async def archive(entry: CachedAttestation) -> None:
             if receipts is not None:
-                await receipts.archive_evidence_async(entry.report.evidence_sha256, entry.body)
+                digest = entry.report.evidence_sha256
+                await receipts.archive_evidence_async(digest, entry.body)
+                await asyncio.to_thread(receipts.archive_context, digest, entry.context)
 
         upstream, attester = build_attester(settings, session, policies)
         cache = AttestationCache(
