@@ -266,3 +266,20 @@ def test_a_malformed_context_is_refused(data: bytes) -> None:
     with pytest.raises(VerificationFailed) as info:
         decode_context(data)
     assert info.value.code == "attestation.context_malformed"
+
+
+def test_a_nonce_echoed_in_base64_is_the_same_nonce() -> None:
+    import base64 as b64
+
+    nonce = secrets.token_hex(32)
+    echoed = b64.b64encode(bytes.fromhex(nonce)).decode()
+    report = attest(nonce=nonce, edit=lambda r: r.update(nonce=echoed))
+    assert report.verdict == "verified", report.failure
+    other = b64.b64encode(b"\x01" * 32).decode()
+    report = attest(nonce=nonce, edit=lambda r: r.update(nonce=other))
+    assert "binding.nonce_mismatch" in failure_codes(report)
+
+
+def test_a_null_signing_algo_means_ecdsa() -> None:
+    report = attest(edit=lambda r: r.update(signing_algo=None))
+    assert report.verdict == "verified", report.failure

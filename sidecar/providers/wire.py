@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sidecar.errors import VerificationFailed
 
@@ -34,6 +34,13 @@ class NodeAttestationWire(BaseModel):
 
     signing_address: str = Field(min_length=1, max_length=130)
     signing_algo: Literal["ecdsa", "ed25519"] = "ecdsa"
+
+    @field_validator("signing_algo", mode="before")
+    @classmethod
+    def _algo_default(cls, value: object) -> object:
+        # Older servers send null (or nothing) for the default scheme.
+        return "ecdsa" if value is None else value
+
     intel_quote: str | None = Field(default=None, max_length=1 << 20)
     nvidia_payload: str | dict[str, Any] | None = None
     event_log: list[dict[str, Any]] | str | None = None
@@ -145,6 +152,11 @@ class SignatureRecordWire(BaseModel):
     signature: str = Field(min_length=1, max_length=1024)
     signing_address: str = Field(min_length=1, max_length=130)
     signing_algo: Literal["ecdsa", "ed25519"] = "ecdsa"
+
+    @field_validator("signing_algo", mode="before")
+    @classmethod
+    def _algo_default(cls, value: object) -> object:
+        return "ecdsa" if value is None else value
 
 
 def parse_signature_record(body: bytes) -> SignatureRecordWire:

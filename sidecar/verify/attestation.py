@@ -25,6 +25,7 @@ attested nodes may sign completions.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -259,7 +260,7 @@ def verify_node(
                                             signing_address=wire.signing_address, algo=algo,
                                             nonce=nonce_bytes, tls_fingerprint=tls_fingerprint))
     echoed = wire.nonce or wire.request_nonce
-    if echoed is not None and echoed.lower() != nonce.lower():
+    if echoed is not None and not _same_nonce(echoed, nonce_bytes):
         checks.append(Check.failed("binding.nonce_echo", "binding.nonce_mismatch",
                                    f"report echoes nonce {echoed[:80]}, not the one sent"))
 
@@ -361,6 +362,21 @@ def _policy_checks(policy: ModelPolicy, facts: NodeFacts, role: str, tdx_status:
                                      f"{check.detail} (quote verification undecided)")
         adjusted.append(check)
     return adjusted
+
+
+def _same_nonce(echoed: str, nonce: bytes) -> bool:
+    """The echoed nonce names ours: as hex (any case) or, as NanoGPT's examples show, base64
+    (spec section 1). REPORTDATA is what binds the nonce; the echo only must not contradict it."""
+    text = echoed.strip()
+    try:
+        if bytes.fromhex(text.removeprefix("0x")) == nonce:
+            return True
+    except ValueError:
+        pass
+    try:
+        return base64.b64decode(text, validate=True) == nonce
+    except ValueError:
+        return False
 
 
 def _check_tls(fingerprint: bytes, live_spki_sha256: bytes | None) -> Check:
