@@ -4,8 +4,11 @@
 collateral and the NRAS answer, and hands everything to the sans-I/O
 ``sidecar.verify.attestation.verify_attestation``. ``AttestationCache`` runs it once per model
 per session (single-flight under concurrency) and keeps only reports with at least one fully
-attested node, until the policy's TTL. A failed re-attestation never evicts a still-valid entry
-early and never extends an expired one.
+attested model node, until the policy's TTL. A failed re-attestation never evicts a still-valid
+entry early and never extends an expired one. Two bounds keep a hostile provider from turning
+requests into evidence fetches: forced re-attestations (a signer the cache lacks) at most once
+per ``REFRESH_MIN_INTERVAL_SECONDS``, and a failed attestation answered from memory for
+``FAILED_ATTESTATION_BACKOFF_SECONDS``.
 """
 
 from __future__ import annotations
