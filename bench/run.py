@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal

@@ -12,7 +12,6 @@ from typing import NoReturn
 from datetime import datetime
 from pathlib import Path
 
-import aiohttp
 import structlog
 from aiohttp import web
 

@@ -283,3 +283,8 @@ def test_a_nonce_echoed_in_base64_is_the_same_nonce() -> None:
 def test_a_null_signing_algo_means_ecdsa() -> None:
     report = attest(edit=lambda r: r.update(signing_algo=None))
     assert report.verdict == "verified", report.failure
+
+
+def test_a_misspelt_evidence_knob_is_refused_not_ignored() -> None:
+    with pytest.raises(ValueError, match="unknown evidence knobs"):
+        attest(faults=Faults(evidence={"break_reply": True}))

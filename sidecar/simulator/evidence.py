@@ -15,22 +15,12 @@ from typing import Any
 
 from sidecar.simulator.dstack import SimulatedNode, build_node_identity
 from sidecar.simulator.nras import SimulatedNras
-from sidecar.simulator.provider import Faults, SigningNode
+from sidecar.simulator.provider import EVIDENCE_KNOBS, Faults, SigningNode
 from sidecar.simulator.tdx_authority import TestTdxAuthority
 from sidecar.verify.binding import signing_identifier_bytes
 
 OS_IMAGE_HASH = hashlib.sha256(b"tee-sidecar simulated dstack os image").digest()
 
-EVIDENCE_KNOBS = frozenset({
-    "shape",  # "flat" (default) or "near"
-    "swap_compose_hash_payload",  # a compose-hash payload swapped under its genuine digest
-    "break_replay",  # an event the quoted RTMR3 does not include
-    "wrong_compose",  # info serves a compose other than the one measured
-    "gpu_nonce",  # nvidia_payload.nonce other than the caller's
-    "no_gpu",  # no nvidia_payload at all
-    "json_address",  # the JSON names another signing address than REPORTDATA binds
-    "mrtd",  # hex MRTD to embed instead of the default
-})
 
 
 class SimulatedEvidence:
@@ -100,7 +90,15 @@ class SimulatedEvidence:
 
     def __call__(self, nodes: Sequence[SigningNode], algo: str, nonce_hex: str,
                  bound_nonce: bytes, faults: Faults) -> dict[str, Any]:
-        """The whole report, flat (private-ml-sdk) or NEAR-shaped, per ``faults.evidence``."""
+        """The whole report, flat (private-ml-sdk) or NEAR-shaped, per ``faults.evidence``.
+
+        Raises:
+            ValueError: ``faults.evidence`` names a knob that does not exist (a typo would
+                otherwise make a negative test test nothing).
+        """
+        unknown = set(faults.evidence) - EVIDENCE_KNOBS
+        if unknown:
+            raise ValueError(f"unknown evidence knobs {sorted(unknown)}")
         per_node = [self.node_report(i, node, algo, nonce_hex, bound_nonce, faults)
                     for i, node in enumerate(nodes)]
         if faults.evidence.get("shape") == "near":

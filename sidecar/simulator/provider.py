@@ -36,6 +36,19 @@ SIGNATURE_TTL_SECONDS = 300.0
 MAX_CACHED_SIGNATURES = 50_000
 
 
+# Knobs of ``Faults.evidence``, read by ``evidence.SimulatedEvidence``.
+EVIDENCE_KNOBS = frozenset({
+    "shape",  # "flat" (default) or "near"
+    "swap_compose_hash_payload",  # a compose-hash payload swapped under its genuine digest
+    "break_replay",  # an event the quoted RTMR3 does not include
+    "wrong_compose",  # info serves a compose other than the one measured
+    "gpu_nonce",  # nvidia_payload.nonce other than the caller's
+    "no_gpu",  # no nvidia_payload at all
+    "json_address",  # the JSON names another signing address than REPORTDATA binds
+    "mrtd",  # hex MRTD to embed instead of the default
+})
+
+
 @dataclass
 class Faults:
     """One misbehaviour at a time (all off by default). Tests set a field, then ``reset``."""
@@ -266,6 +279,8 @@ def build_simulator_app(provider: SimulatedProvider) -> web.Application:
             for key, value in changes.items():
                 if key not in Faults.__dataclass_fields__:
                     raise KeyError(key)
+                if key == "evidence" and set(value) - EVIDENCE_KNOBS:
+                    raise KeyError(f"evidence knobs {sorted(set(value) - EVIDENCE_KNOBS)}")
                 setattr(provider.faults, key, value)
         except (ValueError, KeyError, AttributeError) as exc:
             return _error(400, f"bad fault: {exc}", "invalid_request")
