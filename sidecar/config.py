@@ -40,10 +40,13 @@ class StreamMode(StrEnum):
 
 
 class ProviderKind(StrEnum):
-    """Which wire contract the upstream speaks (spec section 1)."""
+    """Which wire contract the upstream speaks (spec section 0.1 profiles)."""
 
-    NANOGPT = "nanogpt"
-    PRIVATE_ML_SDK = "private-ml-sdk"
+    NANOGPT = "nanogpt"  # NanoGPT's TEE/... models: /v1/tee/... under /api
+    PRIVATE_ML_SDK = "private-ml-sdk"  # the 2025 vllm-proxy contract (sections 1-3)
+    NEAR_CLOUD = "near-cloud"  # NEAR AI Cloud's gateway in front of model nodes
+    NEAR_DIRECT = "near-direct"  # one NEAR model node (inference-proxy)
+    REDPILL = "redpill"  # RedPill / Phala ACI gateway through its legacy endpoints
 
 
 class TrustAnchors(StrEnum):

@@ -46,7 +46,7 @@ from sidecar.verify.compose import (
 from sidecar.verify.eventlog import verify_event_log
 from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import ModelPolicy, NodeFacts
-from sidecar.verify.signature import normalise_key
+from sidecar.verify.signature import AttestedSigner, normalise_key
 from sidecar.verify.tdx import (
     TdxMeasurements,
     TdxTcbPolicy,
@@ -100,6 +100,7 @@ class NodeReport:
     advisory_ids: tuple[str, ...] = ()
     measurements: Mapping[str, str] = field(default_factory=dict)
     gpus: tuple[GpuVerdict, ...] = ()
+    model_name: str | None = None
 
     @property
     def status(self) -> Status:
@@ -139,6 +140,17 @@ class AttestationReport:
         """
         return frozenset(n.signing_key for n in self.nodes
                          if n.role == "model" and n.status is Status.PASS)
+
+    @property
+    def attested_signers(self) -> dict[str, AttestedSigner]:
+        """Every node that passed every check, by normalised key: its role and model name.
+
+        Which of them may sign which record is the signature verifier's decision
+        (``signature_kind``, spec 0.2): a gateway key only ever signs gateway-kind records.
+        """
+        return {n.signing_key: AttestedSigner(n.signing_key, n.algo, n.role,  # type: ignore[arg-type]
+                                              n.model_name)
+                for n in self.nodes if n.status is Status.PASS}
 
     @property
     def failure(self) -> Check | None:
@@ -215,7 +227,8 @@ def verify_node(
     checks: list[Check] = []
 
     def report(**extra: Any) -> NodeReport:
-        return NodeReport(claim.label, claim.role, key, algo, tuple(checks), **extra)
+        return NodeReport(claim.label, claim.role, key, algo, tuple(checks),
+                          model_name=wire.model_name, **extra)
 
     # (1) The quote, verified, is the only source of measurements.
     if not wire.intel_quote:

@@ -20,6 +20,8 @@ import hmac
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
 
 import coincurve
 from Crypto.Hash import keccak
@@ -35,6 +37,30 @@ _ED25519_KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 # A signature text longer than two digests and a colon is not one the contract produces; the
 # bound keeps a hostile gateway from making us hash megabytes per completion.
 MAX_TEXT_LENGTH = 256
+
+
+class SignatureKind(StrEnum):
+    """Which attested key a signature record says signed it (NEAR Cloud, spec 0.2)."""
+
+    GATEWAY = "gateway"  # the attested gateway key, 2-part text over the client's bytes
+    PROVIDER_TEE = "provider_tee"  # the attested model node key, 3-part text
+
+
+@dataclass(frozen=True, slots=True)
+class AttestedSigner:
+    """What this session's attestation established about one signing key.
+
+    Attributes:
+        key: the normalised key (``normalise_key``).
+        algo: ``ecdsa`` or ``ed25519``.
+        role: ``model`` (a model node) or ``gateway`` (a gateway that re-serialises answers).
+        model_name: the canonical model the node's report names (``model_name``), if any.
+    """
+
+    key: str
+    algo: str
+    role: Literal["gateway", "model"]
+    model_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
