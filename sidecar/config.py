@@ -15,7 +15,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import TomlConfigSettingsSource
 
@@ -47,6 +55,15 @@ class ProviderKind(StrEnum):
     NEAR_CLOUD = "near-cloud"  # NEAR AI Cloud's gateway in front of model nodes
     NEAR_DIRECT = "near-direct"  # one NEAR model node (inference-proxy)
     REDPILL = "redpill"  # RedPill / Phala ACI gateway through its legacy endpoints
+
+
+# Where each profile serves when ``upstream.base_url`` is not set (spec 0.1). A private-ml-sdk
+# server and a NEAR model node have no one address: their base URL must be given.
+DEFAULT_BASE_URLS: dict[ProviderKind, str] = {
+    ProviderKind.NANOGPT: "https://nano-gpt.com/api",
+    ProviderKind.NEAR_CLOUD: "https://cloud-api.near.ai",
+    ProviderKind.REDPILL: "https://api.redpill.ai",
+}
 
 
 class TrustAnchors(StrEnum):
@@ -81,7 +98,8 @@ class UpstreamSettings(_Section):
     """The TEE provider the sidecar forwards to."""
 
     provider: ProviderKind = ProviderKind.NANOGPT
-    base_url: str = "https://nano-gpt.com/api"
+    # Default: the profile's public endpoint (``DEFAULT_BASE_URLS``).
+    base_url: str = ""
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
     # Extra CA bundle trusted for the provider's TLS only (on top of the system store); PCS,
@@ -89,8 +107,24 @@ class UpstreamSettings(_Section):
     ca_file: Path | None = None
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0)
-    signature_retries: int = Field(default=6, ge=0, le=50)
+    # A signature not yet stored (404) is fetched again: at most this many retries, the first
+    # after signature_retry_delay seconds, doubling, within signature_deadline seconds in all.
+    signature_retries: int = Field(default=10, ge=0, le=50)
     signature_retry_delay: float = Field(default=0.05, ge=0)
+    signature_deadline: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_base_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("base_url"):
+            try:
+                kind = ProviderKind(data.get("provider", ProviderKind.NANOGPT))
+            except ValueError:
+                return data  # the provider field reports its own error
+            if kind not in DEFAULT_BASE_URLS:
+                raise ValueError(f"base_url is required for provider {kind}")
+            data = {**data, "base_url": DEFAULT_BASE_URLS[kind]}
+        return data
 
     @field_validator("base_url")
     @classmethod

@@ -29,7 +29,8 @@ class FakeAttester:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def attest(self, model: str) -> tuple[AttestationReport, bytes, bytes]:
+    async def attest(self, model: str, signing_address: str | None = None
+                     ) -> tuple[AttestationReport, bytes, bytes]:
         self.calls += 1
         await self.gate.wait()
         result = self.results.pop(0)
@@ -140,3 +141,25 @@ async def test_a_failed_attestation_is_not_retried_by_every_request() -> None:
     assert attester.calls == 1
     clock.now += FAILED_ATTESTATION_BACKOFF_SECONDS + 0.1
     assert (await cache.get("m")).report.attested_keys == {"0xbb"}
+
+
+def named_nodes_report(*names: str | None) -> AttestationReport:
+    nodes = tuple(NodeReport(f"model-{i}", "model", f"0x{i:040x}", "ecdsa",
+                             (Check.passed("x", "ok"),), model_name=name)
+                  for i, name in enumerate(names))
+    return AttestationReport("m", "00" * 32, "ab" * 32, nodes, 0)
+
+
+async def test_the_entry_records_the_model_its_nodes_serve() -> None:
+    cache, attester, _ = make()
+    attester.results = [named_nodes_report("org/Canonical-1", "org/Canonical-1")]
+    assert (await cache.get("alias")).canonical_model == "org/Canonical-1"
+
+
+async def test_a_report_whose_nodes_serve_different_models_is_refused() -> None:
+    cache, attester, _ = make()
+    attester.results = [named_nodes_report("org/Model-A", "org/Model-B")]
+    with pytest.raises(VerificationFailed, match="several models") as caught:
+        await cache.get("m")
+    assert caught.value.code == "attestation.model_ambiguous"
+    assert cache.peek("m") is None

@@ -119,6 +119,17 @@ def test_models_pass_through_marked_unverified(stack: Stack) -> None:
     assert TEE_MODEL in [m.id for m in raw.parse().data]
 
 
+def test_model_retrieve_is_served_from_the_list(stack: Stack) -> None:
+    """The SDK's ``models.retrieve`` (``GET /v1/models/{id}``, ids with ``/``) works; an unknown
+    id is an OpenAI 404."""
+    raw = client(stack.sidecar()).models.with_raw_response.retrieve(TEE_MODEL)
+    assert raw.headers["x-tee-verified"] == "false"
+    assert raw.parse().id == TEE_MODEL
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(stack.sidecar()).models.retrieve("TEE/no-such-model")
+    assert caught.value.code == "request.model_not_found"
+
+
 def test_unknown_v1_path_is_an_openai_404(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client(stack.sidecar()).embeddings.create(model=TEE_MODEL, input="x")

@@ -119,6 +119,7 @@ def build_proxy_app(settings: Settings, make_state: StateFactory,
     app.router.add_post("/v1/chat/completions", _completion_handler("/v1/chat/completions"))
     app.router.add_post("/v1/completions", _completion_handler("/v1/completions"))
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model_id:.+}", _model)
     return app
 
 
@@ -201,8 +202,8 @@ async def _per_client_concurrency(request: web.Request,
             del in_flight[peer]
 
 
-async def _models(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+async def _fetch_models(state: ProxyState) -> tuple[bytes, int, str]:
+    """The provider's model list as received: body, status and content type."""
     timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
                                     sock_read=state.settings.upstream.read_timeout)
     resp = await state.upstream.open("GET", "/v1/models", None, timeout)
@@ -210,10 +211,42 @@ async def _models(request: web.Request) -> web.StreamResponse:
         body, failure = await _read_upstream(resp, state.settings.limits)
     if failure is not None:
         raise failure
+    return body, resp.status, resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
+
+
+async def _models(request: web.Request) -> web.StreamResponse:
+    body, status, content_type = await _fetch_models(request.app[STATE])
     # A model list is not signed by any enclave: pass it on, marked as not verified.
-    return web.Response(body=body, status=resp.status, headers={
-        hdrs.CONTENT_TYPE: resp.headers.get(hdrs.CONTENT_TYPE, "application/json"),
-        HEADER_VERIFIED: "false"})
+    return web.Response(body=body, status=status, headers={
+        hdrs.CONTENT_TYPE: content_type, HEADER_VERIFIED: "false"})
+
+
+async def _model(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models/{id}`` (the SDK's ``models.retrieve``), answered from the provider's list.
+
+    Providers serve the list on every profile but not always the single-model path, so the
+    entry is taken from the list; like the list, it is not signed by any enclave.
+
+    Raises:
+        NotFound: ``model_not_found`` when the list does not name the model.
+        UpstreamError: the list could not be had.
+    """
+    model_id = request.match_info["model_id"]
+    body, status, _ = await _fetch_models(request.app[STATE])
+    if status != 200:
+        raise UpstreamError(f"provider answered HTTP {status} for its model list",
+                            code=f"upstream.http_{status}", http_status=502)
+    try:
+        listed = json.loads(body).get("data")
+    except (ValueError, RecursionError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):
+        raise UpstreamError("provider's model list is not an OpenAI list",
+                            code="upstream.malformed_models", http_status=502)
+    for entry in listed:
+        if isinstance(entry, dict) and entry.get("id") == model_id:
+            return web.json_response(entry, headers={HEADER_VERIFIED: "false"})
+    raise NotFound(f"the provider lists no model {model_id!r}", code="request.model_not_found")
 
 
 def _parse_request(body: bytes) -> str:

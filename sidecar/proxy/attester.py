@@ -67,8 +67,10 @@ class ModelAttester:
         self._clock = clock
         self.simulated = roots.simulated
 
-    async def attest(self, model: str) -> tuple[AttestationReport, bytes, bytes]:
-        """Attest ``model`` now, under a nonce never used before.
+    async def attest(self, model: str, signing_address: str | None = None
+                     ) -> tuple[AttestationReport, bytes, bytes]:
+        """Attest ``model`` now, under a nonce never used before (the node holding
+        ``signing_address``, where the provider can select one: spec 0.4).
 
         Returns:
             The report (whatever its verdict), the exact report body received, and the context
@@ -81,7 +83,8 @@ class ModelAttester:
         """
         policy = self._policies.for_model(model)
         nonce = secrets.token_hex(32)
-        fetched = await self._upstream.fetch_attestation(model, nonce, self._signing_algo)
+        fetched = await self._upstream.fetch_attestation(model, nonce, self._signing_algo,
+                                                         signing_address)
         document = parse_attestation_document(fetched.body)
         peer = fetched.peer
         evidence = await self._gather(document, peer.spki_sha256 if peer else None)
@@ -135,6 +138,12 @@ class CachedAttestation:
     body: bytes
     expires_at: float
     context: bytes = b""
+    model_name: str | None = None
+
+    @property
+    def canonical_model(self) -> str | None:
+        """The model the attested nodes say they serve (``model_name``), if they name one."""
+        return self.model_name
 
 
 class AttestationCache:
@@ -178,7 +187,7 @@ class AttestationCache:
             raise failed[1]
         return await self._run(model)
 
-    async def refresh(self, model: str) -> CachedAttestation:
+    async def refresh(self, model: str, signing_address: str | None = None) -> CachedAttestation:
         """Attest again (a signature named a key the cache lacks: rotation, another node).
 
         After a successful refresh, not again for ``REFRESH_MIN_INTERVAL_SECONDS`` per model
@@ -197,25 +206,25 @@ class AttestationCache:
         last = self._last_refresh.get(model)
         if current is not None and last is not None and now - last < REFRESH_MIN_INTERVAL_SECONDS:
             return current
-        entry = await self._run(model)
+        entry = await self._run(model, signing_address)
         self._last_refresh[model] = now
         return entry
 
-    async def _run(self, model: str) -> CachedAttestation:
+    async def _run(self, model: str, signing_address: str | None = None) -> CachedAttestation:
         task = self._inflight.get(model)
         if task is None:
-            task = asyncio.ensure_future(self._attest(model))
+            task = asyncio.ensure_future(self._attest(model, signing_address))
             self._inflight[model] = task
             task.add_done_callback(lambda _: self._inflight.pop(model, None))
         # shield: one impatient caller disconnecting must not cancel the others' attestation.
         return await asyncio.shield(task)
 
-    async def _attest(self, model: str) -> CachedAttestation:
+    async def _attest(self, model: str, signing_address: str | None = None) -> CachedAttestation:
         self.attestations_run += 1
         started = self._clock()
         timer = time.perf_counter()
         try:
-            entry = await self._attest_once(model, started)
+            entry = await self._attest_once(model, started, signing_address)
         except VerificationFailed as exc:
             self._telemetry.observe_verification(
                 "attestation", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
@@ -227,8 +236,9 @@ class AttestationCache:
         self._telemetry.observe_verification("attestation", "pass", time.perf_counter() - timer)
         return entry
 
-    async def _attest_once(self, model: str, started: float) -> CachedAttestation:
-        report, body, context = await self._attester.attest(model)
+    async def _attest_once(self, model: str, started: float,
+                           signing_address: str | None = None) -> CachedAttestation:
+        report, body, context = await self._attester.attest(model, signing_address)
         log.info("attestation", model=model, verdict=report.verdict,
                  evidence_sha256=report.evidence_sha256, simulated_roots=self._attester.simulated,
                  nodes=[{"node": n.label, "key": n.signing_key, "status": str(n.status),
@@ -240,9 +250,27 @@ class AttestationCache:
             if failure is not None and failure.status is Status.INCOMPLETE:
                 raise VerificationIncomplete(f"attestation of {model} undecided: {detail}", code=code)
             raise VerificationFailed(f"attestation of {model} failed: {detail}", code=code)
-        entry = CachedAttestation(report, body, started + self._ttl_for(model), context)
+        entry = CachedAttestation(report, body, started + self._ttl_for(model), context,
+                                  _served_model(model, report))
         if self._on_attested is not None:
             # The evidence is archived before any receipt can name it.
             await self._on_attested(entry)
         self._entries[model] = entry
         return entry
+
+
+def _served_model(model: str, report: AttestationReport) -> str | None:
+    """The one model the report's attested model nodes serve (spec 0.4 ``model_name``).
+
+    A report resolved for one model whose nodes name different models says nothing certain
+    about which model answers: it is refused.
+
+    Raises:
+        VerificationFailed: ``attestation.model_ambiguous``.
+    """
+    names = {signer.model_name for signer in report.attested_signers.values()
+             if signer.role == "model" and signer.model_name is not None}
+    if len(names) > 1:
+        raise VerificationFailed(f"the report for {model} names several models: {sorted(names)}",
+                                 code="attestation.model_ambiguous")
+    return names.pop() if names else None

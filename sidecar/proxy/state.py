@@ -33,6 +33,7 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
         upstream_settings.resolved_api_key(),
         signature_retries=upstream_settings.signature_retries,
         signature_retry_delay=upstream_settings.signature_retry_delay,
+        signature_deadline=upstream_settings.signature_deadline,
         evidence_timeout=settings.attestation.timeout,
         ssl_context=provider_tls(upstream_settings.ca_file))
     anchors = load_anchors(settings.trust.anchors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,9 @@ USER_AGENT = "tee-sidecar/0.1"
 # these bounds would let a hostile gateway exhaust memory through the evidence path.
 MAX_EVIDENCE_BYTES = 4 << 20
 MAX_SIGNATURE_BYTES = 16 << 10
+# The longest pause between two fetches of a signature not yet stored: NEAR stores records
+# within moments of the answer's end, so waiting longer only delays the verdict.
+MAX_RETRY_DELAY_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,7 @@ class UpstreamClient:
 
     def __init__(self, session: aiohttp.ClientSession, contract: ProviderContract,
                  api_key: str | None, *, signature_retries: int, signature_retry_delay: float,
-                 evidence_timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
+                 signature_deadline: float, evidence_timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
         self._session = session
         # For the provider's connections only: the system store (True), or with
         # upstream.ca_file a context that adds that bundle; a Fingerprint once an attestation
@@ -61,6 +65,7 @@ class UpstreamClient:
         self._api_key = api_key
         self._signature_retries = signature_retries
         self._signature_retry_delay = signature_retry_delay
+        self._signature_deadline = signature_deadline
         self._evidence_timeout = aiohttp.ClientTimeout(total=evidence_timeout)
 
     def pin_certificate(self, der_sha256: bytes) -> None:
@@ -108,15 +113,17 @@ class UpstreamClient:
             raise UpstreamError(f"cannot reach the provider: {type(exc).__name__}",
                                 code="upstream.unavailable") from None
 
-    async def fetch_attestation(self, model: str, nonce: str, signing_algo: str) -> FetchedReport:
-        """Fetch the attestation report of ``model`` bound to ``nonce``.
+    async def fetch_attestation(self, model: str, nonce: str, signing_algo: str,
+                                signing_address: str | None = None) -> FetchedReport:
+        """Fetch the attestation report of ``model`` bound to ``nonce`` (of the node holding
+        ``signing_address``, where the profile can select one).
 
         Raises:
             VerificationFailed: ``attestation.unavailable`` when the provider says the model has
                 no attestation (404); ``attestation.refused`` for other 3xx/4xx answers.
             VerificationIncomplete: ``attestation.fetch_failed`` on transport errors and 5xx.
         """
-        url, query = self.contract.attestation_url(model, nonce, signing_algo)
+        url, query = self.contract.attestation_url(model, nonce, signing_algo, signing_address)
         with _evidence_fetch("attestation", "attestation.fetch_failed"):
             async with self._session.get(url, params=query, headers=self.headers(),
                                          timeout=self._evidence_timeout, ssl=self._ssl,
@@ -138,19 +145,25 @@ class UpstreamClient:
         return FetchedReport(body, peer)
 
     async def fetch_signature(self, chat_id: str, model: str, signing_algo: str) -> bytes:
-        """Fetch the signature record of ``chat_id``, retrying briefly while it is not yet written.
+        """Fetch the signature record of ``chat_id``, retrying while it is not yet written.
 
-        The server writes the record when the response finishes (spec section 3), so the first
-        fetch right after the last byte may see 404; it is retried with a doubling delay.
+        Providers store a record only after the answer ended (NEAR: asynchronously, after the
+        upstream connection closed; direct nodes per node, so a fetch may land on another one;
+        spec 0.3), so 404 is retried with a doubling delay (at most ``MAX_RETRY_DELAY_SECONDS``)
+        until ``signature_retries`` retries or ``signature_deadline`` seconds are spent. A 200
+        record saying "unavailable" is returned as it is: the parser makes it a final failure.
 
         Raises:
-            VerificationFailed: ``signature.missing`` when it never appears (404 after retries)
+            VerificationFailed: ``signature.missing`` when it never appears (404 to the end)
                 or the endpoint refuses (4xx).
             VerificationIncomplete: ``signature.fetch_failed`` on transport errors and 5xx.
         """
         url, query = self.contract.signature_url(chat_id, model, signing_algo)
         delay = self._signature_retry_delay
-        for attempt in range(self._signature_retries + 1):
+        deadline = time.monotonic() + self._signature_deadline
+        tries = 0
+        while True:
+            tries += 1
             with _evidence_fetch("signature", "signature.fetch_failed"):
                 async with self._session.get(url, params=query, headers=self.headers(),
                                              timeout=self._evidence_timeout, ssl=self._ssl,
@@ -163,11 +176,12 @@ class UpstreamClient:
                     if resp.status != 404:
                         raise VerificationFailed(f"signature endpoint answered {resp.status}",
                                                  code="signature.missing")
-            if attempt < self._signature_retries:
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise VerificationFailed(f"no signature for completion {chat_id} after "
-                                 f"{self._signature_retries + 1} tries", code="signature.missing")
+            if tries > self._signature_retries or time.monotonic() + delay > deadline:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+        raise VerificationFailed(f"no signature for completion {chat_id} after {tries} tries",
+                                 code="signature.missing")
 
 
 @contextmanager
