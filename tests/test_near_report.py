@@ -446,3 +446,25 @@ async def test_gather_fetches_collateral_for_the_compose_manager_quote() -> None
     # GPU evidence belongs to the node, not to its compose-manager quote.
     assert evidence["model-0"].nras_response is not None
     assert evidence["model-0/compose-manager"].nras_response is None
+
+
+@pytest.mark.parametrize("text", ["[gateway]\nrequire_nvidia = true\n",
+                                  "[gateway]\non_failure = \"flag\"\n"])
+def test_gateway_table_takes_only_tcb_and_pin_keys(tmp_path: Path, text: str) -> None:
+    from sidecar.errors import ConfigError
+
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(text)
+    with pytest.raises(ConfigError, match="gateway"):
+        load_policy(policy_file)
+
+
+def test_gateway_takes_tcb_statuses_from_defaults_but_never_their_pins(tmp_path: Path) -> None:
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('[defaults]\naccepted_tcb_statuses = ["UpToDate", "OutOfDate"]\n'
+                           '[[defaults.measurements]]\nmrtd = ["' + "ab" * 48 + '"]\n')
+    policies = load_policy(policy_file)
+    assert policies.gateway.accepted_tcb_statuses == {"UpToDate", "OutOfDate"}
+    report = verify(policy=policies.for_model(MODEL), gateway_policy=policies.gateway)
+    assert report.nodes[0].status is Status.INCOMPLETE  # the default pin is not the gateway's
+    assert failures(report) == {"policy.mrtd": "policy.mrtd_not_allowed"}  # the model's is
