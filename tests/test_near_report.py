@@ -468,3 +468,9 @@ def test_gateway_takes_tcb_statuses_from_defaults_but_never_their_pins(tmp_path:
     report = verify(policy=policies.for_model(MODEL), gateway_policy=policies.gateway)
     assert report.nodes[0].status is Status.INCOMPLETE  # the default pin is not the gateway's
     assert failures(report) == {"policy.mrtd": "policy.mrtd_not_allowed"}  # the model's is
+
+
+def test_the_wire_model_has_no_report_data_to_read() -> None:
+    from sidecar.providers.wire import NodeAttestationWire
+
+    assert "report_data" not in NodeAttestationWire.model_fields

@@ -47,7 +47,8 @@ class NodeAttestationWire(BaseModel):
     info: dict[str, Any] | None = None
     nonce: str | None = None
     request_nonce: str | None = None
-    report_data: str | None = None
+    # No report_data field: the JSON copy of REPORTDATA is never parsed, so nothing can read it;
+    # REPORTDATA comes from the verified quote only (NEAR model entries do not even send it, 0.4).
     tls_cert_fingerprint: str | None = Field(default=None, max_length=130)
     compose_manager_attestation: dict[str, Any] | None = None
     model_name: str | None = None
