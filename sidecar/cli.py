@@ -282,8 +282,8 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     gpu_nodes = {node.label for node in document.nodes if node.wire.nvidia_payload is not None}
     for label, _ in document.quotes():
         saved = context.evidence.get(label, NodeEvidence()) if context else NodeEvidence()
-        node_nras = (nras if nras is not None and label in gpu_nodes else None) \
-            or saved.nras_response
+        # --nras answers a node's GPU payload; a gateway or a compose-manager quote has none.
+        node_nras = nras if nras is not None and label in gpu_nodes else saved.nras_response
         # Most specific first: this quote's label, its node's, every quote's, the archive's.
         given = next((collateral_by_label[key] for key in (label, label.split("/")[0], "")
                       if key in collateral_by_label), None)

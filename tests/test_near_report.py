@@ -474,3 +474,42 @@ def test_the_wire_model_has_no_report_data_to_read() -> None:
     from sidecar.providers.wire import NodeAttestationWire
 
     assert "report_data" not in NodeAttestationWire.model_fields
+
+
+def test_cli_context_evidence_per_label(capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sidecar.cli
+
+    seen: dict[str, Any] = {}
+
+    def spy(*args: Any, **kwargs: Any) -> AttestationReport:
+        seen.update(kwargs["evidence"])
+        seen["model"] = kwargs["model"]
+        return verify_attestation(*args, **kwargs)
+
+    monkeypatch.setattr(sidecar.cli, "verify_attestation", spy)
+    labels = ["gateway", "model-0", "model-0/compose-manager"]
+    evidence = {label: NodeEvidence(collateral_json=f'{{"for":"{label}"}}') for label in labels}
+    context = tmp_path / "context.json"
+    context.write_bytes(encode_context(verify(), evidence))
+    status = main(["attest", "--report", str(REPORT_FILE), "--context", str(context), "--json"])
+    capsys.readouterr()
+    assert status == 1  # that "collateral" is no collateral
+    assert seen["model"] == MODEL
+    for label in labels:
+        assert seen[label].collateral_json == f'{{"for":"{label}"}}'
+
+
+@pytest.mark.parametrize("layer", ["gateway", "model"])
+def test_node_event_log_tampered_fails(layer: str) -> None:
+    def edit(report: dict[str, Any]) -> None:
+        node = report["gateway_attestation"] if layer == "gateway" else model_entry(report)
+        log = node["event_log"]
+        events = json.loads(log) if isinstance(log, str) else log
+        # Swap the compose-hash payload under its genuine digest.
+        event = next(e for e in events if e.get("event") == "compose-hash")
+        event["event_payload"] = "00" * 32
+        node["event_log"] = json.dumps(events) if isinstance(log, str) else events
+
+    report = tampered(edit)
+    assert failures(report)["eventlog.event_digests"] == "eventlog.digest_mismatch"

@@ -229,7 +229,7 @@ def _verify_node_closed(claim: AttestedNodeClaim, **kwargs: Any) -> NodeReport:
                               f"verification raised {type(exc).__name__}")
         return NodeReport(claim.label, claim.role,
                           normalise_key(wire.signing_address, wire.signing_algo),
-                          wire.signing_algo, (failed,))
+                          wire.signing_algo, (failed,), model_name=wire.model_name)
 
 
 def verify_node(
