@@ -513,3 +513,21 @@ def test_node_event_log_tampered_fails(layer: str) -> None:
 
     report = tampered(edit)
     assert failures(report)["eventlog.event_digests"] == "eventlog.digest_mismatch"
+
+
+@pytest.mark.parametrize("sample", [ASSETS / "tdx" / "tdx_quote", ASSETS / "tdx" / "tdx_quote_outdated",
+                                    "near-gateway", "near-model", "near-compose-manager"])
+def test_td_attributes_offset_agrees_with_dcap_qvl(sample: Path | str) -> None:
+    # v4 and v5 (TD report 1.5) quotes: our offset reads what dcap-qvl's parser reads.
+    import dcap_qvl
+
+    from sidecar.verify.tdx import td_attributes
+
+    if isinstance(sample, Path):
+        quote = sample.read_bytes()
+    else:
+        report = json.loads(RAW)
+        quote = bytes.fromhex({"near-gateway": report["gateway_attestation"]["intel_quote"],
+                               "near-model": model_entry(report)["intel_quote"],
+                               "near-compose-manager": cma(report)["quote"]}[sample])
+    assert td_attributes(quote) == bytes(dcap_qvl.parse_quote(quote).report.td_attributes)
