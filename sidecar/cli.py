@@ -95,8 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     attest.add_argument("--config", type=Path, help="TOML settings file")
     attest.add_argument("--report", type=Path, help="saved attestation report JSON (offline)")
     attest.add_argument("--nonce", help="the 64-hex nonce the saved report was requested with")
-    attest.add_argument("--collateral", type=Path,
-                        help="DCAP collateral JSON for the report's quotes (offline)")
+    attest.add_argument("--collateral", action="append", default=[], metavar="[LABEL=]FILE",
+                        help="DCAP collateral JSON (offline): FILE for every quote of the report, "
+                             "or LABEL=FILE for one node (gateway, model-0, node-0, ...; a "
+                             "node's collateral also serves its compose-manager quote, "
+                             "LABEL/compose-manager=FILE overrides it); repeatable")
     attest.add_argument("--nras", type=Path, help="a saved NRAS answer for the GPU evidence")
     attest.add_argument("--jwks", type=Path,
                         help="NVIDIA's JWKS to check a saved NRAS answer against (offline, "
@@ -222,6 +225,30 @@ async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
     return _print_report(report, args.json)
 
 
+def _collateral_arguments(values: Sequence[str], report_body: bytes) -> dict[str, str]:
+    """``--collateral`` values read into {label: collateral JSON}; ``""`` is the one for all.
+
+    ``LABEL=FILE`` is a label only when LABEL names a quote of the report, so that a path which
+    itself holds ``=`` still reads as a path.
+
+    Raises:
+        UsageError: two values for one label.
+        OSError: a file cannot be read.
+    """
+    try:
+        labels = {label for label, _ in parse_attestation_document(report_body).quotes()}
+    except SidecarError:
+        labels = set()  # the report itself fails later, with its own message
+    found: dict[str, str] = {}
+    for value in values:
+        label, sep, path = value.partition("=")
+        key, file = (label, path) if sep and label in labels else ("", value)
+        if key in found:
+            raise UsageError(f"attest: --collateral given twice for {key or 'every quote'}")
+        found[key] = Path(file).read_text()
+    return found
+
+
 def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     from sidecar.verify.policy import load_policy
 
@@ -235,7 +262,7 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     try:
         body = args.report.read_bytes()
         context = decode_context(args.context.read_bytes()) if args.context else None
-        collateral = args.collateral.read_text() if args.collateral else None
+        collateral_by_label = _collateral_arguments(args.collateral, body)
         nras = json.loads(args.nras.read_text()) if args.nras else None
         jwks = json.loads(args.jwks.read_text()) if args.jwks else None
     except (OSError, ValueError, RecursionError) as exc:
@@ -252,12 +279,17 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_STATUS["failed"]
     anchors = load_anchors(settings.trust.anchors)
     evidence: dict[str, NodeEvidence] = {}
-    for node in document.nodes:
-        saved = context.evidence.get(node.label, NodeEvidence()) if context else NodeEvidence()
-        node_nras = nras if nras is not None else saved.nras_response
-        evidence[node.label] = NodeEvidence(
-            collateral_json=collateral if collateral is not None else saved.collateral_json,
-            collateral_error="offline: no --collateral given (or in --context)",
+    gpu_nodes = {node.label for node in document.nodes if node.wire.nvidia_payload is not None}
+    for label, _ in document.quotes():
+        saved = context.evidence.get(label, NodeEvidence()) if context else NodeEvidence()
+        # --nras answers a node's GPU payload; a gateway or a compose-manager quote has none.
+        node_nras = nras if nras is not None and label in gpu_nodes else saved.nras_response
+        # Most specific first: this quote's label, its node's, every quote's, the archive's.
+        given = next((collateral_by_label[key] for key in (label, label.split("/")[0], "")
+                      if key in collateral_by_label), None)
+        evidence[label] = NodeEvidence(
+            collateral_json=given if given is not None else saved.collateral_json,
+            collateral_error=f"offline: no --collateral given for {label} (or in --context)",
             nras_response=node_nras,
             nras_error=("offline: NRAS cannot be consulted (give --nras with a saved answer)"
                         if node_nras is None
@@ -265,9 +297,11 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
             jwks=jwks or saved.jwks or anchors.pinned_jwks,
             tls_spki_sha256=saved.tls_spki_sha256,
         )
-    model = (context.model if context else None) or document.nodes[0].wire.model_name \
-        or args.model or "(saved report)"
-    policy = load_policy(settings.policy.file).for_model(model)
+    # A NEAR report's first node is its gateway: the model is the one its model entry names.
+    model = (context.model if context else None) or args.model or document.model_name \
+        or "(saved report)"
+    policies = load_policy(settings.policy.file)
     report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
-                                roots=anchors.roots, policy=policy, now=at)
+                                roots=anchors.roots, policy=policies.for_model(model), now=at,
+                                gateway_policy=policies.gateway)
     return _print_report(report, args.json)

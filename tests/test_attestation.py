@@ -288,3 +288,53 @@ def test_a_null_signing_algo_means_ecdsa() -> None:
 def test_a_misspelt_evidence_knob_is_refused_not_ignored() -> None:
     with pytest.raises(ValueError, match="unknown evidence knobs"):
         attest(faults=Faults(evidence={"break_reply": True}))
+
+
+# --- DEBUG TDs and NEAR's newer fields (spec 0.4) --------------------------------------------
+
+
+def _resign_quote(report: dict[str, Any], *, debug: bool) -> None:
+    """Re-make the node's quote with the same measurements, validly signed by the authority."""
+    import dcap_qvl
+
+    from sidecar.simulator.tdx_authority import DEBUG_TD_ATTRIBUTES
+
+    body = dcap_qvl.parse_quote(bytes.fromhex(report["intel_quote"])).report
+    authority = TestTdxAuthority()
+    quote = authority.make_quote(
+        report_data=bytes(body.report_data), mrtd=bytes(body.mr_td), rtmr0=bytes(body.rt_mr0),
+        rtmr1=bytes(body.rt_mr1), rtmr2=bytes(body.rt_mr2), rtmr3=bytes(body.rt_mr3),
+        mr_config_id=bytes(body.mr_config_id),
+        **({"td_attributes": DEBUG_TD_ATTRIBUTES} if debug else {}))
+    report["intel_quote"] = quote.hex()
+
+
+def test_validly_signed_quote_of_a_debug_td_fails() -> None:
+    assert attest(edit=lambda r: _resign_quote(r, debug=False)).verdict == "verified"
+    report = attest(edit=lambda r: _resign_quote(r, debug=True))
+    assert report.verdict == "failed"
+    assert failure_codes(report) >= {"tdx.debug_enabled"}
+    assert report.failure is not None and report.failure.code == "tdx.debug_enabled"
+
+
+def test_debug_td_fails_without_collateral_too() -> None:
+    report = attest(edit=lambda r: _resign_quote(r, debug=True), collateral=False)
+    assert report.verdict == "failed"
+    assert report.failure is not None and report.failure.code == "tdx.debug_enabled"
+
+
+def test_model_name_flows_to_the_node_report() -> None:
+    report = attest(faults=Faults(evidence={"shape": "near"}))
+    assert report.verdict == "verified", report.failure
+    assert report.nodes[0].model_name == "simulated"
+    assert {s.model_name for s in report.attested_signers.values()} == {"simulated"}
+
+
+def test_both_nonce_echoes_must_name_the_nonce() -> None:
+    def two_echoes(report: dict[str, Any]) -> None:
+        report["request_nonce"] = report["nonce"]
+        report["nonce"] = "00" * 32
+
+    report = attest(edit=two_echoes)
+    assert failure_codes(report) == {"binding.nonce_mismatch"}
+    assert attest(edit=lambda r: r.update(request_nonce=r["nonce"])).verdict == "verified"

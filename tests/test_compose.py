@@ -236,8 +236,60 @@ def test_compose_manager_actions_hash_mismatch() -> None:
     )
     assert check.code == "binding.actions_hash_mismatch"
     assert check.detail.startswith(
-        f"actions_hash {_actions_hash(ACTIONS)} != sha256(canonical actions)"
+        f"actions_hash {_actions_hash(ACTIONS)} is not sha256 of the actions in any accepted form"
     )
+
+
+# The March-2026 form (spec 0.4): keys in the action type's field order, compact, UTF-8.
+MARCH_ACTIONS: list[Any] = [
+    {"services": ["glm"], "file": "GLM.yaml", "tag": "v1", "action": "compose_down",
+     "timestamp": "2026-03-01T00:00:00Z", "commit": "ab"},
+    {"file_sha256": "00" * 32, "container": "café", "action": "compose_up",
+     "timestamp": "2026-03-01T00:00:01Z"},
+]
+_MARCH_ORDER = ("timestamp", "action", "container", "tag", "commit", "file", "file_sha256",
+                "services")
+
+
+def _field_order_hash(actions: list[Any]) -> str:
+    ordered = [{k: a[k] for k in _MARCH_ORDER if k in a} for a in actions]
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_compose_manager_actions_march_2026_field_order_accepted() -> None:
+    assert _field_order_hash(MARCH_ACTIONS) != _actions_hash(MARCH_ACTIONS)
+    check = check_compose_manager_actions(
+        {"actions": MARCH_ACTIONS, "actions_hash": _field_order_hash(MARCH_ACTIONS)}
+    )
+    assert check.ok, check
+    assert "field-order" in check.detail
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Looser forms: insertion order as served, spaces after separators, ASCII escapes.
+        json.dumps(MARCH_ACTIONS, separators=(",", ":"), ensure_ascii=False),
+        json.dumps(MARCH_ACTIONS, sort_keys=True, ensure_ascii=False),
+        json.dumps([{k: a[k] for k in _MARCH_ORDER if k in a} for a in MARCH_ACTIONS],
+                   separators=(",", ":")),
+    ],
+)
+def test_compose_manager_actions_no_looser_form(text: str) -> None:
+    claimed = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    check = check_compose_manager_actions({"actions": MARCH_ACTIONS, "actions_hash": claimed})
+    assert check.code == "binding.actions_hash_mismatch"
+
+
+def test_compose_manager_field_order_form_needs_known_fields() -> None:
+    # An action with a field the March-2026 type did not have has no field-order form.
+    actions = [{"timestamp": "t", "action": "x", "extra": 1}]
+    ordered = json.dumps(actions, separators=(",", ":"), ensure_ascii=False)
+    check = check_compose_manager_actions(
+        {"actions": actions, "actions_hash": hashlib.sha256(ordered.encode()).hexdigest()}
+    )
+    assert check.code == "binding.actions_hash_mismatch"
 
 
 def test_compose_manager_actions_hash_uses_utf8_not_ascii_escapes() -> None:

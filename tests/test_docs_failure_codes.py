@@ -22,7 +22,7 @@ TEMPLATES = {
 # receipt.* codes belong to `receipts verify` and are documented in docs/receipts.md.
 NOT_FAILURE_CODES = {"verification.failed", "verification.incomplete", "sidecar.error",
                      "request.invalid", "tdx.collateral", "tdx.quote_format",
-                     "tdx.quote_signature", "tdx.tcb_status", "tdx.quote",
+                     "tdx.quote_signature", "tdx.tcb_status", "tdx.quote", "tdx.td_attributes",
                      "binding.image_not_pinned"}
 
 

@@ -78,6 +78,7 @@ def test_real_quote_verifies_up_to_date_and_measurements_come_from_the_quote() -
     assert report.advisory_ids == ()
     assert [c.name for c in report.checks] == [
         "tdx.quote_format",
+        "tdx.td_attributes",
         "tdx.collateral",
         "tdx.quote_signature",
         "tdx.tcb_status",

@@ -47,10 +47,14 @@ class NodeAttestationWire(BaseModel):
     info: dict[str, Any] | None = None
     nonce: str | None = None
     request_nonce: str | None = None
-    report_data: str | None = None
+    # No report_data field: the JSON copy of REPORTDATA is never parsed, so nothing can read it;
+    # REPORTDATA comes from the verified quote only (NEAR model entries do not even send it, 0.4).
     tls_cert_fingerprint: str | None = Field(default=None, max_length=130)
     compose_manager_attestation: dict[str, Any] | None = None
     model_name: str | None = None
+    # ecdsa: 64-byte uncompressed secp256k1 key, hex without the 04 prefix; ed25519: the
+    # 32-byte key (spec 0.4). Bound to signing_address by sidecar.verify.binding.
+    signing_public_key: str | None = Field(default=None, max_length=260)
 
     def nvidia_payload_text(self) -> str | None:
         """The GPU evidence as the JSON string NRAS expects (some servers send an object)."""
@@ -80,12 +84,39 @@ class AttestedNodeClaim:
     wire: NodeAttestationWire
 
 
+def compose_manager_label(node_label: str) -> str:
+    """The evidence label of a node's compose-manager quote (its own collateral, spec 0.4)."""
+    return f"{node_label}/compose-manager"
+
+
 @dataclass(frozen=True, slots=True)
 class AttestationDocument:
     """A parsed report: its nodes and the sha256 of the exact bytes received (the evidence digest)."""
 
     nodes: tuple[AttestedNodeClaim, ...]
     evidence_sha256: str
+
+    def quotes(self) -> tuple[tuple[str, str | None], ...]:
+        """Every TDX quote the report carries, by evidence label: each node's ``intel_quote``,
+        then each compose-manager attestation's ``quote`` (labelled ``compose_manager_label``).
+
+        The I/O layer fetches collateral per label; a quote that is absent or not a string is
+        ``None`` here and fails in verification.
+        """
+        found: list[tuple[str, str | None]] = [(n.label, n.wire.intel_quote) for n in self.nodes]
+        for node in self.nodes:
+            cma = node.wire.compose_manager_attestation
+            if cma is not None:
+                quote = cma.get("quote")
+                found.append((compose_manager_label(node.label),
+                              quote if isinstance(quote, str) else None))
+        return tuple(found)
+
+    @property
+    def model_name(self) -> str | None:
+        """The canonical model the first model node names (``model_name``, spec 0.4), if any."""
+        return next((n.wire.model_name for n in self.nodes
+                     if n.role == "model" and n.wire.model_name), None)
 
 
 def parse_attestation_document(body: bytes) -> AttestationDocument:

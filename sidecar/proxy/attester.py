@@ -89,7 +89,8 @@ class ModelAttester:
         peer = fetched.peer
         evidence = await self._gather(document, peer.spki_sha256 if peer else None)
         report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
-                                    roots=self._roots, policy=policy, now=int(self._clock()))
+                                    roots=self._roots, policy=policy, now=int(self._clock()),
+                                    gateway_policy=self._policies.gateway)
         tls_bound = any(c.name == "binding.tls_certificate" and c.ok
                         for node in report.nodes if node.status is Status.PASS
                         for c in node.checks)
@@ -99,6 +100,10 @@ class ModelAttester:
 
     async def _gather(self, document: AttestationDocument,
                       tls_spki: bytes | None) -> dict[str, NodeEvidence]:
+        """Per evidence label (``document.quotes()``: every node, and every compose-manager
+        quote under its own label), the collateral of its quote; per node, the NRAS answer."""
+        payloads = {claim.label: claim.wire.nvidia_payload_text() for claim in document.nodes}
+
         async def one(label: str, quote_hex: str | None, payload: str | None) -> tuple[str, NodeEvidence]:
             collateral = nras_response = jwks = None
             collateral_error = "no quote"
@@ -124,8 +129,7 @@ class ModelAttester:
                                        jwks, tls_spki)
 
         results = await asyncio.gather(*(
-            one(claim.label, claim.wire.intel_quote, claim.wire.nvidia_payload_text())
-            for claim in document.nodes))
+            one(label, quote_hex, payloads.get(label)) for label, quote_hex in document.quotes()))
         return dict(results)
 
 

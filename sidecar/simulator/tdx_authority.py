@@ -68,6 +68,9 @@ _CPU_SVN = bytes([3, 3, 2, 2, 4, 1, 0, 5] + [0] * 8)
 _TEE_TCB_SVN = bytes([6, 1, 3] + [0] * 13)
 # TD attributes: only SEPT_VE_DISABLE (bit 28) set, as dcap-qvl requires; DEBUG clear.
 _TD_ATTRIBUTES = bytes.fromhex("0000001000000000")
+#: The same with DEBUG (bit 0 of TDATTRIBUTES, Intel TDX module spec) set: a debuggable TD whose
+#: memory the host can read. For negative tests only.
+DEBUG_TD_ATTRIBUTES = bytes.fromhex("0100001000000000")
 _XFAM = bytes.fromhex("e702060000000000")
 _MR_SEAM = hashlib.sha384(b"tee-sidecar simulator TDX module").digest()
 # Intel signs its TDX modules with an all-zero MRSIGNER_SEAM; keep the real shape.
@@ -381,8 +384,12 @@ class TestTdxAuthority:
         rtmr2: bytes,
         rtmr3: bytes,
         mr_config_id: bytes,
+        td_attributes: bytes = _TD_ATTRIBUTES,
     ) -> bytes:
         """A TDX v4 quote over a TD report carrying exactly the given measurements.
+
+        ``td_attributes`` (8 bytes) is a knob for negative tests: e.g. ``DEBUG_TD_ATTRIBUTES``, a
+        debuggable TD, which a verifier must refuse although the quote is validly signed.
 
         Layout (Intel TDX DCAP quote v4): 48-byte header, 584-byte TD report body, 4-byte
         signature-data length, then ECDSA signature data: quote signature (P-256 over header ‖
@@ -401,6 +408,7 @@ class TestTdxAuthority:
             ("rtmr2", rtmr2, 48),
             ("rtmr3", rtmr3, 48),
             ("mr_config_id", mr_config_id, 48),
+            ("td_attributes", td_attributes, 8),
         ):
             if len(value) != size:
                 raise ValueError(f"{name} must be {size} bytes, got {len(value)}")
@@ -421,7 +429,7 @@ class TestTdxAuthority:
                 _MR_SEAM,
                 _MR_SIGNER_SEAM,
                 bytes(8),  # SEAMATTRIBUTES
-                _TD_ATTRIBUTES,
+                td_attributes,
                 _XFAM,
                 mrtd,
                 mr_config_id,

@@ -7,16 +7,22 @@ key of the connection). This module decides. For every node:
   (1) verify the TDX quote locally against the root CA and collateral (dcap-qvl), apply the TCB
       status/advisory policy, and read REPORTDATA, MRTD, RTMR0-3 and mr_config_id from it;
   (2) REPORTDATA binds the node's signing key (or, with a TLS fingerprint, sha256(key ‖ fp))
-      and the nonce this session sent;
+      and the nonce this session sent; every nonce echo present (``request_nonce``, ``nonce``)
+      names that nonce; ``signing_public_key``, when served, is the key of the address;
   (3) with a TLS fingerprint: it equals the SPKI hash of the certificate on the connection that
       fetched the report;
   (4) the event log replays to the quote's RTMR3 and every runtime event digest is recomputed
       from its payload; only then are payloads read;
   (5) mr_config_id = 0x01 ‖ sha256(app_compose); the compose-hash, app-id and instance-id events
-      agree with ``info``; the compose-manager actions hash, when present, matches;
+      agree with ``info``;
+ (5b) NEAR's compose-manager attestation, when present, in full (spec 0.4): its own quote (same
+      collateral path and TCB policy), REPORTDATA = actions_hash ‖ our nonce, its nonce echo,
+      mr_config_id binding the node's app_compose, RTMR3 replayed from its own event log; only
+      then is ``actions_hash`` checked against ``actions``;
   (6) GPU evidence: ``nvidia_payload.nonce`` is our nonce, and the NRAS answer verifies (JWT
       signatures, issuer, expiry, eat_nonce, overall result, submods, per-GPU policy claims);
-  (7) the user's policy for the model over the measured facts.
+  (7) the user's policy over the measured facts: the model's entry for model nodes, the
+      gateway entry for a gateway (a model's measurement pins never apply to the gateway).
 
 A node is attested only when every check passes. A check that could not be decided (no
 collateral, NRAS unreachable) is ``incomplete`` and never counts as passing. Only the keys of
@@ -32,8 +38,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim
-from sidecar.verify.binding import NONCE_LENGTH, check_report_data_binding
+from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim, compose_manager_label
+from sidecar.verify.binding import (
+    NONCE_LENGTH,
+    check_public_key_binding,
+    check_report_data_binding,
+)
 from sidecar.verify.checks import Check, Status
 from sidecar.errors import VerificationFailed
 from sidecar.verify.compose import (
@@ -45,7 +55,7 @@ from sidecar.verify.compose import (
 )
 from sidecar.verify.eventlog import verify_event_log
 from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
-from sidecar.verify.policy import ModelPolicy, NodeFacts
+from sidecar.verify.policy import GATEWAY_DEFAULT, ModelPolicy, NodeFacts
 from sidecar.verify.signature import AttestedSigner, normalise_key
 from sidecar.verify.tdx import (
     TdxMeasurements,
@@ -176,6 +186,7 @@ def verify_attestation(
     roots: TrustRoots,
     policy: ModelPolicy,
     now: int,
+    gateway_policy: ModelPolicy | None = None,
 ) -> AttestationReport:
     """Verify every node of ``document`` (see the module docstring for the recipe).
 
@@ -183,15 +194,26 @@ def verify_attestation(
         document: the parsed report.
         model: the model it was requested for.
         nonce: the 64-hex nonce this session sent.
-        evidence: per node label, what the I/O layer gathered.
+        evidence: per evidence label (``AttestationDocument.quotes``), what the I/O layer
+            gathered: one entry per node, one per compose-manager quote.
         roots: trust anchors.
-        policy: the user's policy for ``model``.
+        policy: the user's policy for ``model``, applied to model nodes.
         now: unix seconds (injected so tests can pin the clock).
+        gateway_policy: the policy for a gateway node (``PolicySet.gateway``); by default
+            ``GATEWAY_DEFAULT``: TDX required, UpToDate only, no pins, no GPU.
+
+    Raises:
+        ValueError: ``nonce`` is not 32 bytes of hex (a caller bug, never the evidence).
     """
     nodes = tuple(
-        _verify_node_closed(claim, nonce=nonce,
-                            evidence=evidence.get(claim.label, NodeEvidence()),
-                            roots=roots, policy=policy, now=now)
+        _verify_node_closed(
+            claim, nonce=nonce,
+            evidence=evidence.get(claim.label, NodeEvidence()),
+            compose_manager_evidence=evidence.get(compose_manager_label(claim.label),
+                                                  NodeEvidence()),
+            roots=roots,
+            policy=(gateway_policy or GATEWAY_DEFAULT) if claim.role == "gateway" else policy,
+            now=now)
         for claim in document.nodes
     )
     return AttestationReport(model, nonce, document.evidence_sha256, nodes, now)
@@ -207,7 +229,7 @@ def _verify_node_closed(claim: AttestedNodeClaim, **kwargs: Any) -> NodeReport:
                               f"verification raised {type(exc).__name__}")
         return NodeReport(claim.label, claim.role,
                           normalise_key(wire.signing_address, wire.signing_algo),
-                          wire.signing_algo, (failed,))
+                          wire.signing_algo, (failed,), model_name=wire.model_name)
 
 
 def verify_node(
@@ -218,9 +240,14 @@ def verify_node(
     roots: TrustRoots,
     policy: ModelPolicy,
     now: int,
+    compose_manager_evidence: NodeEvidence | None = None,
 ) -> NodeReport:
     """Verify one node; bad evidence becomes failed checks (``verify_attestation`` also turns
-    any unexpected exception into a failed node)."""
+    any unexpected exception into a failed node).
+
+    Raises:
+        ValueError: ``nonce`` is not 32 bytes of hex (a caller bug).
+    """
     wire = claim.wire
     algo = wire.signing_algo
     key = normalise_key(wire.signing_address, algo)
@@ -272,10 +299,15 @@ def verify_node(
     checks.extend(check_report_data_binding(measurements.report_data,
                                             signing_address=wire.signing_address, algo=algo,
                                             nonce=nonce_bytes, tls_fingerprint=tls_fingerprint))
-    echoed = wire.nonce or wire.request_nonce
-    if echoed is not None and not _same_nonce(echoed, nonce_bytes):
-        checks.append(Check.failed("binding.nonce_echo", "binding.nonce_mismatch",
-                                   f"report echoes nonce {echoed[:80]}, not the one sent"))
+    # Every echo present must name our nonce: one right echo does not excuse a wrong one.
+    for echo_field in ("request_nonce", "nonce"):
+        echoed = getattr(wire, echo_field)
+        if echoed is not None:
+            checks.append(_check_nonce_echo(f"binding.nonce_echo.{echo_field}", echo_field,
+                                            echoed, nonce_bytes))
+    if wire.signing_public_key is not None:
+        checks.append(check_public_key_binding(wire.signing_public_key,
+                                               signing_address=wire.signing_address, algo=algo))
 
     # (3) The TLS key of the connection is the attested one.
     if tls_fingerprint is not None:
@@ -305,8 +337,12 @@ def verify_node(
                 "app_id": events["app-id"].hex() if "app-id" in events else None,
                 "os_image_hash": events["os-image-hash"].hex() if "os-image-hash" in events else None,
             }
+    # (5b) The compose-manager attestation: a quote of its own, then its actions.
     if wire.compose_manager_attestation is not None:
-        checks.append(check_compose_manager_actions(wire.compose_manager_attestation))
+        checks.extend(_verify_compose_manager(
+            wire.compose_manager_attestation, app_compose=info.app_compose if info else None,
+            nonce=nonce_bytes, evidence=compose_manager_evidence or NodeEvidence(),
+            roots=roots, tcb_policy=tcb_policy, now=now))
 
     # (6) GPU evidence.
     gpus: tuple[GpuVerdict, ...] = ()
@@ -375,6 +411,86 @@ def _policy_checks(policy: ModelPolicy, facts: NodeFacts, role: str, tdx_status:
                                      f"{check.detail} (quote verification undecided)")
         adjusted.append(check)
     return adjusted
+
+
+_CM = "compose_manager."
+
+
+def _verify_compose_manager(cma: Mapping[str, Any], *, app_compose: str | None, nonce: bytes,
+                            evidence: NodeEvidence, roots: TrustRoots, tcb_policy: TdxTcbPolicy,
+                            now: int) -> list[Check]:
+    """Step (5b): NEAR's ``compose_manager_attestation`` verified in full (spec 0.4).
+
+    Its checks are named ``compose_manager.<check>`` and keep the codes of the shared steps
+    (``tdx.*``, ``eventlog.*``); ``actions_hash`` is checked against ``actions`` only when
+    nothing before it failed, because until the quote binds it the hash proves nothing.
+    """
+    checks: list[Check] = []
+    quote_hex = cma.get("quote")
+    if not isinstance(quote_hex, str) or not quote_hex:
+        return [Check.failed(_CM + "tdx.quote", "tdx.quote_missing",
+                             "compose_manager_attestation carries no quote")]
+    try:
+        quote = bytes.fromhex(quote_hex.removeprefix("0x"))
+    except ValueError:
+        return [Check.failed(_CM + "tdx.quote", "tdx.quote_malformed",
+                             "compose_manager_attestation quote is not hex")]
+    # (a) The quote: same collateral path and TCB policy as any node's.
+    tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
+                           now=now, tcb_policy=tcb_policy)
+    checks.extend(_renamed(_explain_incomplete(tdx.checks, evidence.collateral_error)))
+    measurements = tdx.measurements
+    if measurements is None:
+        if any(c.status is Status.FAIL for c in tdx.checks):
+            return checks
+        measurements = parse_quote_measurements(quote)  # undecided: keep checking, stays incomplete
+        if measurements is None:
+            return checks
+    # (b) REPORTDATA = actions_hash ‖ the nonce sent (never the JSON report_data copy).
+    claimed = cma.get("actions_hash")
+    actions_hash = _hex_or_none(claimed) if isinstance(claimed, str) else None
+    if actions_hash is None or len(actions_hash) != 32:
+        checks.append(Check.failed(_CM + "report_data", "binding.actions_malformed",
+                                   "actions_hash is not 32 bytes of hex"))
+        return checks
+    if hmac.compare_digest(measurements.report_data, actions_hash + nonce):
+        checks.append(Check.passed(_CM + "report_data",
+                                   "report_data = actions_hash ‖ this session's nonce"))
+    else:
+        checks.append(Check.failed(
+            _CM + "report_data", "compose_manager.report_data_mismatch",
+            f"report_data {measurements.report_data.hex()} is not actions_hash ‖ nonce "
+            f"{(actions_hash + nonce).hex()}"))
+    echoed = cma.get("nonce")
+    if echoed is not None:
+        checks.append(_check_nonce_echo(_CM + "nonce_echo", "compose_manager_attestation.nonce",
+                                        echoed, nonce))
+    # (c) mr_config_id binds the same app_compose as the node.
+    if app_compose is None:
+        checks.append(Check.failed(_CM + "binding.compose", "binding.compose_mismatch",
+                                   "the node serves no app_compose to bind the quote to"))
+    else:
+        checks.extend(_renamed([check_compose_binding(app_compose, measurements.mr_config_id)]))
+    # (d) Its own event log replays to its own RTMR3.
+    log_raw = cma.get("event_log")
+    eventlog = verify_event_log(log_raw if log_raw is not None else [], rtmr3=measurements.rtmr3)
+    checks.extend(_renamed(eventlog.checks))
+    # (e) Only now does actions_hash authenticate actions.
+    if not any(c.status is Status.FAIL for c in checks):
+        checks.append(check_compose_manager_actions(cma))
+    return checks
+
+
+def _renamed(checks: Iterable[Check]) -> list[Check]:
+    return [Check(_CM + c.name, c.status, c.detail, c.code) for c in checks]
+
+
+def _check_nonce_echo(name: str, field_name: str, echoed: object, nonce: bytes) -> Check:
+    if isinstance(echoed, str) and _same_nonce(echoed, nonce):
+        return Check.passed(name, f"{field_name} echoes the nonce sent")
+    shown = echoed[:80] if isinstance(echoed, str) else type(echoed).__name__
+    return Check.failed(name, "binding.nonce_mismatch",
+                        f"{field_name} echoes {shown}, not the nonce sent")
 
 
 def _same_nonce(echoed: str, nonce: bytes) -> bool:

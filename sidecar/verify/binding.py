@@ -13,6 +13,7 @@ import hashlib
 import hmac
 
 from sidecar.verify.checks import Check
+from sidecar.verify.signature import keccak256
 
 REPORT_DATA_LENGTH = 64
 NONCE_LENGTH = 32
@@ -72,3 +73,43 @@ def check_report_data_binding(
             "binding.nonce", "binding.nonce_mismatch",
             f"report_data[32:64] = {report_data[32:].hex()} is not the nonce sent ({nonce.hex()})")
     return key_check, nonce_check
+
+
+# ecdsa: the 64-byte uncompressed secp256k1 point without its 04 prefix (spec 0.4; the real NEAR
+# Cloud report carries 128 hex characters). A 65-byte form is not in the contract and is refused.
+_ECDSA_PUBLIC_KEY_LENGTH = 64
+
+
+def check_public_key_binding(public_key_hex: str, *, signing_address: str, algo: str) -> Check:
+    """Check that a report's ``signing_public_key`` is the key of its ``signing_address``.
+
+    ecdsa: 64 bytes (uncompressed point without ``04``) whose keccak256 ends in the 20 address
+    bytes; ed25519: equal to the address, which is the key itself (spec 0.4). E2EE encrypts to
+    this key, so a key the attested address does not own would hand prompts to someone else.
+
+    Returns:
+        ``binding.public_key``; code ``binding.public_key_mismatch`` when the key is malformed or
+        belongs to another address.
+
+    Raises:
+        Nothing.
+    """
+    name, code = "binding.public_key", "binding.public_key_mismatch"
+    try:
+        key = bytes.fromhex(public_key_hex.strip().removeprefix("0x"))
+        identifier = signing_identifier_bytes(signing_address, algo)
+    except ValueError as exc:
+        return Check.failed(name, code, f"signing_public_key or address is not hex: {exc}")
+    if algo == "ed25519":
+        if hmac.compare_digest(key, identifier):
+            return Check.passed(name, "ed25519 signing_public_key is the signing address")
+        return Check.failed(name, code, f"ed25519 signing_public_key {key.hex()[:64]} is not "
+                                        f"the signing address {identifier.hex()}")
+    if len(key) != _ECDSA_PUBLIC_KEY_LENGTH:
+        return Check.failed(name, code, f"ecdsa signing_public_key is {len(key)} bytes, expected "
+                                        f"{_ECDSA_PUBLIC_KEY_LENGTH} (uncompressed, without 04)")
+    derived = keccak256(key)[-20:]
+    if hmac.compare_digest(derived, identifier):
+        return Check.passed(name, f"keccak256(signing_public_key) ends in 0x{identifier.hex()}")
+    return Check.failed(name, code, f"signing_public_key belongs to 0x{derived.hex()}, "
+                                    f"not 0x{identifier.hex()}")

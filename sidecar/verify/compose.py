@@ -8,8 +8,8 @@ of the node: worth nothing until each field is tied to something the TDX quote m
 - The ``compose-hash``, ``app-id`` and ``instance-id`` runtime events (read from an event log that
   replayed to the quote's RTMR3, see :mod:`sidecar.verify.eventlog`) must agree with ``info``
   and with the compose that was served.
-- NEAR's optional ``compose_manager_attestation`` carries ``actions`` and their hash
-  (§2 "Compose-manager actions").
+- NEAR's optional ``compose_manager_attestation`` carries ``actions`` and their hash, in one
+  of two canonical forms (spec 0.4); its own quote is verified in ``sidecar.verify.attestation``.
 - The compose names container images; a pin by ``@sha256:`` digest is what makes the measured
   compose say which code runs (§2 "Image provenance").
 """
@@ -17,6 +17,7 @@ of the node: worth nothing until each field is tied to something the TDX quote m
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ __all__ = [
     "ComposeImages",
     "NodeInfo",
     "check_compose_binding",
+    "MARCH_2026_ACTION_FIELDS",
+    "actions_canonical_forms",
     "check_compose_manager_actions",
     "check_images_pinned",
     "check_info_events",
@@ -307,16 +310,43 @@ def _event_matches_info(
     return Check.passed(check_name, f"{event_name} event = info value {claimed}")
 
 
+# The March-2026 compose-manager hashed each action with its keys in the action type's field
+# order (spec 0.4, seen on a real capture); current servers sort the keys. Nothing else is a form.
+MARCH_2026_ACTION_FIELDS = ("timestamp", "action", "container", "tag", "commit", "file",
+                            "file_sha256", "services")
+
+
+def actions_canonical_forms(actions: object) -> dict[str, str]:
+    """The deterministic serialisations of ``actions`` that spec 0.4 accepts, by name.
+
+    ``sorted``: compact JSON, keys sorted, ``ensure_ascii=False`` (current servers).
+    ``field-order``: compact JSON, each action's keys in ``MARCH_2026_ACTION_FIELDS`` order;
+    only when ``actions`` is a list of objects using no other key.
+
+    Raises:
+        Nothing.
+    """
+    forms = {"sorted": json.dumps(actions, sort_keys=True, separators=(",", ":"),
+                                  ensure_ascii=False)}
+    if isinstance(actions, list) and all(
+        isinstance(a, dict) and set(a) <= set(MARCH_2026_ACTION_FIELDS) for a in actions
+    ):
+        ordered = [{k: a[k] for k in MARCH_2026_ACTION_FIELDS if k in a} for a in actions]
+        forms["field-order"] = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
+    return forms
+
+
 def check_compose_manager_actions(cma: object) -> Check:
     """Check NEAR's ``compose_manager_attestation``: ``actions_hash`` hashes ``actions``.
 
-    ``actions_hash == sha256(json.dumps(actions, sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False).encode("utf-8"))`` (§2, NEAR's ``check_compose_manager_actions``).
+    ``actions_hash`` must be sha256 of one of :func:`actions_canonical_forms` (spec 0.4). The
+    hash authenticates anything only once the compose-manager quote that binds it verified
+    (``sidecar.verify.attestation``); this check is the last step of that.
 
     Returns:
         ``binding.compose_manager_actions``; code ``binding.actions_malformed`` when the object
         lacks ``actions`` or a string ``actions_hash``, ``binding.actions_hash_mismatch`` when
-        the hash differs.
+        no accepted form hashes to it.
 
     Raises:
         Nothing.
@@ -331,18 +361,19 @@ def check_compose_manager_actions(cma: object) -> Check:
         return Check.failed(
             name, "binding.actions_malformed", "compose_manager_attestation lacks 'actions_hash'"
         )
-    canonical = json.dumps(
-        cma["actions"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    computed = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     claimed_hex = claimed.strip().lower().removeprefix("0x")
-    if claimed_hex != computed:
-        return Check.failed(
-            name,
-            "binding.actions_hash_mismatch",
-            f"actions_hash {claimed_hex} != sha256(canonical actions) {computed}",
-        )
-    return Check.passed(name, f"actions_hash = sha256(canonical actions) {computed}")
+    computed = {form: hashlib.sha256(text.encode("utf-8")).hexdigest()
+                for form, text in actions_canonical_forms(cma["actions"]).items()}
+    for form, digest in computed.items():
+        if hmac.compare_digest(claimed_hex, digest):
+            return Check.passed(name, f"actions_hash = sha256({form} actions) {digest}")
+    shown = ", ".join(f"{form} {digest}" for form, digest in computed.items())
+    return Check.failed(
+        name,
+        "binding.actions_hash_mismatch",
+        f"actions_hash {claimed_hex[:64]} is not sha256 of the actions in any accepted form "
+        f"({shown})",
+    )
 
 
 def compose_images(app_compose: str) -> ComposeImages:

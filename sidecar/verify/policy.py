@@ -494,6 +494,11 @@ def build_model_policy(
 # pins, verdicts reused for an hour, failures block.
 BUILTIN_DEFAULT: Final[ModelPolicy] = build_model_policy("*")
 
+# The policy of a gateway node (NEAR Cloud's TLS terminator, spec 0.1) when the file has no
+# [gateway] table: a verified TDX quote at TCB status UpToDate, no GPU (a gateway runs none), and
+# no measurement pins: a model's pins describe the model's CVM, never the gateway's.
+GATEWAY_DEFAULT: Final[ModelPolicy] = build_model_policy("(gateway)", require_nvidia=False)
+
 # What a strict set that allows unattested models gives a model no entry names: nothing is
 # required, present-but-bad evidence still fails, and the result is only ever flagged.
 _UNATTESTED: Final[ModelPolicy] = build_model_policy(
@@ -511,6 +516,8 @@ class PolicySet:
         strict: only models that match an entry are served.
         allow_unattested_models: whether a model may pass without TEE attestation at all.
         source: where the set came from, for messages.
+        gateway: the policy of gateway nodes (the ``[gateway]`` table), whatever the model:
+            per-model entries and their pins never apply to a gateway.
     """
 
     models: tuple[ModelPolicy, ...] = ()
@@ -518,6 +525,7 @@ class PolicySet:
     strict: bool = False
     allow_unattested_models: bool = False
     source: str = "<built-in default>"
+    gateway: ModelPolicy = GATEWAY_DEFAULT
 
     def for_model(self, model: str) -> ModelPolicy:
         """The policy entry for ``model``.
@@ -604,10 +612,18 @@ class _EntryFile(_FileModel):
     measurements: Annotated[list[_MeasurementsFile], Field(min_length=1)] | None = None
 
 
+class _GatewayFile(_FileModel):
+    # A gateway runs no GPU and is always TDX-attested: only the TCB and pin keys apply.
+    accepted_tcb_statuses: Annotated[list[TcbStatus], Field(min_length=1)] | None = None
+    tolerated_advisories: list[_AdvisoryId] | None = None
+    measurements: Annotated[list[_MeasurementsFile], Field(min_length=1)] | None = None
+
+
 class _PolicyFile(_FileModel):
     strict: bool = False
     allow_unattested_models: bool = False
     defaults: _EntryFile = _EntryFile()
+    gateway: _GatewayFile = _GatewayFile()
     models: dict[Annotated[str, StringConstraints(min_length=1)], _EntryFile] = {}
 
 
@@ -770,10 +786,27 @@ def load_policy(path: str | Path | None) -> PolicySet:
         )
         for pattern, entry in parsed.models.items()
     )
+    # [gateway] takes [defaults]' TCB statuses and advisories, but never their measurement pins.
+    gateway_file = parsed.gateway
+    gateway = _build_entry(
+        "(gateway)",
+        "gateway",
+        _EntryFile(
+            require_tdx=True,
+            require_nvidia=False,
+            accepted_tcb_statuses=gateway_file.accepted_tcb_statuses,
+            tolerated_advisories=gateway_file.tolerated_advisories,
+            measurements=gateway_file.measurements,
+        ),
+        parsed.defaults.model_copy(update={"measurements": None}),
+        allow_unattested=parsed.allow_unattested_models,
+        source=source,
+    )
     return PolicySet(
         models=models,
         default=default,
         strict=parsed.strict,
         allow_unattested_models=parsed.allow_unattested_models,
         source=source,
+        gateway=gateway,
     )

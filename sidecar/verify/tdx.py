@@ -17,6 +17,7 @@ Algorithm of :func:`verify_tdx_quote`:
         leaves it), certification data type 6 (QE report certification data) nesting type 5: PEM
         certificates and nothing else. dcap-qvl checks none of the outer type, the trailing
         bytes or the text around the PEM blocks, and those bytes are outside every signature.
+        Then TDATTRIBUTES: a DEBUG TD fails (``tdx.debug_enabled``), with or without collateral.
     (2) No collateral → the check is INCOMPLETE (``tdx.collateral_missing``), never a pass.
     (3) Bound and decode the collateral JSON; drop any ``pck_certificate_chain`` in it, because
         dcap-qvl *prefers* that chain over the one inside the quote (src/verify.rs,
@@ -56,6 +57,7 @@ __all__ = [
     "TdxTcbPolicy",
     "collateral_next_update",
     "parse_quote_measurements",
+    "td_attributes",
     "verify_tdx_quote",
 ]
 
@@ -90,7 +92,15 @@ _PEM_CHAIN = re.compile(
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\r\n]+)-----END CERTIFICATE-----")
 
+# TDATTRIBUTES: 8 bytes at offset 120 of the TD report body (after TEE_TCB_SVN 16, MRSEAM 48,
+# MRSIGNERSEAM 48, SEAMATTRIBUTES 8; Intel TDX DCAP quote format, TD report body; checked against
+# dcap_qvl.parse_quote(...).report.td_attributes on the shared samples). Bit 0 is DEBUG: the
+# host VMM can then read and write the TD's memory and registers, so nothing it attests is secret.
+_TD_ATTRIBUTES_OFFSET = 120
+_TD_ATTRIBUTES_DEBUG = 0x01
+
 _CHECK_FORMAT = "tdx.quote_format"
+_CHECK_ATTRIBUTES = "tdx.td_attributes"
 _CHECK_COLLATERAL = "tdx.collateral"
 _CHECK_SIGNATURE = "tdx.quote_signature"
 _CHECK_TCB = "tdx.tcb_status"
@@ -348,6 +358,15 @@ def verify_tdx_quote(
         checks.append(Check.failed(_CHECK_FORMAT, "tdx.quote_invalid", str(exc)))
         return finish()
     checks.append(Check.passed(_CHECK_FORMAT, layout))
+    # A DEBUG TD is refused from the body itself, before and without collateral, so an offline
+    # check fails it too (dcap-qvl refuses it as well, but only once collateral is at hand).
+    attributes = td_attributes(bytes(quote))
+    if attributes[0] & _TD_ATTRIBUTES_DEBUG:
+        checks.append(Check.failed(_CHECK_ATTRIBUTES, "tdx.debug_enabled",
+                                   f"TD attributes {attributes.hex()} have DEBUG set: the host "
+                                   "can read and change the TD"))
+        return finish()
+    checks.append(Check.passed(_CHECK_ATTRIBUTES, f"TD attributes {attributes.hex()}: DEBUG clear"))
 
     # (2) Without collateral nothing can be decided.
     if collateral_json is None:
@@ -435,6 +454,19 @@ def verify_tdx_quote(
 
     # (6) Measurements, from the bytes that just verified.
     return TdxQuoteReport(tuple(checks), tcb_status, advisories, _measurements(parsed.report))
+
+
+def td_attributes(quote: bytes) -> bytes:
+    """The 8 TDATTRIBUTES bytes of a quote whose layout :func:`verify_tdx_quote` accepted.
+
+    Raises:
+        ValueError: the quote is too short to hold a TD report body.
+    """
+    version = struct.unpack_from("<H", quote, 0)[0] if len(quote) >= 2 else 0
+    start = _HEADER_LEN + (6 if version == 5 else 0) + _TD_ATTRIBUTES_OFFSET
+    if len(quote) < start + 8:
+        raise ValueError("quote too short for a TD report body")
+    return quote[start:start + 8]
 
 
 def parse_quote_measurements(quote: bytes) -> TdxMeasurements | None:
