@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sidecar.errors import UpstreamError, VerificationFailed, VerificationIncomplete
-from sidecar.providers.contracts import ProviderContract
+from sidecar.providers.contracts import NO_ALIASING_HEADER, ProviderContract
 
 USER_AGENT = "tee-sidecar/0.1"
 # Attestation reports are tens of KiB; signature records a few hundred bytes. Reading more than
@@ -99,10 +99,15 @@ class UpstreamClient:
         Raises:
             UpstreamError: ``upstream.timeout`` or ``upstream.unavailable``.
         """
+        headers = self.headers("application/json" if body is not None else None)
+        if body is not None and self.contract.profile.canonical_model:
+            # NEAR answers an alias by rewriting the body it returns (a "warning" field), which
+            # no node signature then covers; with this header it refuses aliases instead, and
+            # the sidecar sends the attested canonical id (spec 0.2).
+            headers[NO_ALIASING_HEADER] = "true"
         try:
             return await self._session.request(
-                method, self.contract.openai_url(path), data=body,
-                headers=self.headers("application/json" if body is not None else None),
+                method, self.contract.openai_url(path), data=body, headers=headers,
                 timeout=timeout, auto_decompress=False, allow_redirects=False, ssl=self._ssl)
         except aiohttp.ServerFingerprintMismatch:
             raise UpstreamError("the provider's TLS certificate is not the attested one",
