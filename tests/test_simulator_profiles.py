@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_utils import keccak
+# eth-account (through eth-abi's parser) raises the interpreter's recursion limit to 100000 on
+# import; a later test that feeds the sidecar deeply nested JSON then overflows the C stack and
+# crashes the whole run instead of meeting RecursionError. Put the limit back.
+_RECURSION_LIMIT = sys.getrecursionlimit()
+from eth_account import Account  # noqa: E402
+from eth_account.messages import encode_defunct  # noqa: E402
+from eth_utils import keccak  # noqa: E402
+
+sys.setrecursionlimit(_RECURSION_LIMIT)
 
 from sidecar.simulator.evidence import PLACEHOLDER_TLS_SPKI_SHA256, actions_hash
 from sidecar.simulator.provider import (

@@ -13,12 +13,19 @@ import ast
 import base64
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import coincurve
 import pytest
-from eth_account import Account
-from eth_account.messages import encode_defunct
+# eth-account (through eth-abi's parser) raises the interpreter's recursion limit to 100000 on
+# import; a later test that feeds the sidecar deeply nested JSON then overflows the C stack and
+# crashes the whole run instead of meeting RecursionError. Put the limit back.
+_RECURSION_LIMIT = sys.getrecursionlimit()
+from eth_account import Account  # noqa: E402
+from eth_account.messages import encode_defunct  # noqa: E402
+
+sys.setrecursionlimit(_RECURSION_LIMIT)
 
 from sidecar.simulator import signing
 from sidecar.simulator.provider import SigningNode

@@ -158,7 +158,7 @@ class SimulatedEvidence:
 
     @staticmethod
     def _aimed_at(faults: Faults, entry: str) -> bool:
-        return faults.evidence.get("target", "model") == entry
+        return bool(faults.evidence.get("target", "model") == entry)
 
     def _entry_knobs(self, faults: Faults, entry: str) -> dict[str, Any]:
         if not self._aimed_at(faults, entry):
@@ -194,8 +194,6 @@ class SimulatedEvidence:
                        + self._bound_nonce(faults, "gateway", nonce))
         info = dict(identity.info)
         info["tcb_info"] = {**identity.info["tcb_info"], "event_log": identity.event_log}
-        info["vpc"] = {"vpc_server_app_id": hashlib.sha256(b"simulated vpc").hexdigest()[:40],
-                       "vpc_hostname": "cloud-api-simulated.dstack.internal"}
         entry: dict[str, Any] = {
             "signing_address": knobs.get("json_address") or address,
             "signing_algo": algo,
@@ -204,6 +202,8 @@ class SimulatedEvidence:
             "report_data": report_data.hex(),
             "request_nonce": nonce_hex,
             "info": info,
+            "vpc": {"vpc_server_app_id": hashlib.sha256(b"simulated vpc").hexdigest()[:40],
+                    "vpc_hostname": "cloud-api-simulated.dstack.internal"},
         }
         if tls and self.tls_spki_sha256 is not None:
             entry["tls_cert_fingerprint"] = self.tls_spki_sha256.hex()
