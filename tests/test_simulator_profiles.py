@@ -38,7 +38,7 @@ from sidecar.simulator.provider import (
     SimulatedProvider,
 )
 from sidecar.simulator.server import build_simulator
-from sidecar.simulator.stack import simulator_settings
+from sidecar.simulator.stack import Stack, simulator_settings
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -272,6 +272,16 @@ async def test_near_cloud_stream_is_gateway_signed_unless_continuous_usage(
     assert all("usage" in json.loads(e[6:]) for e in received.split(b"\n\n")[:-2])
 
 
+async def test_swap_signature_kind_mislabels_only(sim: tuple[Client, SimulatedProvider]) -> None:
+    client, provider = sim
+    provider.faults.swap_signature_kind = True
+    sent, received, _ = await complete(client, "/near-cloud", message())
+    record = await fetch_signature(client, "/near-cloud", chat_id_of(received), late=True)
+    assert record["signature_kind"] == "gateway"  # but the node signed the 3-part text
+    assert record["text"] == f"{CANONICAL_MODEL}:{sha(sent)}:{sha(received)}"
+    assert record["signing_address"] in {node.address("ecdsa") for node in provider.nodes}
+
+
 @pytest.mark.parametrize("code", ["STREAM_DISCONNECTED", "SIGNATURE_UNSUPPORTED"])
 async def test_signature_unavailable_is_a_200(sim: tuple[Client, SimulatedProvider], code: str) -> None:
     client, _ = sim
@@ -413,3 +423,15 @@ def test_simulator_settings_follow_the_profile(tmp_path: Path, profile: str) -> 
     settings = simulator_settings("http://127.0.0.1:1", tmp_path, profile=profile)
     assert settings.upstream.provider == profile
     assert settings.upstream.base_url == "http://127.0.0.1:1" + PROFILE_PREFIX[profile]
+
+
+def test_one_stack_serves_a_sidecar_per_profile(stack: Stack) -> None:
+    import openai
+
+    nanogpt, legacy = stack.sidecar(), stack.sidecar(profile="private-ml-sdk")
+    assert nanogpt != legacy
+    assert stack.sidecar_state(legacy).settings.upstream.provider == "private-ml-sdk"
+    client = openai.OpenAI(base_url=legacy, api_key="not-a-real-key", max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(
+        model=TEE_MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-tee-verified"] == "true"

@@ -107,6 +107,9 @@ class Faults:
     signature_unavailable: str = ""
     # Sign 3-part texts naming this model instead of the node's canonical one.
     text_model: str = ""
+    # near-cloud: label provider_tee records "gateway" and gateway records "provider_tee" (the
+    # signature itself unchanged), so a verifier that trusts the label picks the wrong key.
+    swap_signature_kind: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)  # knobs passed to the evidence factory
 
     def validate(self) -> None:
@@ -225,6 +228,10 @@ class SimulatedProvider:
         text = f"{request_hash}:{response_hash}"
         if model is not None:
             text = f"{faults.text_model or model}:{text}"
+        extra = dict(extra or {})
+        if faults.swap_signature_kind and "signature_kind" in extra:
+            extra["signature_kind"] = {"provider_tee": "gateway", "gateway": "provider_tee"}[
+                extra["signature_kind"]]
         records: dict[str, dict[str, Any]] = {}
         for algo in ("ecdsa", "ed25519"):
             node = SigningNode() if faults.sign_with_other_key else (signer or self._signer())
@@ -233,7 +240,7 @@ class SimulatedProvider:
                 "signature": node.sign(text, algo),
                 "signing_address": node.address(algo),
                 "signing_algo": algo,
-                **(extra or {}),
+                **extra,
             }
         self.completions_served += 1
         expiry = time.monotonic() + SIGNATURE_TTL_SECONDS
