@@ -435,3 +435,12 @@ def test_one_stack_serves_a_sidecar_per_profile(stack: Stack) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model=TEE_MODEL, messages=[{"role": "user", "content": "hi"}])
     assert raw.headers["x-tee-verified"] == "true"
+
+
+def test_cli_simulate_refuses_an_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    from sidecar.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate", "--profile", "near"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'near'" in capsys.readouterr().err
