@@ -442,5 +442,5 @@ def test_cli_simulate_refuses_an_unknown_profile(capsys: pytest.CaptureFixture[s
 
     with pytest.raises(SystemExit) as exited:
         main(["simulate", "--profile", "near"])
-    assert exited.value.code == 2
+    assert exited.value.code == 64  # EX_USAGE, as every usage error of the CLI
     assert "invalid choice: 'near'" in capsys.readouterr().err
