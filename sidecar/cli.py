@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--nodes", type=_positive, default=1,
                           help="serving nodes (signing keys)")
     simulate.add_argument("--api-key", help="require this bearer key (default: any key)")
+    simulate.add_argument("--profile", choices=["nanogpt", "private-ml-sdk", "near-cloud",
+                                                "near-direct", "redpill"],
+                          help="serve only this provider profile, at the root (default: every "
+                               "profile at its own prefix: /api, /, /near-cloud, /near-direct, "
+                               "/redpill)")
 
     attest = sub.add_parser(
         "attest", help="attest a model now, or verify a saved report offline",
@@ -165,9 +170,12 @@ def _simulate(args: argparse.Namespace) -> int:
     from sidecar.simulator.server import build_simulator
 
     configure_logging("auto", "warning")
-    app, _ = build_simulator(nodes=args.nodes, api_key=args.api_key)
-    print(f"simulated TEE provider on http://{args.host}:{args.port} "
-          f"(NanoGPT contract under /api, private-ml-sdk at /)", file=sys.stderr, flush=True)
+    app, _ = build_simulator(nodes=args.nodes, api_key=args.api_key, profile=args.profile)
+    where = (f"{args.profile} at /" if args.profile else
+             "nanogpt under /api, private-ml-sdk at /, near-cloud under /near-cloud, "
+             "near-direct under /near-direct, redpill under /redpill")
+    print(f"simulated TEE provider on http://{args.host}:{args.port} ({where}; "
+          f"PCS at /pcs, NRAS at /nras)", file=sys.stderr, flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0
 

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.verify.eventlog import DSTACK_RUNTIME_EVENT_TYPE, RTMR_SIZE, Event, events_to_json
 
 __all__ = [
     "DEFAULT_IMAGE_DIGEST",
@@ -35,6 +34,43 @@ __all__ = [
     "default_app_compose",
     "mr_config_id_for",
 ]
+
+# Nothing here comes from ``sidecar.verify.eventlog``: the event record, the dstack constants and
+# the JSON rendering are the simulator's own, so a parsing or formatting bug in the verifier
+# cannot be mirrored by the evidence it is tested against.
+
+# dstack's runtime event type (dstack cc-eventlog ``DSTACK_RUNTIME_EVENT_TYPE``; spec §2).
+DSTACK_RUNTIME_EVENT_TYPE = 0x08000001
+# TDX measurement registers are SHA-384: 48 bytes.
+RTMR_SIZE = 48
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event the simulated node logs (the simulator's own record of it)."""
+
+    imr: int
+    event_type: int
+    digest: bytes
+    name: str
+    payload: bytes
+
+    @property
+    def is_runtime(self) -> bool:
+        """True for a dstack runtime event (digest over type, name and payload)."""
+        return self.event_type == DSTACK_RUNTIME_EVENT_TYPE
+
+
+def events_to_json(events: list[Event]) -> list[dict[str, Any]]:
+    """dstack's JSON event-log shape: ``{imr, event_type, digest, event, event_payload}`` (spec §2,
+    as in the real NEAR report in ``/work/shared/samples/near``).
+
+    Raises:
+        Nothing.
+    """
+    return [{"imr": e.imr, "event_type": e.event_type, "digest": e.digest.hex(), "event": e.name,
+             "event_payload": e.payload.hex()} for e in events]
+
 
 # A fixed, obviously fake image digest: tests can pin it in policies.
 DEFAULT_IMAGE_DIGEST = "sha256:" + hashlib.sha256(b"tee-sidecar simulated vllm-proxy").hexdigest()

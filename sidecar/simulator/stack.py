@@ -19,17 +19,26 @@ from aiohttp import web
 from sidecar.config import Settings, load_settings
 from sidecar.proxy.app import STATE, ProxyState, build_proxy_app
 from sidecar.proxy.state import client_session, load_policies, state_factory
-from sidecar.simulator.provider import SimulatedProvider
+from sidecar.simulator.provider import PROFILE_PREFIX, SimulatedProvider
 from sidecar.simulator.server import build_simulator
 
 T = TypeVar("T")
 
 
-def simulator_settings(simulator_url: str, state_dir: Path, **sections: Mapping[str, Any]) -> Settings:
-    """Settings that point the sidecar at a simulator and trust its test roots."""
+def simulator_settings(simulator_url: str, state_dir: Path, *, profile: str = "nanogpt",
+                       **sections: Mapping[str, Any]) -> Settings:
+    """Settings that point the sidecar at a simulator's ``profile`` and trust its test roots.
+
+    ``upstream.provider`` is the profile and ``upstream.base_url`` its prefix in the default
+    simulator app (``PROFILE_PREFIX``); ``sections`` override either.
+
+    Raises:
+        KeyError: an unknown profile.
+        ConfigError: the merged settings are invalid.
+    """
     merged: dict[str, dict[str, Any]] = {
         "listen": {"host": "127.0.0.1", "port": 0},
-        "upstream": {"provider": "nanogpt", "base_url": simulator_url + "/api",
+        "upstream": {"provider": profile, "base_url": simulator_url + PROFILE_PREFIX[profile],
                      "api_key": "sk-simulated", "signature_retry_delay": 0.01},
         "attestation": {"pccs_url": simulator_url + "/pcs",
                         "nras_url": simulator_url + "/nras/v3/attest/gpu",
@@ -46,7 +55,7 @@ class Stack:
     """A simulator plus any number of sidecars, served from one background loop."""
 
     def __init__(self, state_dir: Path, *, nodes: int = 1,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, profile: str = "nanogpt") -> None:
         self._state_dir = state_dir
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -62,6 +71,8 @@ class Stack:
         # Settings sections every sidecar of this stack starts from.
         self.defaults: dict[str, dict[str, Any]] = {}
         self._sidecars: dict[str, tuple[str, web.Application]] = {}
+        # The profile sidecars talk to unless ``sidecar(profile=...)`` names another.
+        self.profile = profile
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         """Run ``coro`` on the stack's loop and wait for it."""
@@ -78,22 +89,25 @@ class Stack:
         port = runner.addresses[0][1]
         return f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}"
 
-    def sidecar(self, *, fresh: bool = False, **sections: Mapping[str, Any]) -> str:
+    def sidecar(self, *, fresh: bool = False, profile: str | None = None,
+                **sections: Mapping[str, Any]) -> str:
         """Base URL (``…/v1``) of a sidecar with ``defaults`` overridden by ``sections``.
 
-        One sidecar per configuration is reused; ``fresh`` starts a new one (a new process's
-        empty attestation cache). Each sidecar has its own state directory: a receipts file
-        has one writer.
+        ``profile`` (default: the stack's) picks the simulator profile the sidecar talks to,
+        so one stack serves them all. One sidecar per configuration is reused; ``fresh``
+        starts a new one (a new process's empty attestation cache). Each sidecar has its own
+        state directory: a receipts file has one writer.
         """
+        profile = profile or self.profile
         merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in self.defaults.items()}
         for name, values in sections.items():
             merged.setdefault(name, {}).update(values)
-        key = json.dumps(merged, sort_keys=True, default=str)
+        key = json.dumps([profile, merged], sort_keys=True, default=str)
         if fresh:
             key += f"#{len(self._sidecars)}"
         if key not in self._sidecars:
             state_dir = self._state_dir / f"sidecar-{len(self._sidecars)}"
-            settings = simulator_settings(self.upstream_url, state_dir, **merged)
+            settings = simulator_settings(self.upstream_url, state_dir, profile=profile, **merged)
             app = build_proxy_app(settings, state_factory(settings, load_policies(settings)),
                                   lambda: client_session(settings))
             self._sidecars[key] = (self.run(self.serve(app)), app)
