@@ -187,16 +187,28 @@ def test_report_for_another_nonce_fails_everywhere() -> None:
     "key",
     [
         "11" * 64,  # a well-formed key of another address
-        "04" + "2a1c47aad08a4f47dcb67134d77b83d8a1d5c895e37e959189249e819c393928"
-               "9d8c59acb07d262db3ca946d52c51ae079fde6708cb0af7e25a57d35c8e0ac30",  # 04-prefixed
+        "04" + "11" * 64,  # the same, SEC1-prefixed
+        "05" + "2a1c47aad08a4f47dcb67134d77b83d8a1d5c895e37e959189249e819c393928"
+               "9d8c59acb07d262db3ca946d52c51ae079fde6708cb0af7e25a57d35c8e0ac30",  # not 04
         "2a1c47aad08a4f47dcb67134d77b83d8a1d5c895e37e959189249e819c393928",  # truncated
         "not hex",
     ],
-    ids=["other-key", "with-04", "truncated", "not-hex"],
+    ids=["other-key", "other-key-with-04", "wrong-prefix", "truncated", "not-hex"],
 )
 def test_public_key_of_another_address_fails(key: str) -> None:
     report = tampered(lambda r: model_entry(r).update(signing_public_key=key))
     assert_only_failure(report, "binding.public_key_mismatch")
+
+
+def test_public_key_with_its_sec1_prefix_is_the_same_key() -> None:
+    """Phala's ACI gateway serves the ecdsa key with its 04 prefix (private-ai-gateway
+    handlers.rs); it is the same point, so it binds the same address."""
+    from sidecar.verify.binding import check_public_key_binding
+
+    entry = model_entry(json.loads(RAW))
+    check = check_public_key_binding("04" + entry["signing_public_key"],
+                                     signing_address=entry["signing_address"], algo="ecdsa")
+    assert check.ok, check.detail
 
 
 def test_ed25519_public_key_must_equal_the_address() -> None:

@@ -83,8 +83,8 @@ _ECDSA_PUBLIC_KEY_LENGTH = 64
 def check_public_key_binding(public_key_hex: str, *, signing_address: str, algo: str) -> Check:
     """Check that a report's ``signing_public_key`` is the key of its ``signing_address``.
 
-    ecdsa: 64 bytes (uncompressed point without ``04``) whose keccak256 ends in the 20 address
-    bytes; ed25519: equal to the address, which is the key itself (spec 0.4). E2EE encrypts to
+    ecdsa: 64 bytes (uncompressed point without ``04``, as NEAR serves it; ACI's ``04``-prefixed
+    65 bytes are the same point) whose keccak256 ends in the 20 address bytes; ed25519: equal to the address, which is the key itself (spec 0.4). E2EE encrypts to
     this key, so a key the attested address does not own would hand prompts to someone else.
 
     Returns:
@@ -105,6 +105,10 @@ def check_public_key_binding(public_key_hex: str, *, signing_address: str, algo:
             return Check.passed(name, "ed25519 signing_public_key is the signing address")
         return Check.failed(name, code, f"ed25519 signing_public_key {key.hex()[:64]} is not "
                                         f"the signing address {identifier.hex()}")
+    if len(key) == _ECDSA_PUBLIC_KEY_LENGTH + 1 and key[0] == 0x04:
+        # The same point in SEC1 uncompressed form: Phala's ACI gateway serves it with its 04
+        # prefix (Dstack-TEE/private-ai-gateway src/http/app/handlers.rs), NEAR without.
+        key = key[1:]
     if len(key) != _ECDSA_PUBLIC_KEY_LENGTH:
         return Check.failed(name, code, f"ecdsa signing_public_key is {len(key)} bytes, expected "
                                         f"{_ECDSA_PUBLIC_KEY_LENGTH} (uncompressed, without 04)")
