@@ -25,6 +25,7 @@ from sidecar.errors import SidecarError, VerificationFailed
 from sidecar.providers.wire import parse_attestation_document, parse_signature_record
 from sidecar.verify.binding import check_report_data_binding
 from sidecar.verify.signature import (
+    AttestedSigner,
     CompletionSignature,
     recover_eip191_signer,
     verify_completion_signature,
@@ -215,8 +216,10 @@ def test_verify_completion_signature_never_raises(text: str, signature: str, add
                                                   algo: str, keys: list[str]) -> None:
     signed = CompletionSignature(text, signature, address, algo)
     halves = text.split(":") + ["", ""]
+    attested = {key: AttestedSigner(key, algo, "model") for key in keys}
     report = verify_completion_signature(signed, request_sha256=halves[0],
-                                         response_sha256=halves[1], attested_keys=keys)
+                                         response_sha256=halves[1], attested=attested,
+                                         expected_model=None, unkinded_roles={"model"})
     # Random bytes never verify against random keys.
     assert not report.ok or report.signer in keys
 

@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sidecar.errors import VerificationFailed
 from sidecar.simulator.provider import SigningNode
 from sidecar.verify.signature import (
+    AttestedSigner,
     CompletionSignature,
+    CompletionSignatureReport,
     address_of_public_key,
     eip191_digest,
     keccak256,
@@ -29,9 +31,16 @@ def signed_by(node: SigningNode, algo: str = "ecdsa", text: str = TEXT) -> Compl
     return CompletionSignature(text, node.sign(text, algo), node.address(algo), algo)
 
 
-def verify(signed: CompletionSignature, attested: set[str]) -> object:
+def model_signers(keys: set[str]) -> dict[str, AttestedSigner]:
+    """Attested model-node signers for these normalised keys (algo read off the key's form)."""
+    return {key: AttestedSigner(key, "ecdsa" if key.startswith("0x") else "ed25519", "model")
+            for key in keys}
+
+
+def verify(signed: CompletionSignature, attested: set[str]) -> CompletionSignatureReport:
     return verify_completion_signature(signed, request_sha256=REQUEST, response_sha256=RESPONSE,
-                                       attested_keys=attested)
+                                       attested=model_signers(attested), expected_model=None,
+                                       unkinded_roles=frozenset({"model"}))
 
 
 def test_keccak_is_not_sha3() -> None:
@@ -54,8 +63,8 @@ def test_eip191_prefix_includes_decimal_length() -> None:
 def test_genuine_signature_verifies(algo: str) -> None:
     node = SigningNode()
     report = verify(signed_by(node, algo), {normalise_key(node.address(algo), algo)})
-    assert report.ok  # type: ignore[attr-defined]
-    assert report.signer == normalise_key(node.address(algo), algo)  # type: ignore[attr-defined]
+    assert report.ok
+    assert report.signer == normalise_key(node.address(algo), algo)
 
 
 def test_v_of_zero_or_one_is_accepted() -> None:
@@ -68,7 +77,7 @@ def test_v_of_zero_or_one_is_accepted() -> None:
 
 def fail_code(signed: CompletionSignature, attested: set[str]) -> tuple[str | None, str]:
     report = verify(signed, attested)
-    failure = report.failure  # type: ignore[attr-defined]
+    failure = report.failure
     assert failure is not None
     return failure.code, failure.detail
 
@@ -140,7 +149,7 @@ def test_raise_for_failure_carries_the_code() -> None:
     attacker = SigningNode()
     report = verify(signed_by(attacker), set())
     with pytest.raises(VerificationFailed, match="recovered 0x[0-9a-f]{40}, which is not an attested") as info:
-        report.raise_for_failure()  # type: ignore[attr-defined]
+        report.raise_for_failure()
     assert info.value.code == "signature.address_not_attested"
 
 
