@@ -516,3 +516,11 @@ def test_signer_rules_per_provider(kind: ProviderKind, unkinded: set[str], renam
 
 def test_every_provider_has_signer_rules() -> None:
     assert all(signer_rules(kind).unkinded_roles for kind in ProviderKind)
+
+
+def test_a_non_ascii_named_key_is_a_mismatch_not_a_crash() -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII str; records built in code skip the wire.
+    node = SigningNode()
+    signed = CompletionSignature(TEXT, node.sign(TEXT, "ecdsa"), "0x\u00e9" + "0" * 39)
+    report = verify(signed, {node.address("ecdsa").lower()})
+    assert report.failure is not None and report.failure.code == "signature.address_mismatch"

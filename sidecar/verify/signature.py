@@ -332,10 +332,16 @@ def _model_renamed_to(body: bytes, signed_request: str, candidates: Collection[s
         return None
     sent_model = json.loads(body[span[0]:span[1]])
     for name in candidates:
-        if name != sent_model and any(hmac.compare_digest(digest, signed_request)
+        if name != sent_model and any(_equal(digest, signed_request)
                                       for digest in _renamed_request_sha256(body, span, name)):
             return name
     return None
+
+
+def _equal(a: str, b: str) -> bool:
+    """Constant-time string equality that never raises (``compare_digest`` refuses non-ASCII
+    ``str``; a hostile record's fields and a buggy caller's hashes can be anything)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
 
 
 # Which attested role each signature_kind demands (spec 0.2: "never the other way round").
@@ -415,7 +421,7 @@ def verify_completion_signature(
                                else f"text is '{parsed.model}:<sha256>:<sha256>'"))
 
     # (2) The request hash binds the bytes sent, exactly or through the provider's model rename.
-    if hmac.compare_digest(parsed.request_sha256, request_sha256):
+    if _equal(parsed.request_sha256, request_sha256):
         binding = RequestBinding.EXACT
         checks.append(Check.passed("signature.request_hash", "covers the request bytes sent"))
     else:
@@ -439,7 +445,7 @@ def verify_completion_signature(
             f"covers the request bytes sent with only the model renamed to {renamed_to!r}"))
 
     # (3) The response hash covers the bytes received.
-    if not hmac.compare_digest(parsed.response_sha256, response_sha256):
+    if not _equal(parsed.response_sha256, response_sha256):
         checks.append(Check.failed(
             "signature.response_hash", "signature.response_hash_mismatch",
             f"signed response hash {parsed.response_sha256} != received bytes' hash {response_sha256}"))
@@ -462,7 +468,7 @@ def verify_completion_signature(
 
     # (5) The named key is the one that signed.
     claimed = normalise_key(signed.signing_address, algo)
-    if not hmac.compare_digest(claimed, signer):
+    if not _equal(claimed, signer):
         checks.append(Check.failed(
             "signature.signer", "signature.address_mismatch",
             f"recovered {signer} but the signature names {claimed}"))
