@@ -151,8 +151,8 @@ class CompletionVerifier:
 
 def _verify_signed(signed: CompletionSignature, request_sha256: str, response_sha256: str,
                    attested: CachedAttestation) -> CompletionSignatureReport:
-    # Today's contract: model node keys sign 2-part texts; gateway keys never sign here. The
-    # profile-driven rules (``providers.contracts.signer_rules``) replace this in the I/O rework.
+    # Until the I/O layer applies each profile's rules (``providers.contracts.signer_rules``) and
+    # the resolved model: only model node keys sign here, no rename, no expected model to bind.
     signers = {key: signer for key, signer in attested.report.attested_signers.items()
                if signer.role == "model"}
     return verify_completion_signature(
