@@ -192,7 +192,9 @@ def test_verify_attestation_on_mutated_genuine_reports(path: list[int], replacem
 
 records = st.fixed_dictionaries({}, optional={
     "text": st.one_of(st.text(max_size=200), json_values), "signature": hexish,
-    "signing_address": hexish, "signing_algo": st.one_of(st.text(max_size=10), json_values)})
+    "signing_address": hexish, "signing_algo": st.one_of(st.text(max_size=10), json_values),
+    "signature_kind": st.one_of(st.sampled_from(["gateway", "provider_tee"]), json_values),
+    "error_code": st.one_of(st.text(max_size=80), json_values)})
 
 
 @FUZZ
