@@ -1,10 +1,11 @@
-"""The ``tee-sidecar`` command: serve, simulate, attest."""
+"""The ``tee-sidecar`` command: serve, simulate, attest, verify, receipts."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.config import Settings, TrustAnchors, load_settings
+from sidecar.config import ProviderKind, Settings, TrustAnchors, load_settings
 from sidecar.errors import ConfigError, SidecarError, VerificationFailed
 from sidecar.logs import configure_logging
 from sidecar.providers.wire import parse_attestation_document
@@ -28,6 +29,8 @@ from sidecar.verify.attestation import (
     decode_context,
     verify_attestation,
 )
+from sidecar.verify.checks import Status
+from sidecar.verify.signature import AttestedSigner, normalise_key
 
 EXIT_USAGE = 64  # EX_USAGE: distinct from attest's verdicts (0 verified, 1 failed, 2 incomplete)
 EXIT_FAILURE = 1
@@ -117,6 +120,42 @@ def _parser() -> argparse.ArgumentParser:
                                      "--context, default: the attestation's own time)")
     attest.add_argument("--json", action="store_true", help="print one JSON object")
 
+    verify = sub.add_parser(
+        "verify", help="re-check one saved exchange's signature offline",
+        description="Re-check one saved exchange exactly as the proxy would: the request bytes "
+                    "sent, the response bytes received (for SSE, through data: [DONE]) and the "
+                    "signature record as returned, against keys attested by a saved report "
+                    "(--report, verified offline as by attest --report) or a model-node key you "
+                    "vouch for (--attested-key). Exit status: 0 verified, 1 failed, 2 undecided "
+                    "(the signer's attestation could not be decided offline), 64 bad usage.")
+    verify.add_argument("--request", type=Path, required=True,
+                        help="the exact request body sent upstream")
+    verify.add_argument("--response", type=Path, required=True,
+                        help="the exact response body received")
+    verify.add_argument("--signature", type=Path, required=True,
+                        help="the signature endpoint's JSON answer, as returned")
+    keys = verify.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--report", type=Path,
+                      help="saved attestation report JSON whose attested keys may sign")
+    keys.add_argument("--attested-key", metavar="KEY",
+                      help="a model node key taken as attested (ecdsa 0x + 40 hex, ed25519 64 "
+                           "hex); its model is --model, else the request's model")
+    verify.add_argument("--model", help="the attested model the request resolved to (default: "
+                                        "the request's model)")
+    verify.add_argument("--provider", choices=[kind.value for kind in ProviderKind],
+                        help="provider profile: which keys may sign records without "
+                             "signature_kind, and whether a renamed model is accepted (nanogpt "
+                             "only); default: model node keys, no rename")
+    verify.add_argument("--nonce", help="with --report: the 64-hex nonce it was requested with")
+    verify.add_argument("--context", type=Path, help="with --report: its archived context")
+    verify.add_argument("--collateral", action="append", default=[], metavar="[LABEL=]FILE",
+                        help="with --report: DCAP collateral JSON, as for attest; repeatable")
+    verify.add_argument("--nras", type=Path, help="with --report: a saved NRAS answer")
+    verify.add_argument("--jwks", type=Path, help="with --report: NVIDIA's JWKS")
+    verify.add_argument("--at", help="with --report: verify as of this time")
+    verify.add_argument("--config", type=Path, help="TOML settings file (trust anchors, policy)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+
     receipts = sub.add_parser(
         "receipts", help="re-check a receipts file offline",
         description="tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] "
@@ -139,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sidecar.receipts import receipts_main
 
             return receipts_main(args.args)
+        if args.command == "verify":
+            return _verify(args)
         return _attest(args)
     except ConfigError as exc:
         print(f"tee-sidecar: {exc.message}", file=sys.stderr)
@@ -252,20 +293,36 @@ def _collateral_arguments(values: Sequence[str], report_body: bytes) -> dict[str
         label, sep, path = value.partition("=")
         key, file = (label, path) if sep and label in labels else ("", value)
         if key in found:
-            raise UsageError(f"attest: --collateral given twice for {key or 'every quote'}")
+            raise UsageError(f"--collateral given twice for {key or 'every quote'}")
         found[key] = Path(file).read_text()
     return found
 
 
 def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        report = _verify_saved_report(args, settings, "attest")
+    except VerificationFailed as exc:  # the report body itself is off-contract
+        print(f"tee-sidecar attest: {exc}", file=sys.stderr)
+        return EXIT_STATUS["failed"]
+    return _print_report(report, args.json)
+
+
+def _verify_saved_report(args: argparse.Namespace, settings: Settings,
+                         command: str) -> AttestationReport:
+    """Verify ``args.report`` offline with what the arguments (or its context) supply.
+
+    Raises:
+        UsageError: missing or unreadable inputs.
+        VerificationFailed: the report body does not parse.
+    """
     from sidecar.verify.policy import load_policy
 
     if not args.nonce and not args.context:
-        raise UsageError("attest: --report needs --nonce HEX (the nonce it was requested with) "
-                         "or --context FILE (the archived context, which records it)")
+        raise UsageError(f"{command}: --report needs --nonce HEX (the nonce it was requested "
+                         "with) or --context FILE (the archived context, which records it)")
     if args.nonce and (len(args.nonce) != 64
                        or any(c not in "0123456789abcdef" for c in args.nonce.lower())):
-        raise UsageError("attest: --nonce must be 64 hex characters")
+        raise UsageError(f"{command}: --nonce must be 64 hex characters")
     at_arg = _parse_time(args.at) if args.at else None
     try:
         body = args.report.read_bytes()
@@ -274,17 +331,13 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
         nras = json.loads(args.nras.read_text()) if args.nras else None
         jwks = json.loads(args.jwks.read_text()) if args.jwks else None
     except (OSError, ValueError, RecursionError) as exc:
-        raise UsageError(f"attest: cannot read input: {exc}") from None
+        raise UsageError(f"{command}: cannot read input: {exc}") from None
     except SidecarError as exc:
-        raise UsageError(f"attest: {exc.message}") from None
+        raise UsageError(f"{command}: {exc.message}") from None
     nonce = (args.nonce or (context.nonce if context else "")).lower()
     # An archived context verifies as of the attestation's own time unless --at says otherwise.
     at = at_arg if at_arg is not None else (context.verified_at if context else int(time.time()))
-    try:
-        document = parse_attestation_document(body)
-    except SidecarError as exc:
-        print(f"tee-sidecar attest: {exc}", file=sys.stderr)
-        return EXIT_STATUS["failed"]
+    document = parse_attestation_document(body)
     anchors = load_anchors(settings.trust.anchors)
     evidence: dict[str, NodeEvidence] = {}
     gpu_nodes = {node.label for node in document.nodes if node.wire.nvidia_payload is not None}
@@ -309,7 +362,95 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     model = (context.model if context else None) or args.model or document.model_name \
         or "(saved report)"
     policies = load_policy(settings.policy.file)
-    report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
-                                roots=anchors.roots, policy=policies.for_model(model), now=at,
-                                gateway_policy=policies.gateway)
-    return _print_report(report, args.json)
+    return verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
+                              roots=anchors.roots, policy=policies.for_model(model), now=at,
+                              gateway_policy=policies.gateway)
+
+
+# ``verify --attested-key``: the key's form names its algorithm (spec 0.2).
+_ECDSA_KEY = re.compile(r"0x[0-9a-fA-F]{40}")
+_ED25519_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_REPORT_ONLY = ("nonce", "context", "collateral", "nras", "jwks", "at")
+_VERDICT_EXIT = {"verified": 0, "failed": 1, "undecided": 2}
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from sidecar.providers.contracts import SignerRules, signer_rules
+    from sidecar.verify.exchange import verify_exchange
+
+    if args.report is None and (given := [f"--{name}" for name in _REPORT_ONLY
+                                          if getattr(args, name)]):
+        raise UsageError(f"verify: {', '.join(given)} only go with --report")
+    try:
+        request, response, record = (args.request.read_bytes(), args.response.read_bytes(),
+                                      args.signature.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"verify: cannot read input: {exc}") from None
+    rules = (signer_rules(ProviderKind(args.provider)) if args.provider
+             else SignerRules(frozenset({"model"}), accept_model_renamed=False))
+    expected_model = args.model or _request_model(request)
+    attestation: AttestationReport | None = None
+    if args.attested_key is not None:
+        key = args.attested_key.strip()
+        algo = ("ecdsa" if _ECDSA_KEY.fullmatch(key)
+                else "ed25519" if _ED25519_KEY.fullmatch(key) else None)
+        if algo is None:
+            raise UsageError("verify: --attested-key is neither an ecdsa address (0x + 40 hex) "
+                             "nor an ed25519 key (64 hex)")
+        key = normalise_key(key, algo)
+        attested = {key: AttestedSigner(key, algo, "model", expected_model)}
+        undecided: dict[str, AttestedSigner] = {}
+    else:
+        settings = load_settings(args.config)
+        configure_logging(settings.log.format, "warning")
+        try:
+            attestation = _verify_saved_report(args, settings, "verify")
+        except VerificationFailed as exc:
+            print(f"tee-sidecar verify: {exc}", file=sys.stderr)
+            return _VERDICT_EXIT["failed"]
+        attested = attestation.attested_signers
+        # Nodes whose attestation could not be decided offline: their keys are checked as if
+        # attested, so every signature check runs; the verdict then stays "undecided".
+        undecided = {n.signing_key: AttestedSigner(n.signing_key, n.algo, n.role,  # type: ignore[arg-type]
+                                                   n.model_name)
+                     for n in attestation.nodes if n.status is Status.INCOMPLETE}
+    report = verify_exchange(request, response, record, attested={**undecided, **attested},
+                             expected_model=expected_model, unkinded_roles=rules.unkinded_roles,
+                             accept_model_renamed=rules.accept_model_renamed)
+    verdict = ("failed" if not report.ok
+               else "verified" if report.signer in attested else "undecided")
+    if args.json:
+        print(json.dumps({
+            "verdict": verdict,
+            "signature": {
+                "checks": [{"name": c.name, "status": str(c.status), "detail": c.detail,
+                            "code": c.code} for c in report.checks],
+                "signer": report.signer, "algo": report.algo, "signer_role": report.signer_role,
+                "request_binding": report.request_binding, "text_model": report.text_model,
+                "expected_model": expected_model,
+            },
+            "attestation": attestation_json(attestation) if attestation is not None else None,
+        }, indent=2))
+        return _VERDICT_EXIT[verdict]
+    if attestation is not None:
+        print(attestation_text(attestation) + "\n")
+    print(f"Signature: {verdict.upper()}")
+    for check in report.checks:
+        code = f" ({check.code})" if check.code else ""
+        print(f"  [{check.status.value.upper():>10}] {check.name}: {check.detail}{code}")
+    if report.signer is not None:
+        print(f"  signer {report.signer} ({report.algo}, role {report.signer_role or 'unattested'}), "
+              f"request binding {report.request_binding or 'none'}")
+    if verdict == "undecided":
+        print("  the signer's attestation could not be decided offline (see the report above)")
+    return _VERDICT_EXIT[verdict]
+
+
+def _request_model(request: bytes) -> str | None:
+    """The top-level ``model`` of a request body, if it is a JSON object that names one."""
+    try:
+        obj = json.loads(request)
+    except (ValueError, RecursionError):
+        return None
+    model = obj.get("model") if isinstance(obj, dict) else None
+    return model if isinstance(model, str) and model else None

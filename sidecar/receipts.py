@@ -63,6 +63,7 @@ from sidecar.verify.binding import NONCE_LENGTH, check_report_data_binding
 from sidecar.verify.checks import Check
 from sidecar.verify.signature import (
     MAX_TEXT_LENGTH,
+    AttestedSigner,
     CompletionSignature,
     normalise_key,
     verify_completion_signature,
@@ -871,7 +872,8 @@ def _check_signature(receipt: Receipt) -> list[Check]:
     report = verify_completion_signature(
         CompletionSignature(receipt.text, receipt.signature, receipt.signing_address, algo),
         request_sha256=receipt.request_sha256, response_sha256=receipt.response_sha256,
-        attested_keys={claimed})
+        attested={claimed: AttestedSigner(claimed, algo, "model")}, expected_model=None,
+        unkinded_roles=frozenset({"model"}))
     failure = report.failure
     if failure is None:
         return [Check.passed("receipt.signature",

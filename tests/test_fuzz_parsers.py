@@ -13,6 +13,7 @@ quote wrapper (``verify_tdx_quote``, ``parse_quote_measurements``) on random and
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 from pathlib import Path
@@ -25,8 +26,10 @@ from sidecar.errors import SidecarError, VerificationFailed
 from sidecar.providers.wire import parse_attestation_document, parse_signature_record
 from sidecar.verify.binding import check_report_data_binding
 from sidecar.verify.signature import (
+    AttestedSigner,
     CompletionSignature,
     recover_eip191_signer,
+    top_level_model_span,
     verify_completion_signature,
     verify_ed25519,
 )
@@ -189,7 +192,9 @@ def test_verify_attestation_on_mutated_genuine_reports(path: list[int], replacem
 
 records = st.fixed_dictionaries({}, optional={
     "text": st.one_of(st.text(max_size=200), json_values), "signature": hexish,
-    "signing_address": hexish, "signing_algo": st.one_of(st.text(max_size=10), json_values)})
+    "signing_address": hexish, "signing_algo": st.one_of(st.text(max_size=10), json_values),
+    "signature_kind": st.one_of(st.sampled_from(["gateway", "provider_tee"]), json_values),
+    "error_code": st.one_of(st.text(max_size=80), json_values)})
 
 
 @FUZZ
@@ -202,6 +207,8 @@ def test_parse_signature_record_raises_only_sidecar_errors(body: bytes) -> None:
 
 texts = st.one_of(
     st.text(max_size=300),
+    st.builds(lambda m, a, b: f"{m}:{a.hex()}:{b.hex()}", st.text(max_size=40),
+              st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)),
     st.builds(lambda a, b: f"{a}:{b}", hexish, hexish),
     st.builds(lambda a, b: f"{a.hex()}:{b.hex()}", st.binary(min_size=32, max_size=32),
               st.binary(min_size=32, max_size=32)))
@@ -211,12 +218,16 @@ texts = st.one_of(
 @given(text=texts, signature=hexish, address=hexish,
        algo=st.sampled_from(["ecdsa", "ed25519", "", "rsa", "ECDSA"]),
        keys=st.lists(hexish, max_size=3))
+# compare_digest refuses non-ASCII str: a 3-part text hands the model to a hash comparison.
+@example(text=f"\u00a1:{'0' * 64}:{'0' * 64}", signature="", address="", algo="ecdsa", keys=[])
 def test_verify_completion_signature_never_raises(text: str, signature: str, address: str,
                                                   algo: str, keys: list[str]) -> None:
     signed = CompletionSignature(text, signature, address, algo)
     halves = text.split(":") + ["", ""]
+    attested = {key: AttestedSigner(key, algo, "model") for key in keys}
     report = verify_completion_signature(signed, request_sha256=halves[0],
-                                         response_sha256=halves[1], attested_keys=keys)
+                                         response_sha256=halves[1], attested=attested,
+                                         expected_model=None, unkinded_roles={"model"})
     # Random bytes never verify against random keys.
     assert not report.ok or report.signer in keys
 
@@ -326,3 +337,40 @@ def test_tdx_quote_wrapper_never_raises_on_any_input(quote: bytes, collateral: s
         assert not report.ok
     only_sidecar_errors(report.raise_for_failure)
     parse_quote_measurements(quote)
+
+
+request_bodies = st.one_of(
+    st.binary(max_size=300),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                 lambda inner: st.lists(inner, max_size=4)
+                 | st.dictionaries(st.sampled_from(["model", "messages", "x"]), inner, max_size=4),
+                 max_leaves=12).map(lambda v: json.dumps(v).encode()),
+    st.builds(lambda m, ws: f'{{{ws}"model"{ws}:{ws}{json.dumps(m)}{ws}}}'.encode(),
+              st.text(max_size=20), st.sampled_from(["", " ", "\n\t"])))
+
+
+@FUZZ
+@given(body=request_bodies)
+@example(body=DEEP)
+@example(body=b'{"model":"a","x":' + DEEP + b"}")
+def test_top_level_model_span_is_the_model_token_or_none(body: bytes) -> None:
+    span = top_level_model_span(body)
+    if span is not None:
+        obj = json.loads(body)
+        assert json.loads(body[span[0]:span[1]]) == obj["model"]
+
+
+@FUZZ
+@given(body=request_bodies, model=st.text(max_size=30))
+def test_rename_search_never_raises(body: bytes, model: str) -> None:
+    from sidecar.simulator.provider import SigningNode
+
+    node = SigningNode()
+    renamed = json.dumps({"model": model}).encode()
+    text = f"{model or 'm'}:{hashlib.sha256(renamed).hexdigest()}:{'0' * 64}"
+    report = verify_completion_signature(
+        CompletionSignature(text, "0x" + "11" * 65, node.address("ecdsa")),
+        request_sha256=hashlib.sha256(body).hexdigest(), response_sha256="0" * 64, attested={},
+        expected_model=model, unkinded_roles={"model"}, request_body=body,
+        accept_model_renamed=True)
+    assert not report.ok

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from sidecar.config import ProviderKind
+from sidecar.verify.signature import Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +100,29 @@ class ProviderContract:
         """
         url = self.base_url + self.profile.signature_prefix + quote(chat_id, safe="")
         return url, {"model": model, "signing_algo": signing_algo}
+
+
+@dataclass(frozen=True, slots=True)
+class SignerRules:
+    """What a provider profile lets sign a completion, beyond what a record itself says.
+
+    Attributes:
+        unkinded_roles: the attested roles that may sign a record without ``signature_kind``.
+        accept_model_renamed: a request hash over the sent bytes with only the model renamed
+            to the upstream's id is this provider's normal behaviour, not tampering.
+    """
+
+    unkinded_roles: frozenset[Role]
+    accept_model_renamed: bool
+
+
+def signer_rules(kind: ProviderKind) -> SignerRules:
+    """The signer rules of a provider profile (spec 0.1, 0.2).
+
+    NEAR (cloud and direct) and private-ml-sdk nodes sign with the model node's key when a record
+    has no kind; RedPill/Phala ACI's legacy record is signed by the gateway's key (the report's
+    top-level key). Only NanoGPT renames the model (``TEE/x`` → the upstream id) on the way in.
+    """
+    if kind is ProviderKind.REDPILL:
+        return SignerRules(frozenset({"gateway"}), accept_model_renamed=False)
+    return SignerRules(frozenset({"model"}), accept_model_renamed=kind is ProviderKind.NANOGPT)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sidecar.errors import VerificationFailed
+from sidecar.verify.signature import MAX_TEXT_LENGTH, CompletionSignature, SignatureKind
 
 # Real reports are tens of KiB (a 5 KiB quote, an event log, GPU evidence of a few KiB per GPU);
 # 4 MiB leaves room for eight-GPU nodes and refuses a hostile multi-gigabyte body.
@@ -172,34 +174,83 @@ def parse_attestation_document(body: bytes) -> AttestationDocument:
     return AttestationDocument(tuple(nodes), digest)
 
 
+# ecdsa names an Ethereum address; ed25519 the raw 32-byte public key (spec 0.2). EIP-55
+# checksummed addresses (older servers, spec section 2) are mixed-case.
+_ECDSA_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_ED25519_KEY = re.compile(r"[0-9a-fA-F]{64}")
+# The provider's own "not available" code (STREAM_DISCONNECTED, SIGNATURE_UNSUPPORTED, spec 0.3)
+# goes into our error message: bounded and reduced to printable ASCII so it cannot forge log lines.
+MAX_PROVIDER_ERROR_CODE = 64
+_SIGNATURE_FIELDS = ("text", "signature", "signing_address")
+
+
 class SignatureRecordWire(BaseModel):
-    """The signature endpoint's answer (spec section 3)."""
+    """The signature endpoint's answer (spec sections 0.2, 0.3, 3).
+
+    Unknown fields (``api_version``, ``receipt`` of the ACI legacy record) are ignored.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     # The same bounds as a receipt's fields (sidecar.receipts), so any record that parses can be
-    # recorded. A signed text is two digests and a colon: 129 characters.
-    text: str = Field(min_length=1, max_length=256)
+    # recorded. The longest text is a 3-part one: a model of up to 256 characters, two digests.
+    text: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
     signature: str = Field(min_length=1, max_length=1024)
     signing_address: str = Field(min_length=1, max_length=130)
     signing_algo: Literal["ecdsa", "ed25519"] = "ecdsa"
+    # NEAR Cloud only (spec 0.2); absent on direct nodes, older rows and other providers.
+    signature_kind: SignatureKind | None = None
 
     @field_validator("signing_algo", mode="before")
     @classmethod
     def _algo_default(cls, value: object) -> object:
         return "ecdsa" if value is None else value
 
+    @model_validator(mode="after")
+    def _address_fits_algo(self) -> SignatureRecordWire:
+        pattern = _ED25519_KEY if self.signing_algo == "ed25519" else _ECDSA_ADDRESS
+        if not pattern.fullmatch(self.signing_address):
+            shape = "64 hex characters" if self.signing_algo == "ed25519" else "0x + 40 hex characters"
+            raise ValueError(f"an {self.signing_algo} signing_address is {shape}")
+        return self
+
+    def completion_signature(self) -> CompletionSignature:
+        """The record as the signature verifier takes it."""
+        return CompletionSignature(self.text, self.signature, self.signing_address,
+                                   self.signing_algo, self.signature_kind)
+
 
 def parse_signature_record(body: bytes) -> SignatureRecordWire:
     """Parse a signature record.
 
     Raises:
-        VerificationFailed: ``signature.record_malformed`` for anything off-contract.
+        VerificationFailed: ``signature.unavailable`` for the provider's final "not available"
+            answer (``{error_code, message}`` without signature fields, spec 0.3: not a retry);
+            ``signature.record_malformed`` for anything else off-contract.
     """
     if len(body) > MAX_SIGNATURE_RECORD_BYTES:
         raise VerificationFailed("signature record is too large", code="signature.record_malformed")
     try:
-        return SignatureRecordWire.model_validate_json(body)
+        obj = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        raise VerificationFailed("signature record is not JSON",
+                                 code="signature.record_malformed") from None
+    try:
+        # As for reports: a lone surrogate (\ud800) is not text, and would fail far from here.
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise VerificationFailed("signature record holds strings that are not valid Unicode",
+                                 code="signature.record_malformed") from None
+    if isinstance(obj, dict) and "error_code" in obj \
+            and not any(name in obj for name in _SIGNATURE_FIELDS):
+        code = obj["error_code"]
+        shown = "".join(c for c in str(code)[:MAX_PROVIDER_ERROR_CODE]
+                        if c.isascii() and c.isprintable()) if isinstance(code, str | int) else ""
+        raise VerificationFailed(f"the provider has no signature for this completion "
+                                 f"(error_code {shown or '(unreadable)'})",
+                                 code="signature.unavailable")
+    try:
+        return SignatureRecordWire.model_validate(obj)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(body)"

@@ -20,7 +20,11 @@ from sidecar.proxy.attester import AttestationCache, CachedAttestation
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import Receipt, ReceiptFormatError, receipt_time
 from sidecar.telemetry import Telemetry
-from sidecar.verify.signature import CompletionSignature, verify_completion_signature
+from sidecar.verify.signature import (
+    CompletionSignature,
+    CompletionSignatureReport,
+    verify_completion_signature,
+)
 
 log = structlog.get_logger("tee_sidecar.verify")
 
@@ -114,18 +118,12 @@ class CompletionVerifier:
         try:
             body = await self._upstream.fetch_signature(chat_id, model, self._signing_algo)
             record = parse_signature_record(body)
-            signed = CompletionSignature(record.text, record.signature, record.signing_address,
-                                         record.signing_algo)
+            signed = record.completion_signature()
             attested = await self._cache.get(model)
-            report = verify_completion_signature(
-                signed, request_sha256=request_sha256, response_sha256=response_sha256,
-                attested_keys=attested.report.attested_keys)
-            failure = report.failure
-            if failure is not None and failure.code == "signature.address_not_attested":
+            report = _verify_signed(signed, request_sha256, response_sha256, attested)
+            if report.signature_valid and not report.signer_attested:
                 attested = await self._refresh(model, attested)
-                report = verify_completion_signature(
-                    signed, request_sha256=request_sha256, response_sha256=response_sha256,
-                    attested_keys=attested.report.attested_keys)
+                report = _verify_signed(signed, request_sha256, response_sha256, attested)
             report.raise_for_failure()
         except Exception as exc:  # VerificationFailed is the verdict; anything else fails closed
             error = exc if isinstance(exc, VerificationFailed) else VerificationFailed(
@@ -149,3 +147,15 @@ class CompletionVerifier:
         except VerificationFailed:
             # The signer stays unattested; the re-attestation's own failure is logged by the cache.
             return current
+
+
+def _verify_signed(signed: CompletionSignature, request_sha256: str, response_sha256: str,
+                   attested: CachedAttestation) -> CompletionSignatureReport:
+    # Until the I/O layer applies each profile's rules (``providers.contracts.signer_rules``) and
+    # the resolved model: only model node keys sign here, no rename, no expected model to bind.
+    signers = {key: signer for key, signer in attested.report.attested_signers.items()
+               if signer.role == "model"}
+    return verify_completion_signature(
+        signed, request_sha256=request_sha256, response_sha256=response_sha256,
+        attested=signers, expected_model=None, unkinded_roles=frozenset({"model"}),
+        accept_model_renamed=False)

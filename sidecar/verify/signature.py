@@ -1,24 +1,24 @@
-"""Per-completion signature verification (spec section 3).
+"""Per-completion signature verification (spec sections 0.2, 3).
 
-The enclave signs ``text = "<sha256 of request bytes>:<sha256 of response bytes>"``:
-with ecdsa as an Ethereum ``personal_sign`` (EIP-191) message, with ed25519 directly over the
-UTF-8 text. Verifying means all of:
+The enclave signs one of two texts (spec 0.2), and nothing else is accepted:
 
-  (1) the text is two lower-case sha256 hex digests joined by a colon;
-  (2) its request hash equals the hash of the bytes the sidecar sent;
-  (3) its response hash equals the hash of the bytes the sidecar received;
-  (4) the signature is well formed and recovers (ecdsa) or verifies (ed25519) to a key;
-  (5) that key is the one the signature response names;
-  (6) that key is one this session attested for the model.
+- 2-part ``"<sha256 of request bytes>:<sha256 of response bytes>"`` (legacy nodes, NEAR's gateway
+  kind, RedPill/Phala ACI);
+- 3-part ``"<model>:<sha256 of request bytes>:<sha256 of response bytes>"`` (NEAR model nodes since
+  2026-03), where ``<model>`` is the node's configured canonical model name.
 
-Sans-I/O: bytes and the set of attested keys in, a ``CompletionSignatureReport`` out.
+ecdsa signs the text as an Ethereum ``personal_sign`` (EIP-191) message, ed25519 directly over its
+UTF-8 bytes. ``verify_completion_signature`` holds the recipe; sans-I/O: bytes, hashes and what
+attestation established about each key in, a ``CompletionSignatureReport`` out.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -32,11 +32,16 @@ from sidecar.errors import VerificationFailed
 from sidecar.verify.checks import Check, CheckedReport
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_ED25519_KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
-# A signature text longer than two digests and a colon is not one the contract produces; the
-# bound keeps a hostile gateway from making us hash megabytes per completion.
-MAX_TEXT_LENGTH = 256
+# The canonical model name in a 3-part text: the same bound as a receipt's model and the proxy's
+# request parser (a real name is tens of characters, e.g. "Qwen/Qwen3.5-122B-A10B").
+MAX_MODEL_LENGTH = 256
+# The longest text the contract produces: a model, then two digests each behind a colon. The
+# bound keeps a hostile gateway from making us hash or parse megabytes per completion.
+MAX_TEXT_LENGTH = MAX_MODEL_LENGTH + 2 * (1 + 64)
+# JSON's own whitespace (RFC 8259 section 2), to walk the top level of a request body.
+_JSON_WHITESPACE = " \t\n\r"
+
+Role = Literal["gateway", "model"]
 
 
 class SignatureKind(StrEnum):
@@ -63,29 +68,61 @@ class AttestedSigner:
     model_name: str | None = None
 
 
+class RequestBinding(StrEnum):
+    """How the signed request hash covers the request bytes the sidecar sent."""
+
+    EXACT = "exact"  # the sha256 of the very bytes sent
+    # The bytes sent with only the top-level "model" value replaced by the upstream model's name:
+    # NanoGPT renames `TEE/x` to the upstream id on the way in (spec 0.1).
+    MODEL_RENAMED = "model_renamed"
+
+
 @dataclass(frozen=True, slots=True)
 class CompletionSignature:
-    """A signature as fetched from the provider's signature endpoint."""
+    """A signature as fetched from the provider's signature endpoint.
+
+    Attributes:
+        text: the signed text, 2- or 3-part (spec 0.2).
+        signature: ecdsa ``0x`` + r‖s‖v hex, or ed25519 signature hex.
+        signing_address: the key the record names.
+        signing_algo: ``ecdsa`` or ``ed25519``.
+        signature_kind: NEAR Cloud's ``signature_kind``; ``None`` when the record has none.
+    """
 
     text: str
     signature: str
     signing_address: str
     signing_algo: str = "ecdsa"
+    signature_kind: SignatureKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CompletionSignatureReport(CheckedReport):
-    """Outcome of verifying one completion's signature.
+    """Outcome of verifying one completion's signature: the checks, and the facts they found.
 
     Attributes:
         checks: every check made, in order; verification stops at the first failure.
         signer: the normalised key the signature recovered/verified to (``None`` if it did not).
         algo: ``ecdsa`` or ``ed25519``.
+        request_binding: how the request hash covers the bytes sent (``None`` when not reached
+            or no binding was found); ``MODEL_RENAMED`` is set even when the rename was refused.
+        signer_role: the attested role of the signer (``None`` when the key is not attested).
+        text_model: the model a 3-part text names (``None`` for a 2-part text).
+        signature_valid: steps (1)-(5) passed: a genuine signature over exactly these bytes
+            by the key the record names.
+        signer_attested: the signer is one of the attested keys given. ``signature_valid and
+            not signer_attested`` is the one case a re-attestation may resolve (a rotated key,
+            another node); the I/O layer reads these facts, never failure codes.
     """
 
     checks: tuple[Check, ...]
     signer: str | None
     algo: str
+    request_binding: RequestBinding | None = None
+    signer_role: Role | None = None
+    text_model: str | None = None
+    signature_valid: bool = False
+    signer_attested: bool = False
 
     def raise_for_failure(self) -> None:
         """Raise the first failure.
@@ -177,63 +214,251 @@ def verify_ed25519(text: bytes, signature_hex: str, public_key_hex: str) -> str:
     return raw_key.hex()
 
 
+@dataclass(frozen=True, slots=True)
+class SignedText:
+    """A signed text taken apart: the model (3-part texts only) and the two digests."""
+
+    model: str | None
+    request_sha256: str
+    response_sha256: str
+
+
+def parse_signed_text(text: str) -> SignedText:
+    """Take a 2- or 3-part signed text apart (spec 0.2).
+
+    The model may contain ``/`` (``Qwen/Qwen3.5-122B-A10B``), so the text splits on its last two
+    colons; the model must then be non-empty, printable (no control characters, no lone
+    surrogates) and at most ``MAX_MODEL_LENGTH`` characters.
+
+    Raises:
+        VerificationFailed: ``signature.text_malformed`` for any other text.
+    """
+    if len(text) > MAX_TEXT_LENGTH:
+        raise VerificationFailed(f"signed text is {len(text)} characters, over {MAX_TEXT_LENGTH}",
+                                 code="signature.text_malformed")
+    parts = text.rsplit(":", 2)
+    if len(parts) == 2:
+        model, (request, response) = None, parts
+    elif len(parts) == 3:
+        model, request, response = parts
+        if not model or len(model) > MAX_MODEL_LENGTH or not model.isprintable():
+            raise VerificationFailed(
+                "the model of a 3-part signed text is empty, too long or not printable",
+                code="signature.text_malformed")
+    else:
+        raise VerificationFailed("signed text is neither '<sha256>:<sha256>' nor "
+                                 "'<model>:<sha256>:<sha256>'", code="signature.text_malformed")
+    if not (_SHA256_HEX.fullmatch(request) and _SHA256_HEX.fullmatch(response)):
+        raise VerificationFailed("signed text does not end in two lower-case sha256 hex digests",
+                                 code="signature.text_malformed")
+    return SignedText(model, request, response)
+
+
+def top_level_model_span(body: bytes) -> tuple[int, int] | None:
+    """The byte span ``[start, end)`` of the top-level ``"model"`` string token in a JSON object.
+
+    The walk uses the standard decoder's own positions (``JSONDecoder.raw_decode``) over the
+    top-level members only, so a ``"model"`` key inside a message or a tool schema, or the text
+    ``"model"`` inside a string, is never taken for it. The span covers the token as sent,
+    quotes and escapes included.
+
+    Returns:
+        ``None`` when the body is not a UTF-8 JSON object, has no top-level ``"model"`` or has
+        it twice (which one a server reads is its parser's choice), or its value is not a string.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    decoder = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in _JSON_WHITESPACE:
+            i += 1
+        return i
+
+    span: tuple[int, int] | None = None
+    seen = False
+    try:
+        i = skip(0)
+        if text[i:i + 1] != "{":
+            return None
+        i = skip(i + 1)
+        if text[i:i + 1] == "}":
+            return None
+        while True:
+            if text[i:i + 1] != '"':
+                return None
+            key, i = decoder.raw_decode(text, i)
+            i = skip(i)
+            if text[i:i + 1] != ":":
+                return None
+            start = i = skip(i + 1)
+            value, i = decoder.raw_decode(text, i)
+            if key == "model":
+                if seen:
+                    return None
+                seen = True
+                span = (start, i) if isinstance(value, str) else None
+            i = skip(i)
+            if text[i:i + 1] == ",":
+                i = skip(i + 1)
+                continue
+            if text[i:i + 1] != "}" or skip(i + 1) != len(text):
+                return None
+            break
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        return None
+    if span is None:
+        return None
+    # Character positions to byte positions: the prefix re-encodes to exactly the bytes it was
+    # decoded from (strict UTF-8 round-trips).
+    start_byte = len(text[:span[0]].encode("utf-8"))
+    return start_byte, start_byte + len(text[span[0]:span[1]].encode("utf-8"))
+
+
+def _renamed_request_sha256(body: bytes, span: tuple[int, int], name: str) -> set[str]:
+    """Hashes of ``body`` with the model token replaced by ``name`` as a JSON string, in both
+    of the forms a serialiser writes it (non-ASCII escaped or not)."""
+    tokens = {json.dumps(name), json.dumps(name, ensure_ascii=False)}
+    return {hashlib.sha256(body[:span[0]] + token.encode("utf-8") + body[span[1]:]).hexdigest()
+            for token in tokens}
+
+
+def _model_renamed_to(body: bytes, signed_request: str, candidates: Collection[str]) -> str | None:
+    """The candidate whose rename of the request's model hashes to ``signed_request``, if any."""
+    span = top_level_model_span(body)
+    if span is None:
+        return None
+    sent_model = json.loads(body[span[0]:span[1]])
+    for name in candidates:
+        if name != sent_model and any(_equal(digest, signed_request)
+                                      for digest in _renamed_request_sha256(body, span, name)):
+            return name
+    return None
+
+
+def _equal(a: str, b: str) -> bool:
+    """Constant-time string equality that never raises (``compare_digest`` refuses non-ASCII
+    ``str``; a hostile record's fields and a buggy caller's hashes can be anything)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
+# Which attested role each signature_kind demands (spec 0.2: "never the other way round").
+_KIND_ROLE: dict[SignatureKind, Role] = {SignatureKind.GATEWAY: "gateway",
+                                         SignatureKind.PROVIDER_TEE: "model"}
+
+
 def verify_completion_signature(
     signed: CompletionSignature,
     *,
     request_sha256: str,
     response_sha256: str,
-    attested_keys: Collection[str],
+    attested: Mapping[str, AttestedSigner],
+    expected_model: str | None,
+    unkinded_roles: Collection[Role],
+    request_body: bytes | None = None,
+    accept_model_renamed: bool = False,
 ) -> CompletionSignatureReport:
-    """Check that ``signed`` covers exactly these bytes and comes from an attested key.
+    """Check that ``signed`` covers exactly these bytes and comes from the right attested key.
+
+    The recipe (each block below is tagged with its step):
+
+      (1) the text is 2-part ``<sha256>:<sha256>`` or 3-part ``<model>:<sha256>:<sha256>``;
+      (2) its request hash binds the request: ``exact`` when it is the hash of the bytes sent;
+          otherwise, if replacing only the top-level ``"model"`` value of the bytes sent by the
+          3-part text's model or by ``expected_model`` gives the signed hash, ``model_renamed``,
+          which passes only when the caller accepts renames (NanoGPT, spec 0.1);
+      (3) its response hash is the hash of the bytes received;
+      (4) the signature is well formed and recovers (ecdsa) or verifies (ed25519) to a key;
+      (5) that key is the one the record names;
+      (6) that key is one this session attested;
+      (7) the record's ``signature_kind`` matches the key's attested role: ``gateway`` → a
+          gateway key, ``provider_tee`` → a model node key; a record without a kind may be
+          signed only by the roles in ``unkinded_roles`` (the provider profile decides);
+      (8) the model: a 3-part text's model is the signer's attested ``model_name``; and the
+          signer's attested ``model_name``, when it has one, is ``expected_model``.
 
     Args:
         signed: the provider's signature record for this completion.
         request_sha256: hex sha256 of the request bytes the sidecar sent upstream.
         response_sha256: hex sha256 of the response bytes the sidecar received.
-        attested_keys: normalised keys (see ``normalise_key``) attested for this model.
+        attested: every key that passed attestation this session, by normalised key
+            (``AttestationReport.attested_signers``).
+        expected_model: the attested model the sidecar resolved for the app's request; ``None``
+            when the caller resolved none (then only the text's model and the signer's attested
+            one are compared).
+        unkinded_roles: the roles that may sign a record without ``signature_kind``.
+        request_body: the request bytes sent; read only when the signed request hash is not
+            ``request_sha256`` (the rename search of step 2), so the usual case hashes nothing.
+        accept_model_renamed: let a ``model_renamed`` binding pass.
 
     Returns:
-        The report; ``report.ok`` only when all six steps in the module docstring passed.
+        The report; ``report.ok`` only when all eight steps passed.
     """
     algo = signed.signing_algo or "ecdsa"
     checks: list[Check] = []
+    # Facts found so far; ``done`` reads them as they stand when a step ends the recipe.
+    binding: RequestBinding | None = None
+    known: AttestedSigner | None = None
+    text_model: str | None = None
+    valid = False
 
     def done(signer: str | None = None) -> CompletionSignatureReport:
-        return CompletionSignatureReport(tuple(checks), signer, algo)
+        return CompletionSignatureReport(
+            tuple(checks), signer, algo, request_binding=binding,
+            signer_role=known.role if known is not None else None, text_model=text_model,
+            signature_valid=valid, signer_attested=known is not None)
 
     # (1) The text's shape.
-    text = signed.text
-    if len(text) > MAX_TEXT_LENGTH or text.count(":") != 1:
-        checks.append(Check.failed("signature.text", "signature.text_malformed",
-                                   f"signed text is not '<sha256>:<sha256>' ({len(text)} chars)"))
+    try:
+        parsed = parse_signed_text(signed.text)
+    except VerificationFailed as exc:
+        checks.append(Check.failed("signature.text", exc.code, exc.message))
         return done()
-    signed_request, signed_response = text.split(":")
-    if not (_SHA256_HEX.fullmatch(signed_request) and _SHA256_HEX.fullmatch(signed_response)):
-        checks.append(Check.failed("signature.text", "signature.text_malformed",
-                                   "signed text is not two lower-case sha256 hex digests"))
-        return done()
-    checks.append(Check.passed("signature.text", "text is '<sha256>:<sha256>'"))
+    text_model = parsed.model
+    checks.append(Check.passed("signature.text", "text is '<sha256>:<sha256>'" if parsed.model is None
+                               else f"text is '{parsed.model}:<sha256>:<sha256>'"))
 
-    # (2) and (3) The hashes cover the exact bytes sent and received.
-    if not hmac.compare_digest(signed_request, request_sha256):
-        checks.append(Check.failed(
-            "signature.request_hash", "signature.request_hash_mismatch",
-            f"signed request hash {signed_request} != sent bytes' hash {request_sha256}"))
-        return done()
-    checks.append(Check.passed("signature.request_hash", "covers the request bytes sent"))
-    if not hmac.compare_digest(signed_response, response_sha256):
+    # (2) The request hash binds the bytes sent, exactly or through the provider's model rename.
+    if _equal(parsed.request_sha256, request_sha256):
+        binding = RequestBinding.EXACT
+        checks.append(Check.passed("signature.request_hash", "covers the request bytes sent"))
+    else:
+        candidates = [name for name in dict.fromkeys((parsed.model, expected_model)) if name]
+        renamed_to = (_model_renamed_to(request_body, parsed.request_sha256, candidates)
+                      if request_body is not None and candidates else None)
+        if renamed_to is None:
+            checks.append(Check.failed(
+                "signature.request_hash", "signature.request_hash_mismatch",
+                f"signed request hash {parsed.request_sha256} != sent bytes' hash {request_sha256}"))
+            return done()
+        binding = RequestBinding.MODEL_RENAMED
+        if not accept_model_renamed:
+            checks.append(Check.failed(
+                "signature.request_hash", "signature.request_model_renamed",
+                f"signed request hash covers the bytes sent with the model renamed to "
+                f"{renamed_to!r}, and this provider profile does not rename models"))
+            return done()
+        checks.append(Check.passed(
+            "signature.request_hash",
+            f"covers the request bytes sent with only the model renamed to {renamed_to!r}"))
+
+    # (3) The response hash covers the bytes received.
+    if not _equal(parsed.response_sha256, response_sha256):
         checks.append(Check.failed(
             "signature.response_hash", "signature.response_hash_mismatch",
-            f"signed response hash {signed_response} != received bytes' hash {response_sha256}"))
+            f"signed response hash {parsed.response_sha256} != received bytes' hash {response_sha256}"))
         return done()
     checks.append(Check.passed("signature.response_hash", "covers the response bytes received"))
 
     # (4) The signature itself.
+    text = signed.text.encode()  # printable, checked in (1): it encodes
     try:
         if algo == "ecdsa":
-            signer = recover_eip191_signer(text.encode(), signed.signature)
+            signer = recover_eip191_signer(text, signed.signature)
         elif algo == "ed25519":
-            signer = verify_ed25519(text.encode(), signed.signature, signed.signing_address)
+            signer = verify_ed25519(text, signed.signature, signed.signing_address)
         else:
             raise VerificationFailed(f"unknown signing_algo {algo!r}", code="signature.unknown_algo")
     except VerificationFailed as exc:
@@ -243,18 +468,67 @@ def verify_completion_signature(
 
     # (5) The named key is the one that signed.
     claimed = normalise_key(signed.signing_address, algo)
-    if not hmac.compare_digest(claimed, signer):
+    if not _equal(claimed, signer):
         checks.append(Check.failed(
             "signature.signer", "signature.address_mismatch",
             f"recovered {signer} but the signature names {claimed}"))
         return done(signer)
     checks.append(Check.passed("signature.signer", f"signed by the named key {signer}"))
+    valid = True
 
     # (6) The key was attested this session.
-    if signer not in attested_keys:
+    candidate = attested.get(signer)
+    if candidate is None or candidate.algo != algo:
         checks.append(Check.failed(
             "signature.attested_key", "signature.address_not_attested",
             f"recovered {signer}, which is not an attested signing key of this model"))
         return done(signer)
-    checks.append(Check.passed("signature.attested_key", f"{signer} is attested"))
+    known = candidate
+    checks.append(Check.passed("signature.attested_key", f"{signer} is an attested {known.role} key"))
+
+    # (7) The kind of signature and the role of the key agree: a gateway key signs the client's
+    # bytes as the gateway re-serialised them, a model key the node's own (spec 0.2).
+    kind = signed.signature_kind
+    if kind is not None:
+        if known.role != _KIND_ROLE[kind]:
+            checks.append(Check.failed(
+                "signature.kind", "signature.kind_key_mismatch",
+                f"a {kind} signature by {signer}, which is attested as a {known.role} key"))
+            return done(signer)
+        checks.append(Check.passed("signature.kind", f"a {kind} signature by a {known.role} key"))
+    elif known.role not in unkinded_roles:
+        checks.append(Check.failed(
+            "signature.kind", "signature.unkinded_role_refused",
+            f"a record without signature_kind signed by a {known.role} key; this provider "
+            f"profile admits only {' or '.join(sorted(unkinded_roles)) or 'no'} keys for those"))
+        return done(signer)
+    else:
+        checks.append(Check.passed("signature.kind", f"no signature_kind; a {known.role} key "
+                                                     "may sign such records here"))
+
+    # (8) The model: the text's, the signer's attested one, and the one the app's request
+    # resolved to are the same (spec 0.2). A 2-part text names none; the key's attestation
+    # still does, when its report carries a model_name.
+    if parsed.model is not None:
+        if known.model_name is None:
+            checks.append(Check.failed(
+                "signature.model", "signature.model_unattested",
+                f"the text names {parsed.model!r} but the attestation of {signer} names no model"))
+            return done(signer)
+        if parsed.model != known.model_name:
+            checks.append(Check.failed(
+                "signature.model", "signature.text_model_mismatch",
+                f"the text names {parsed.model!r} but {signer} is attested for "
+                f"{known.model_name!r}"))
+            return done(signer)
+    if known.model_name is not None and expected_model is not None \
+            and known.model_name != expected_model:
+        checks.append(Check.failed(
+            "signature.model", "signature.model_mismatch",
+            f"{signer} is attested for {known.model_name!r}, not the requested {expected_model!r}"))
+        return done(signer)
+    if known.model_name is not None:
+        checks.append(Check.passed("signature.model", f"signed for {known.model_name!r}"
+                                   + ("" if expected_model is not None
+                                      else " (no expected model to compare)")))
     return done(signer)

@@ -58,7 +58,7 @@ def test_completion_cut_on_the_path_still_leaves_a_receipt(adv: AdversarialStack
 
 
 @pytest.mark.parametrize("record", [
-    {"text": "a" * 300 + ":b", "signature": "0x00", "signing_address": "0x" + "11" * 20},
+    {"text": "a" * 400 + ":b", "signature": "0x00", "signing_address": "0x" + "11" * 20},
     {"text": "", "signature": "", "signing_address": ""},
 ], ids=["oversized_text", "empty_fields"])
 @pytest.mark.parametrize("mode", ["enforce", "flag"])
