@@ -65,15 +65,22 @@ from sidecar.verify.signature import (
     MAX_TEXT_LENGTH,
     AttestedSigner,
     CompletionSignature,
+    Role,
+    SignatureKind,
     normalise_key,
+    parse_signed_text,
     verify_completion_signature,
 )
 from sidecar.verify.tdx import parse_quote_measurements
 
 log = structlog.get_logger("tee_sidecar.receipts")
 
-RECEIPT_FORMAT = 1
-"""The ``v`` of every line; a reader refuses versions it does not know rather than guess."""
+RECEIPT_FORMAT = 2
+"""The ``v`` of every line written; a reader refuses versions it does not know rather than guess.
+
+Format 1 lines (before ``served_model``, ``signature_kind`` and ``request_binding``) still read:
+those three are then ``None``."""
+READABLE_FORMATS = (1, 2)
 GENESIS_PREV_SHA256 = "0" * 64
 """``prev_sha256`` of the first line ever written to a log."""
 EVIDENCE_DIRNAME = "evidence"
@@ -143,6 +150,11 @@ class Receipt:
         nonce: the 64-hex nonce that report was requested with.
         verdict: ``verified`` or ``failed``.
         failure_code: the stable failure code (``None`` exactly when verified).
+        served_model: the model the signer is attested to serve (its report's ``model_name``),
+            which a 3-part text names; the request's ``model`` may be an alias or NanoGPT's name.
+        signature_kind: the record's ``signature_kind`` (``gateway``, ``provider_tee``) if any.
+        request_binding: how the signed request hash bound the bytes sent: ``exact``, or
+            ``model_renamed`` (the provider renamed the model on the way in, spec 0.1).
 
     ``text``, ``signature``, ``signing_address``, ``signing_algo``, ``evidence_sha256``, ``nonce``
     and ``chat_id`` may be ``None`` on a failed receipt (the completion failed before they were had);
@@ -166,6 +178,9 @@ class Receipt:
     nonce: str | None
     verdict: ReceiptVerdict
     failure_code: str | None
+    served_model: str | None = None
+    signature_kind: str | None = None
+    request_binding: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.time, str) and _RFC3339_UTC.fullmatch(self.time)):
@@ -189,6 +204,11 @@ class Receipt:
         _optional_sha256("evidence_sha256", self.evidence_sha256)
         _optional_sha256("nonce", self.nonce)  # 32 bytes as 64 lower-case hex, like a digest
         _optional_str("failure_code", self.failure_code, MAX_FAILURE_CODE_LENGTH)
+        _optional_str("served_model", self.served_model, MAX_MODEL_LENGTH)
+        if self.signature_kind not in (None, "gateway", "provider_tee"):
+            raise ReceiptFormatError("signature_kind must be null, 'gateway' or 'provider_tee'")
+        if self.request_binding not in (None, "exact", "model_renamed"):
+            raise ReceiptFormatError("request_binding must be null, 'exact' or 'model_renamed'")
         if self.verdict == "verified":
             missing = [name for name in ("chat_id", "text", "signature", "signing_address",
                                          "signing_algo", "evidence_sha256", "nonce")
@@ -205,7 +225,9 @@ class Receipt:
 
 
 _RECEIPT_FIELDS = tuple(f.name for f in fields(Receipt))
-_LINE_KEYS = frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS})
+_LINE_KEYS = {2: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS}),
+              1: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS})
+              - {"served_model", "signature_kind", "request_binding"}}
 
 
 def encode_receipt_line(receipt: Receipt, prev_sha256: str) -> bytes:
@@ -244,17 +266,19 @@ def decode_receipt_line(line: bytes) -> tuple[Receipt, str]:
         raise ReceiptFormatError("not valid JSON") from None
     if not isinstance(obj, dict):
         raise ReceiptFormatError("not a JSON object")
-    if obj.get("v") != RECEIPT_FORMAT:
-        raise ReceiptFormatError(f"format version {obj.get('v')!r} is not {RECEIPT_FORMAT}")
-    if missing := sorted(_LINE_KEYS - obj.keys()):
+    version = obj.get("v")
+    if type(version) is not int or version not in READABLE_FORMATS:
+        raise ReceiptFormatError(f"format version {version!r} is not one of {READABLE_FORMATS}")
+    keys = _LINE_KEYS[version]
+    if missing := sorted(keys - obj.keys()):
         raise ReceiptFormatError(f"missing field(s) {', '.join(missing)}")
-    if extra := sorted(obj.keys() - _LINE_KEYS):
+    if extra := sorted(obj.keys() - keys):
         raise ReceiptFormatError(f"unknown field(s) {', '.join(extra)}")
     prev = obj["prev_sha256"]
     if not (isinstance(prev, str) and _SHA256_HEX.fullmatch(prev)):
         raise ReceiptFormatError("prev_sha256 must be 64 lower-case hex chars")
     try:
-        receipt = Receipt(**{name: obj[name] for name in _RECEIPT_FIELDS})
+        receipt = Receipt(**{name: obj[name] for name in _RECEIPT_FIELDS if name in obj})
     except TypeError as exc:  # a non-string where a string belongs, caught by a comparison
         raise ReceiptFormatError(f"field type: {exc}") from None
     return receipt, prev
@@ -869,19 +893,37 @@ def _check_signature(receipt: Receipt) -> list[Check]:
     # module recipe is then verify_completion_signature's steps (1)-(3); (6) is moot here (the
     # key's attestation is re-checked from the archived evidence instead), so it is given the
     # claimed key and its own (5) decides whether the signature is by that key.
+    # The role and model the signer was attested with are re-read from the archived evidence by
+    # _check_evidence; here they are taken as the receipt states them. A request the provider
+    # renamed (NanoGPT) cannot be re-hashed without its bytes: the receipt's binding says so.
+    kind = SignatureKind(receipt.signature_kind) if receipt.signature_kind else None
+    role: Role = "gateway" if kind is SignatureKind.GATEWAY else "model"
+    checks: list[Check] = []
+    request_sha256 = receipt.request_sha256
+    if receipt.request_binding == "model_renamed":
+        try:
+            request_sha256 = parse_signed_text(receipt.text).request_sha256
+        except VerificationFailed as exc:
+            return [Check.failed("receipt.signature", exc.code, exc.message)]
+        checks.append(Check.passed(
+            "receipt.request_binding", "the provider renamed the model in the request (spec "
+            "0.1): the sidecar checked the rename when it delivered; without the request "
+            "bytes it is taken as recorded"))
     report = verify_completion_signature(
-        CompletionSignature(receipt.text, receipt.signature, receipt.signing_address, algo),
-        request_sha256=receipt.request_sha256, response_sha256=receipt.response_sha256,
-        attested={claimed: AttestedSigner(claimed, algo, "model")}, expected_model=None,
-        unkinded_roles=frozenset({"model"}))
+        CompletionSignature(receipt.text, receipt.signature, receipt.signing_address, algo, kind),
+        request_sha256=request_sha256, response_sha256=receipt.response_sha256,
+        attested={claimed: AttestedSigner(claimed, algo, role, receipt.served_model)},
+        expected_model=receipt.served_model, unkinded_roles=frozenset({"model"}))
     failure = report.failure
     if failure is None:
-        return [Check.passed("receipt.signature",
-                             f"{algo} signature by {report.signer} over request and response hashes")]
+        return checks + [Check.passed(
+            "receipt.signature", f"{algo} signature by {report.signer} over request and response "
+                                 "hashes")]
     if failure.code == "signature.address_mismatch":
-        return [Check.failed("receipt.signature", failure.code,
-                             f"signature recovers {report.signer} not {claimed}")]
-    return [Check.failed("receipt.signature", failure.code or "signature.invalid", failure.detail)]
+        return checks + [Check.failed("receipt.signature", failure.code,
+                                      f"signature recovers {report.signer} not {claimed}")]
+    return checks + [Check.failed("receipt.signature", failure.code or "signature.invalid",
+                                  failure.detail)]
 
 
 def _check_evidence(receipt: Receipt, archive: _EvidenceArchive) -> list[Check]:
@@ -920,11 +962,28 @@ def _check_evidence(receipt: Receipt, archive: _EvidenceArchive) -> list[Check]:
         node_checks.extend(check_report_data_binding(
             report_data, signing_address=receipt.signing_address, algo=algo, nonce=nonce,
             tls_fingerprint=fingerprint))
+        node_checks.append(_check_signer_standing(receipt, claim.role, claim.wire.model_name))
         if all(check.ok for check in node_checks):
             return checks + node_checks
         attempts.append(node_checks)
     # No node with this key binds it under this nonce: show the first node's reasons.
     return checks + attempts[0]
+
+
+def _check_signer_standing(receipt: Receipt, role: str, model_name: str | None) -> Check:
+    """The archived node is what the receipt says signed: a gateway for a gateway-kind record,
+    else a model node, serving the receipt's ``served_model`` (spec 0.2)."""
+    wanted = "gateway" if receipt.signature_kind == "gateway" else "model"
+    if role != wanted:
+        return Check.failed("receipt.signer_role", "receipt.signer_role_mismatch",
+                            f"the signer is a {role} node of the evidence; the record needs a "
+                            f"{wanted} key")
+    if receipt.served_model is not None and model_name != receipt.served_model:
+        return Check.failed("receipt.signer_role", "receipt.served_model_mismatch",
+                            f"the evidence names model {model_name!r} for the signer, not "
+                            f"{receipt.served_model!r}")
+    return Check.passed("receipt.signer_role", f"a {role} node"
+                        + (f" serving {model_name}" if model_name else ""))
 
 
 @dataclass
@@ -1018,7 +1077,7 @@ def _verify_line(file: Path, number: int, raw: bytes, complete: bool,
         line.checks.append(Check.failed("receipt.format", "receipt.malformed", str(exc)))
         return line
     line.receipt = receipt
-    line.checks.append(Check.passed("receipt.format", "a receipt of format 1"))
+    line.checks.append(Check.passed("receipt.format", "a receipt of a known format"))
     if receipt.verdict == "verified":
         # (2), (3): the enclave's signature; (4), (5): the key's attestation from the archive.
         line.checks.extend(_check_signature(receipt))

@@ -162,7 +162,9 @@ def test_line_format(tmp_path: Path, evidence: SimulatedEvidence, node: SigningN
     (obj,) = read_lines(tmp_path / "receipts.jsonl")
     assert list(obj) == ["v", "time", "model", "request_sha256", "response_sha256", "chat_id",
                          "text", "signature", "signing_address", "signing_algo",
-                         "evidence_sha256", "nonce", "verdict", "failure_code", "prev_sha256"]
+                         "evidence_sha256", "nonce", "verdict", "failure_code", "served_model",
+                         "signature_kind", "request_binding", "prev_sha256"]
+    assert obj["v"] == 2
     assert obj["prev_sha256"] == GENESIS_PREV_SHA256
     assert obj["time"].endswith("Z")
     assert decode_receipt_line(encode_receipt_line(receipt, GENESIS_PREV_SHA256)) == (
@@ -656,3 +658,18 @@ def test_expect_head_catches_a_chain_rebuilt_after_an_edit(
     assert verify_receipts(path).ok
     assert receipts_main(["verify", str(path), "--expect-head", head]) == 1
     assert "is not a line of this chain" in capsys.readouterr().out
+
+
+def test_format_1_lines_still_read(tmp_path: Path, evidence: SimulatedEvidence,
+                                   node: SigningNode) -> None:
+    """Logs written before format 2 verify as they are: the new fields read as null."""
+    receipt = signed_receipt(node, attest(evidence, [node]))
+    obj = json.loads(encode_receipt_line(receipt, GENESIS_PREV_SHA256))
+    for name in ("served_model", "signature_kind", "request_binding"):
+        del obj[name]
+    obj["v"] = 1
+    line = json.dumps(obj, separators=(",", ":")).encode()
+    assert decode_receipt_line(line) == (receipt, GENESIS_PREV_SHA256)
+    obj["served_model"] = "m"  # a format 1 line with a format 2 field is doctored
+    with pytest.raises(ReceiptFormatError, match="unknown field"):
+        decode_receipt_line(json.dumps(obj).encode())
