@@ -18,6 +18,7 @@ from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.proxy.verdict import CompletionVerifier
+from sidecar.pins import IdentityGate, PinStore, pins_dir
 from sidecar.receipts import ReceiptLog
 from sidecar.telemetry import Telemetry
 from sidecar.trust import load_anchors
@@ -73,7 +74,12 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
 
 
 def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
-    """A ``StateFactory`` for ``build_proxy_app`` bound to ``settings`` and ``policies``."""
+    """A ``StateFactory`` for ``build_proxy_app`` bound to ``settings`` and ``policies``.
+
+    Raises:
+        ConfigError: the pin store exists but cannot be read (start-up stops before serving).
+    """
+    pins = PinStore(pins_dir(settings.state.dir))
 
     async def make_state(app: web.Application, session: aiohttp.ClientSession) -> ProxyState:
         telemetry = Telemetry()
@@ -88,13 +94,15 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
                 await asyncio.to_thread(receipts.archive_context, digest, entry.context)
 
         upstream, attester = build_attester(settings, session, policies)
+        identity = IdentityGate(pins, policies, on_change=telemetry.observe_identity_change)
         cache = AttestationCache(
             attester, lambda model: policies.for_model(model).attestation_ttl_seconds,
-            telemetry=telemetry, on_attested=archive)
+            telemetry=telemetry, on_attested=archive, identity=identity)
         telemetry.watch_attestations(lambda: attestation_times(cache))
         verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo,
                                       telemetry)
-        return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts)
+        return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts,
+                          identity)
 
     return make_state
 

@@ -44,9 +44,12 @@ class SimulatedEvidence:
             served = '{"services": {"other": {"image": "evil@sha256:' + "0" * 64 + '"}}}'
         mrtd = bytes.fromhex(knobs["mrtd"]) if knobs.get("mrtd") else None
         return build_node_identity(
+            app_compose=knobs.get("app_compose"),
             app_id=hashlib.sha256(b"tee-sidecar simulated app").hexdigest()[:40],
             instance_id=hashlib.sha256(f"instance {index}".encode()).hexdigest()[:40],
-            os_image_hash=OS_IMAGE_HASH,
+            os_image_hash=(bytes.fromhex(knobs["os_image_hash"]) if knobs.get("os_image_hash")
+                           else OS_IMAGE_HASH),
+            key_provider=knobs.get("key_provider"),
             mrtd=mrtd,
             swap_payloads=swap,
             break_replay=bool(knobs.get("break_replay")),

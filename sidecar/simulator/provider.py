@@ -46,6 +46,9 @@ EVIDENCE_KNOBS = frozenset({
     "no_gpu",  # no nvidia_payload at all
     "json_address",  # the JSON names another signing address than REPORTDATA binds
     "mrtd",  # hex MRTD to embed instead of the default
+    # Another deployment (tests of deployment pinning): the measured app-compose string (its own
+    # images), the os-image-hash payload (hex), the key-provider event's object.
+    "app_compose", "os_image_hash", "key_provider",
 })
 
 
