@@ -1,4 +1,4 @@
-"""The ``tee-sidecar`` command: serve, simulate, attest."""
+"""The ``tee-sidecar`` command: serve, simulate, attest, receipts, pins."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 from datetime import datetime
 from pathlib import Path
 
@@ -116,7 +116,33 @@ def _parser() -> argparse.ArgumentParser:
                     "re-checks every receipt (signature, address, evidence binding, hash chain); "
                     "exit 1 when any receipt is invalid.")
     receipts.add_argument("args", nargs=argparse.REMAINDER, help="verify FILE [options]")
+    _add_pins_parser(sub)
     return parser
+
+
+def _add_pins_parser(sub: Any) -> None:
+    pins = sub.add_parser(
+        "pins", help="list, show, accept, forget or export deployment pins (trust on first use)",
+        description="The deployment identities trusted per model, in <state.dir>/pins/ (the "
+                    "same settings as serve). A running sidecar picks changes up at its next "
+                    "attestation of the model, without a restart.")
+    commands = pins.add_subparsers(dest="pins_command", required=True)
+    for name, text in (("list", "one line per pinned model"),
+                       ("show", "a model's pinned identities in full, and any pending change"),
+                       ("accept", "trust the identity change that was refused for MODEL"),
+                       ("forget", "drop MODEL's pins: its next attestation pins on first use"),
+                       ("export", "print the pins in policy-file syntax (identity = \"pinned\")")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--config", type=Path, help="TOML settings file")
+        if name in ("show", "accept", "forget"):
+            command.add_argument("model")
+        if name == "export":
+            command.add_argument("model", nargs="?", help="only this model")
+        if name in ("list", "show"):
+            command.add_argument("--json", action="store_true", help="print JSON")
+        if name == "accept":
+            command.add_argument("--keep-old", action="store_true",
+                                 help="keep the old identities too (both during a roll-out)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "pins":
+            return _pins(args)
         if args.command == "receipts":
             from sidecar.receipts import receipts_main
 
@@ -167,6 +195,20 @@ def _simulate(args: argparse.Namespace) -> int:
           f"(NanoGPT contract under /api, private-ml-sdk at /)", file=sys.stderr, flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0
+
+
+def _pins(args: argparse.Namespace) -> int:
+    from sidecar.pins import PinStore, PinStoreError, pins_command, pins_dir
+
+    settings = load_settings(args.config)
+    store = PinStore(pins_dir(settings.state.dir))
+    try:
+        return pins_command(args.pins_command, store, model=getattr(args, "model", None),
+                            keep_old=getattr(args, "keep_old", False),
+                            as_json=getattr(args, "json", False))
+    except PinStoreError as exc:
+        print(f"tee-sidecar pins: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _parse_time(text: str | None) -> int:

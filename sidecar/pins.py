@@ -50,7 +50,9 @@ __all__ = [
     "PendingChange",
     "PinStore",
     "PinStoreError",
+    "describe_pins",
     "identity_modes",
+    "pins_command",
     "pins_dir",
     "policy_toml",
 ]
@@ -589,3 +591,115 @@ def policy_toml(entries: Mapping[str, ModelPins]) -> str:
                 else:
                     lines.append(f"{name} = {_toml_string(str(value))}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# `tee-sidecar pins list|show|accept|forget|export`
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+def _identity_lines(identity: DeploymentIdentity, indent: str) -> list[str]:
+    lines = [f"{indent}{identity.role} identity {identity.fingerprint}"]
+    for name, value in identity.to_json().items():
+        if name == "role":
+            continue
+        shown = ", ".join(value) if isinstance(value, list) else value
+        lines.append(f"{indent}  {name:<14}{shown if shown not in (None, '') else '(none)'}")
+    return lines
+
+
+def describe_pins(entry: ModelPins) -> str:
+    """``pins show``: every pinned identity in full, and the pending change.
+
+    Raises:
+        Nothing.
+    """
+    lines = [f"{entry.model}: pinned ({entry.how}) {_utc(entry.pinned_at)}"
+             + (f" from evidence {entry.evidence_sha256}" if entry.evidence_sha256 else "")]
+    for identity in entry.identities:
+        lines += _identity_lines(identity, "  ")
+    pending = entry.pending
+    if pending is None:
+        lines.append("  no pending change")
+    else:
+        lines += [f"  PENDING change seen {_utc(pending.seen_at)} (evidence "
+                  f"{pending.evidence_sha256}):", f"    {pending.detail}",
+                  f"    accept with: tee-sidecar pins accept {entry.model!r}"]
+        for identity in pending.identities:
+            lines += _identity_lines(identity, "    ")
+    return "\n".join(lines)
+
+
+def pins_command(command: str, store: PinStore, *, model: str | None = None,
+                 keep_old: bool = False, as_json: bool = False,
+                 out: Callable[[str], None] = print) -> int:
+    """Run one ``tee-sidecar pins`` sub-command against ``store``; returns the exit status.
+
+    ``list`` (one line per model), ``show MODEL``, ``accept MODEL`` (trust the pending change),
+    ``forget MODEL`` (trust on first use again), ``export [MODEL]`` (policy-file syntax).
+
+    Raises:
+        PinStoreError: the store cannot be read or written, or ``accept`` finds nothing
+            pending (code ``pins.nothing_pending``).
+    """
+    entries = store.entries()
+    if command == "list":
+        if as_json:
+            out(json.dumps({m: _summary(e) for m, e in sorted(entries.items())}, indent=2))
+        elif not entries:
+            out(f"no pins in {store.path}")
+        for name, entry in sorted(entries.items()) if not as_json else ():
+            prints = ", ".join(f"{i.role} {i.fingerprint[:16]}" for i in entry.identities)
+            pending = "  PENDING CHANGE" if entry.pending is not None else ""
+            out(f"{name}  {entry.how} {_utc(entry.pinned_at)}  {prints}{pending}")
+        return 0
+    if command == "export":
+        chosen = {m: e for m, e in entries.items() if model is None or m == model}
+        if model is not None and not chosen:
+            out(f"tee-sidecar pins: no pins for {model!r}")
+            return 1
+        out(policy_toml(chosen).rstrip("\n"))
+        return 0
+    if model is None:
+        raise ValueError(f"pins {command} needs a model")  # argparse requires it
+    if command == "show":
+        shown = entries.get(model)
+        if shown is None:
+            out(f"tee-sidecar pins: no pins for {model!r}")
+            return 1
+        out(json.dumps(_summary(shown), indent=2) if as_json else describe_pins(shown))
+        return 0
+    if command == "accept":
+        accepted = store.accept(model, keep_old=keep_old)
+        out(f"accepted for {model}: " + ", ".join(
+            f"{i.role} {i.fingerprint[:16]}" for i in accepted.identities)
+            + " (a running sidecar uses them at its next attestation of the model)")
+        return 0
+    if command == "forget":
+        if not store.forget(model):
+            out(f"tee-sidecar pins: no pins for {model!r}")
+            return 1
+        out(f"forgot the pins of {model}: its next attestation pins on first use")
+        return 0
+    raise ValueError(f"unknown pins command {command!r}")
+
+
+ANY_WARNING: Final = ('identity = "any" for {globs}: whatever deployment attests is accepted, so '
+                      "a gateway may route these models to code of its own (still genuine TEE "
+                      "hardware); pin them with the default \"tofu\" or \"pinned\"")
+
+
+def log_identity_modes(policies: PolicySet) -> dict[str, list[str]]:
+    """Say at start-up which entries run on tofu, pinned or any; warn about ``any``.
+
+    Raises:
+        Nothing.
+    """
+    modes = identity_modes(policies)
+    log.info("identity_modes", **modes)
+    if modes["any"]:
+        log.warning("identity_any", warning=ANY_WARNING.format(globs=", ".join(modes["any"])))
+    return modes
