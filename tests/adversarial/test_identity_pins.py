@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from sidecar.admin import render_status_html, status_document
 from sidecar.cli import main
 from sidecar.pins import PinStore, pins_dir
 from sidecar.proxy import attester
@@ -104,6 +105,24 @@ def test_hostile_deployment_is_blocked_after_the_first_was_pinned(pinned: Pinned
     assert entry is not None and entry.pending is not None
     assert entry.pending.identities[0].images == (f"ghcr.io/example/vllm-proxy@{EVIL_IMAGE}",)
     assert entry.how == "first use"  # never silently re-pinned
+
+
+def test_status_shows_the_pinned_identity_and_the_pending_change(pinned: Pinned) -> None:
+    _first_deployment_pinned(pinned)
+    pinned.other()
+    url = pinned.sidecar()
+    assert_blocked(*chat(url), "policy.identity_changed")
+    state = pinned.adv.sidecar_state(url)
+    document = pinned.adv.call(lambda: status_document(state))
+    identity = document["identity"]
+    assert identity["modes"]["tofu"] == ["(default) *"]
+    entry = identity["models"][TEE_MODEL]
+    assert entry["mode"] == "tofu" and entry["how"] == "first use" and entry["pinned_at"] > 0
+    assert entry["pending"]["detail"].startswith("model identity of")
+    assert document["telemetry"]["counters"]["identity_changes"] == 1
+    page = render_status_html(document)
+    assert "Deployment identity" in page and "Pending change" in page
+    assert b"tee_sidecar_identity_changes_total" in state.telemetry.render_metrics()
 
 
 def test_hostile_deployment_is_flagged_in_flag_mode(pinned: Pinned) -> None:
