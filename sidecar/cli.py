@@ -143,6 +143,12 @@ def _add_pins_parser(sub: Any) -> None:
         if name == "accept":
             command.add_argument("--keep-old", action="store_true",
                                  help="keep the old identities too (both during a roll-out)")
+            command.add_argument("--report", type=Path,
+                                 help="accept the identity of this saved report instead "
+                                      "(evidence/<sha256>.json), verified again offline")
+            command.add_argument("--context", type=Path,
+                                 help="with --report: its archived context "
+                                      "(evidence/<sha256>.context.json)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,12 +209,34 @@ def _pins(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     store = PinStore(pins_dir(settings.state.dir))
     try:
+        if getattr(args, "report", None) is not None:
+            return _pins_accept_saved(args, settings, store)
         return pins_command(args.pins_command, store, model=getattr(args, "model", None),
                             keep_old=getattr(args, "keep_old", False),
                             as_json=getattr(args, "json", False))
     except PinStoreError as exc:
         print(f"tee-sidecar pins: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _pins_accept_saved(args: argparse.Namespace, settings: Settings, store: Any) -> int:
+    from sidecar.pins import identities_from_saved_report
+    from sidecar.verify.policy import load_policy
+
+    if args.context is None:
+        raise UsageError("pins accept: --report needs --context FILE (its archived context)")
+    try:
+        body, context = args.report.read_bytes(), args.context.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"pins accept: cannot read input: {exc}") from None
+    anchors = load_anchors(settings.trust.anchors)
+    identities = identities_from_saved_report(
+        args.model, body, context, roots=anchors.roots, pinned_jwks=anchors.pinned_jwks,
+        policy=load_policy(settings.policy.file).for_model(args.model))
+    accepted = store.accept(args.model, keep_old=args.keep_old, identities=identities)
+    print(f"accepted for {args.model} from {args.report}: "
+          + ", ".join(f"{i.role} {i.fingerprint[:16]}" for i in accepted.identities))
+    return 0
 
 
 def _parse_time(text: str | None) -> int:

@@ -20,6 +20,7 @@ a model is never silently pinned again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -33,7 +34,15 @@ from typing import Any, Final
 import structlog
 
 from sidecar.errors import ConfigError, SidecarError, VerificationFailed
-from sidecar.verify.attestation import AttestationReport, NodeReport
+from sidecar.providers.wire import parse_attestation_document
+from sidecar.verify.attestation import (
+    AttestationReport,
+    NodeEvidence,
+    NodeReport,
+    TrustRoots,
+    decode_context,
+    verify_attestation,
+)
 from sidecar.verify.checks import Check, Status
 from sidecar.verify.identity import (
     DeploymentIdentity,
@@ -51,6 +60,7 @@ __all__ = [
     "PinStore",
     "PinStoreError",
     "describe_pins",
+    "identities_from_saved_report",
     "identity_modes",
     "pins_command",
     "pins_dir",
@@ -703,3 +713,42 @@ def log_identity_modes(policies: PolicySet) -> dict[str, list[str]]:
     if modes["any"]:
         log.warning("identity_any", warning=ANY_WARNING.format(globs=", ".join(modes["any"])))
     return modes
+
+
+def identities_from_saved_report(model: str, report_body: bytes, context_body: bytes, *,
+                                 roots: TrustRoots, pinned_jwks: Mapping[str, Any] | None,
+                                 policy: ModelPolicy) -> tuple[DeploymentIdentity, ...]:
+    """The identities of a saved report, verified again offline with its archived context.
+
+    For ``pins accept MODEL --report evidence/<sha256>.json --context
+    evidence/<sha256>.context.json``: the report is verified exactly as ``attest --context``
+    does, as of its own time, and only nodes that pass every check give an identity.
+
+    Raises:
+        PinStoreError: the context is for another model, or no node of the report verified
+            (code ``pins.report_not_verified``).
+    """
+    try:
+        context = decode_context(context_body)
+        document = parse_attestation_document(report_body)
+    except SidecarError as exc:
+        raise PinStoreError(exc.message, code="pins.report_not_verified") from None
+    if context.model != model:
+        raise PinStoreError(f"the saved report is of {context.model!r}, not {model!r}",
+                            code="pins.report_not_verified")
+    evidence = {claim.label: dataclasses.replace(
+        context.evidence.get(claim.label, NodeEvidence()),
+        jwks=(context.evidence.get(claim.label, NodeEvidence()).jwks or pinned_jwks))
+        for claim in document.nodes}
+    report = verify_attestation(document, model=model, nonce=context.nonce, evidence=evidence,
+                                roots=roots, policy=policy, now=context.verified_at)
+    identities: list[DeploymentIdentity] = []
+    for node in report.nodes:
+        if node.status is Status.PASS:
+            identities.append(deployment_identity(node))
+    if not identities or not any(i.role == "model" for i in identities):
+        failure = report.failure
+        why = f"{failure.code}: {failure.detail}" if failure else "no node"
+        raise PinStoreError(f"the saved report of {model} does not verify offline ({why})",
+                            code="pins.report_not_verified")
+    return distinct(identities)

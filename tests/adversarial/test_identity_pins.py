@@ -152,6 +152,36 @@ def test_delivered_after_pins_accept_without_a_restart(pinned: Pinned, tmp_path:
     assert entry is not None and entry.how == "accepted" and entry.pending is None
 
 
+def test_accepted_from_a_saved_report_verified_again_offline(pinned: Pinned, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    _first_deployment_pinned(pinned)
+    pinned.other()
+    receipts = tmp_path / "receipts" / "receipts.jsonl"
+    url = pinned.adv.sidecar(fresh=True, state={"dir": str(pinned.state)},
+                             receipts={"path": str(receipts)})
+    assert_blocked(*chat(url), "policy.identity_changed")
+    entry = pinned.store.get(TEE_MODEL)
+    assert entry is not None and entry.pending is not None
+    # The refused report was archived with its context before the identity was judged.
+    evidence = receipts.parent / "evidence" / f"{entry.pending.evidence_sha256}.json"
+    context = evidence.with_name(f"{entry.pending.evidence_sha256}.context.json")
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[state]\ndir = "{pinned.state}"\n[trust]\nanchors = "simulator"\n')
+    base = ["pins", "accept", TEE_MODEL, "--config", str(config)]
+    # A report of the genuine deployment tampered with does not verify: nothing is accepted.
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(evidence.read_bytes().replace(b'"intel_quote": "04', b'"intel_quote": "05'))
+    assert main([*base, "--report", str(forged), "--context", str(context)]) == 1
+    assert "does not verify offline" in capsys.readouterr().err
+    assert main([*base, "--report", str(evidence), "--context", str(context)]) == 0
+    stored = pinned.store.get(TEE_MODEL)
+    assert stored is not None and stored.how == "accepted"
+    assert stored.identities == entry.pending.identities
+    status, headers, _ = chat(url)
+    assert status == 200 and headers["x-tee-verified"] == "true"
+
+
 def test_delivered_at_once_under_identity_any(pinned: Pinned, tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text(f'[models."{TEE_MODEL}"]\nidentity = "any"\n')
