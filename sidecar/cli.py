@@ -340,4 +340,9 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
     policy = load_policy(settings.policy.file).for_model(model)
     report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
                                 roots=anchors.roots, policy=policy, now=at)
+    if policy.provenance is not None:  # the bundles the proxy archived, checked offline
+        from sidecar.proxy.provenance_source import recheck_archived
+
+        report = recheck_archived(report, policy.provenance, settings.state.dir / "provenance",
+                                  settings.provenance.trusted_root)
     return _print_report(report, args.json)

@@ -28,6 +28,7 @@ from sidecar.pins import IdentityGate
 from sidecar.providers.wire import AttestationDocument, parse_attestation_document
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
+from sidecar.proxy.provenance_source import ProvenanceGate
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.telemetry import Telemetry
 from sidecar.verify.attestation import (
@@ -146,12 +147,14 @@ class AttestationCache:
                  telemetry: Telemetry | None = None,
                  on_attested: Callable[[CachedAttestation], Awaitable[None]] | None = None,
                  identity: IdentityGate | None = None,
+                 provenance: ProvenanceGate | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._attester = attester
         self._ttl_for = ttl_for
         self._telemetry = telemetry or Telemetry()
         self._on_attested = on_attested
         self._identity = identity
+        self._provenance = provenance
         self._clock = clock
         self._entries: dict[str, CachedAttestation] = {}
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
@@ -252,5 +255,8 @@ class AttestationCache:
             # Which code runs (sidecar.pins): after archiving, so a refused change's evidence is
             # kept for `pins accept`; before caching, so a refused change never serves.
             entry = dataclasses.replace(entry, report=self._identity.enforce(model, report))
+        if self._provenance is not None:  # who built the images (sidecar.verify.provenance)
+            entry = dataclasses.replace(
+                entry, report=await self._provenance.enforce(model, entry.report))
         self._entries[model] = entry
         return entry

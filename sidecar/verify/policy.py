@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from sidecar.errors import ConfigError, VerificationFailed
 from sidecar.verify.checks import Check
 from sidecar.verify.identity import DeploymentIdentity, IdentityMode
+from sidecar.verify.provenance import GITHUB_ACTIONS_ISSUER, ProvenanceRequirement
 from sidecar.verify.nvidia import GpuPolicy
 
 __all__ = [
@@ -414,6 +415,8 @@ class ModelPolicy:
             first one attested, kept in the pin store, plus ``identity_pins``), ``pinned``
             (only ``identity_pins``) or ``any`` (no deployment pinning).
         identity_pins: deployment identities the policy file lists for the model.
+        provenance: who must have built every image of the attested compose
+            (``sidecar.verify.provenance``); ``None``: not required.
     """
 
     pattern: str
@@ -426,6 +429,7 @@ class ModelPolicy:
     requires_attestation: bool = True
     identity: IdentityMode = "tofu"
     identity_pins: tuple[DeploymentIdentity, ...] = ()
+    provenance: ProvenanceRequirement | None = None
 
     def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
         """Evaluate ``rule`` (so a ``ModelPolicy`` is itself a :class:`Policy`).
@@ -457,6 +461,7 @@ def build_model_policy(
     gpu: GpuRequirements | None = None,
     identity: IdentityMode | None = None,
     identity_pins: Sequence[DeploymentIdentity] = (),
+    provenance: ProvenanceRequirement | None = None,
 ) -> ModelPolicy:
     """Compose a :class:`ModelPolicy` from plain settings.
 
@@ -481,6 +486,8 @@ def build_model_policy(
         raise ValueError('identity = "pinned" needs at least one pin')
     if identity == "any" and identity_pins:
         raise ValueError('identity = "any" ignores pins: list none, or choose "tofu"/"pinned"')
+    if provenance is not None and not require_tdx:
+        raise ValueError("image provenance needs the compose a verified TDX quote binds")
 
     statuses = frozenset(accepted_tcb_statuses)
     advisories = frozenset(tolerated_advisories)
@@ -511,6 +518,7 @@ def build_model_policy(
         requires_attestation=require_tdx or require_nvidia,
         identity=identity,
         identity_pins=tuple(identity_pins),
+        provenance=provenance,
     )
 
 
@@ -635,6 +643,14 @@ class _PinFile(_FileModel):
     key_provider: str | None = None
 
 
+class _ProvenanceFile(_FileModel):
+    # Who must have built every image (sidecar.verify.provenance.ProvenanceRequirement).
+    repository: Annotated[str, StringConstraints(pattern=r"^https://[^\s/]+/[^\s]+[^/\s]$")]
+    workflow: Annotated[str, StringConstraints(pattern=r"^[^\s@]+$")] | None = None
+    ref: Annotated[str, StringConstraints(pattern=r"^refs/[^\s]+$")] | None = None
+    issuer: Annotated[str, StringConstraints(pattern=r"^https://[^\s]+$")] = GITHUB_ACTIONS_ISSUER
+
+
 class _EntryFile(_FileModel):
     require_tdx: bool | None = None
     require_nvidia: bool | None = None
@@ -646,6 +662,7 @@ class _EntryFile(_FileModel):
     measurements: Annotated[list[_MeasurementsFile], Field(min_length=1)] | None = None
     identity: IdentityMode | None = None
     pins: Annotated[list[_PinFile], Field(min_length=1)] | None = None
+    provenance: _ProvenanceFile | None = None
 
 
 class _PolicyFile(_FileModel):
@@ -757,8 +774,14 @@ def _build_entry(
     if (identity in ("tofu", "pinned") or identity_pins) and not require_tdx:
         raise ConfigError(f"policy file {source}: {key}.identity pins a deployment by its TDX "
                           "quote, but require_tdx is false")
+    provenance_file = _pick(entry.provenance, defaults.provenance, fallback=None)
+    if provenance_file is not None and not require_tdx:
+        raise ConfigError(f"policy file {source}: {key}.provenance needs a TDX quote (it binds "
+                          "the compose), but require_tdx is false")
     return build_model_policy(
         pattern,
+        provenance=(ProvenanceRequirement(**provenance_file.model_dump())
+                    if provenance_file is not None else None),
         identity=identity,
         identity_pins=identity_pins,
         require_tdx=require_tdx,

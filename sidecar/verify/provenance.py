@@ -35,17 +35,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.x509 import Certificate, ExtensionNotFound, ObjectIdentifier
-from sigstore.errors import Error as SigstoreError
-from sigstore.models import Bundle
-from sigstore.verify import Verifier
-from sigstore.verify.policy import VerificationPolicy
 
 from sidecar.errors import VerificationFailed
 from sidecar.verify.checks import Check, CheckedReport
 from sidecar.verify.compose import compose_images
+
+if TYPE_CHECKING:  # sigstore is imported when a bundle is checked (it takes 0.2 s to import)
+    from sigstore.verify import Verifier
 
 __all__ = [
     "GITHUB_ACTIONS_ISSUER",
@@ -72,12 +72,20 @@ _BUILD_CONFIG_URI: Final = ObjectIdentifier("1.3.6.1.4.1.57264.1.18")
 _ISSUER_V2: Final = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 
 
-class _IdentityJudgedNext(VerificationPolicy):
-    """The certificate identity is judged right after ``verify_dsse`` (step 5), one field at a
-    time so each mismatch has its own code; sigstore checks everything else here."""
+@cache
+def _identity_judged_next() -> Any:
+    """A sigstore ``VerificationPolicy`` that leaves the certificate identity to step (5).
 
-    def verify(self, cert: Certificate) -> None:
-        """Accept any identity here: :func:`check_bundle` step (5) judges it."""
+    It is judged right after ``verify_dsse``, one field at a time, so that each mismatch has
+    its own code; sigstore checks everything else (signature, chain, log, timestamps).
+    """
+    from sigstore.verify.policy import VerificationPolicy
+
+    class IdentityJudgedNext(VerificationPolicy):
+        def verify(self, cert: Certificate) -> None:
+            """Accept any identity here: :func:`check_bundle` step (5) judges it."""
+
+    return IdentityJudgedNext()
 
 # Bounds that stop abuse: a GitHub provenance bundle is about 10 KiB; an image has a handful.
 MAX_BUNDLE_BYTES: Final = 1 << 20
@@ -153,6 +161,9 @@ def check_bundle(bundle_json: bytes, digest: str, requirement: ProvenanceRequire
     Raises:
         Nothing.
     """
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.models import Bundle
+
     name = "provenance.image"
     # (3)
     if len(bundle_json) > MAX_BUNDLE_BYTES:
@@ -168,7 +179,7 @@ def check_bundle(bundle_json: bytes, digest: str, requirement: ProvenanceRequire
                             f"bundle for {digest} is not a Sigstore bundle: "
                             f"{type(exc).__name__}")
     try:
-        payload_type, payload = verifier.verify_dsse(bundle, _IdentityJudgedNext())
+        payload_type, payload = verifier.verify_dsse(bundle, _identity_judged_next())
     except Exception as exc:  # sigstore raises VerificationError, and others on odd input
         return Check.failed(name, "provenance.signature_invalid",
                             f"bundle for {digest} does not verify: {exc}")
