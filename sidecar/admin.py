@@ -35,7 +35,7 @@ from yarl import URL
 
 from sidecar.config import Mode, Settings
 from sidecar.errors import SidecarError
-from sidecar.pins import IdentityGate, identity_modes
+from sidecar.pins import IdentityGate, identity_modes, provenance_required
 from sidecar.proxy.attester import CachedAttestation
 from sidecar.render import attestation_json
 from sidecar.telemetry import METRICS_CONTENT_TYPE, AttestationTiming, Telemetry
@@ -252,7 +252,8 @@ def identity_document(view: AdminView | None) -> dict[str, Any] | None:
     gate: IdentityGate | None = getattr(view, "identity", None)
     if gate is None:
         return None
-    return {"modes": identity_modes(gate.policies), **gate.status()}
+    return {"modes": identity_modes(gate.policies),
+            "provenance_required": provenance_required(gate.policies), **gate.status()}
 
 
 def public_url(url: str) -> str:
@@ -285,6 +286,7 @@ async def _readyz(request: web.Request) -> web.Response:
     identity = identity_document(view)
     if identity is not None:  # which models run on tofu, pinned or any (sidecar.pins)
         body["identity_modes"] = identity["modes"]
+        body["provenance_required"] = identity["provenance_required"]
     return web.json_response(body,
                              status=503 if reasons else 200, headers=_no_store({}))
 
@@ -413,6 +415,8 @@ def _identity_html(identity: Mapping[str, Any] | None) -> str:
     parts = ['<h2 id="identity">Deployment identity (which code runs)</h2><table>',
              _rows((f"identity = {mode}", _e(", ".join(globs) or "none"))
                    for mode, globs in modes.items()), "</table>"]
+    parts.append(f"<p>Image provenance required for: "
+                 f"{_e(', '.join(identity['provenance_required']) or 'none')}</p>")
     if modes["any"]:
         parts.append('<p class="warning"><strong>Warning:</strong> entries under "any" accept '
                      "whatever deployment attests: a gateway may route to code of its own.</p>")

@@ -24,6 +24,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -64,6 +65,7 @@ __all__ = [
     "identity_modes",
     "pins_command",
     "pins_dir",
+    "provenance_required",
     "policy_toml",
 ]
 
@@ -643,9 +645,13 @@ def describe_pins(entry: ModelPins) -> str:
     return "\n".join(lines)
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def pins_command(command: str, store: PinStore, *, model: str | None = None,
                  keep_old: bool = False, as_json: bool = False,
-                 out: Callable[[str], None] = print) -> int:
+                 out: Callable[[str], None] = print, err: Callable[[str], None] = _stderr) -> int:
     """Run one ``tee-sidecar pins`` sub-command against ``store``; returns the exit status.
 
     ``list`` (one line per model), ``show MODEL``, ``accept MODEL`` (trust the pending change),
@@ -669,7 +675,7 @@ def pins_command(command: str, store: PinStore, *, model: str | None = None,
     if command == "export":
         chosen = {m: e for m, e in entries.items() if model is None or m == model}
         if model is not None and not chosen:
-            out(f"tee-sidecar pins: no pins for {model!r}")
+            err(f"tee-sidecar pins: no pins for {model!r}")
             return 1
         out(policy_toml(chosen).rstrip("\n"))
         return 0
@@ -678,7 +684,7 @@ def pins_command(command: str, store: PinStore, *, model: str | None = None,
     if command == "show":
         shown = entries.get(model)
         if shown is None:
-            out(f"tee-sidecar pins: no pins for {model!r}")
+            err(f"tee-sidecar pins: no pins for {model!r}")
             return 1
         out(json.dumps(_summary(shown), indent=2) if as_json else describe_pins(shown))
         return 0
@@ -690,7 +696,7 @@ def pins_command(command: str, store: PinStore, *, model: str | None = None,
         return 0
     if command == "forget":
         if not store.forget(model):
-            out(f"tee-sidecar pins: no pins for {model!r}")
+            err(f"tee-sidecar pins: no pins for {model!r}")
             return 1
         out(f"forgot the pins of {model}: its next attestation pins on first use")
         return 0
@@ -702,14 +708,28 @@ ANY_WARNING: Final = ('identity = "any" for {globs}: whatever deployment attests
                       "hardware); pin them with the default \"tofu\" or \"pinned\"")
 
 
+def provenance_required(policies: PolicySet) -> list[str]:
+    """The policy entries (model globs) that require image provenance.
+
+    Raises:
+        Nothing.
+    """
+    entries: list[ModelPolicy] = [*policies.models]
+    if not policies.strict:
+        entries.append(policies.default)
+    return [entry.pattern if entry is not policies.default else "(default) *"
+            for entry in entries if entry.provenance is not None]
+
+
 def log_identity_modes(policies: PolicySet) -> dict[str, list[str]]:
-    """Say at start-up which entries run on tofu, pinned or any; warn about ``any``.
+    """Say at start-up which entries run on tofu, pinned or any, and which require image
+    provenance; warn about ``any``.
 
     Raises:
         Nothing.
     """
     modes = identity_modes(policies)
-    log.info("identity_modes", **modes)
+    log.info("identity_modes", **modes, provenance_required=provenance_required(policies))
     if modes["any"]:
         log.warning("identity_any", warning=ANY_WARNING.format(globs=", ".join(modes["any"])))
     return modes
