@@ -77,6 +77,7 @@ LOCK_FILE: Final = Path("pins.lock")
 # A store holds a few identities per model (about 1 KiB each); anything near this is not ours.
 MAX_PINS_FILE_BYTES: Final = 16 << 20
 CORRUPT: Final = "pins.store_corrupt"
+UNWRITABLE: Final = "pins.store_unwritable"
 
 
 class PinStoreError(SidecarError):
@@ -303,7 +304,8 @@ class PinStore:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             lock = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise PinStoreError(f"cannot open pin store {self.directory}: {exc.strerror}") from None
+            raise PinStoreError(f"cannot open pin store {self.directory}: {exc.strerror}",
+                                code=UNWRITABLE) from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             entries, _ = self._read()
@@ -336,7 +338,8 @@ class PinStore:
             finally:
                 os.close(directory)
         except OSError as exc:
-            raise PinStoreError(f"cannot write pin store {self.path}: {exc.strerror}") from None
+            raise PinStoreError(f"cannot write pin store {self.path}: {exc.strerror}",
+                                code=UNWRITABLE) from None
 
     def pin_first_use(self, model: str, identities: tuple[DeploymentIdentity, ...],
                       evidence_sha256: str) -> ModelPins:
@@ -442,7 +445,8 @@ class IdentityGate:
 
         Raises:
             VerificationFailed: no model node of the report is still attested; the code is
-                the identity check's (or ``pins.store_corrupt`` when the store is unreadable).
+                the identity check's (or ``pins.store_corrupt`` / ``pins.store_unwritable``
+                when the store cannot be read or a first-use pin cannot be written).
         """
         policy = self.policies.for_model(model)
         # (1)
@@ -461,7 +465,7 @@ class IdentityGate:
         try:
             stored = self.store.get(model) if policy.identity == "tofu" else None
         except PinStoreError as exc:
-            raise VerificationFailed(exc.message, code=CORRUPT) from None
+            raise VerificationFailed(exc.message, code=exc.code) from None
         trusted = policy.identity_pins + (stored.identities if stored is not None else ())
         seen = distinct(identities.values())
         if not trusted and policy.identity == "tofu" and seen:
@@ -469,7 +473,7 @@ class IdentityGate:
             try:
                 stored = self.store.pin_first_use(model, seen, report.evidence_sha256)
             except PinStoreError as exc:
-                raise VerificationFailed(exc.message, code=CORRUPT) from None
+                raise VerificationFailed(exc.message, code=exc.code) from None
             if stored.how == "first use" and stored.evidence_sha256 == report.evidence_sha256:
                 log.info("identity_pinned_on_first_use", model=model,
                          identities=[i.fingerprint for i in seen])

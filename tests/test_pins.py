@@ -203,6 +203,17 @@ def test_a_store_corrupted_while_running_fails_closed_and_never_repins(store: Pi
     assert gate.status()["error"] is not None
 
 
+def test_a_first_use_pin_that_cannot_be_written_fails_closed(
+        store: PinStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_: Any, **__: Any) -> Any:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("tempfile.mkstemp", full)
+    with pytest.raises(VerificationFailed, match="No space left") as info:
+        IdentityGate(store, policies()).enforce(MODEL, report(node()))
+    assert info.value.code == "pins.store_unwritable"
+    assert not store.path.exists()
+
+
 def test_a_running_gate_sees_an_accept_made_elsewhere(store: PinStore) -> None:
     gate = IdentityGate(store, policies())
     gate.enforce(MODEL, report(node()))
