@@ -324,3 +324,35 @@ def test_pins_cli(store: PinStore, tmp_path: Path, capsys: pytest.CaptureFixture
     (store.directory / "pins.json").write_text("garbage")
     assert main(["pins", "list", *args]) == 78  # a corrupt store is a configuration error
     assert pins_command("list", PinStore(tmp_path / "empty")) == 0
+
+
+def test_identity_any_is_warned_about_at_every_start(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from sidecar.config import load_settings
+    from sidecar.proxy.server import build_service_app
+
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(f'[models."{MODEL}"]\nidentity = "any"\n'
+                           '[models."TEE/audited"]\n[models."TEE/audited".provenance]\n'
+                           'repository = "https://github.com/example/images"\n')
+    settings = load_settings(None, policy={"file": str(policy_file)},
+                             state={"dir": str(tmp_path / "state")})
+    with capture_logs() as logs:
+        build_service_app(settings)
+    modes = next(e for e in logs if e["event"] == "identity_modes")
+    assert modes["any"] == [MODEL] and modes["tofu"] == ["TEE/audited", "(default) *"]
+    assert modes["provenance_required"] == ["TEE/audited"]
+    warning = next(e for e in logs if e["event"] == "identity_any")
+    assert warning["log_level"] == "warning" and MODEL in warning["warning"]
+
+
+def test_serve_refuses_to_start_on_a_corrupt_store(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "state" / "pins").mkdir(parents=True)
+    (tmp_path / "state" / "pins" / "pins.json").write_text('{"format": "tee-sidecar-pins/1"')
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[state]\ndir = "{tmp_path / "state"}"\n[admin]\nenabled = false\n'
+                      '[listen]\nport = 0\n')
+    assert main(["serve", "--config", str(config)]) == 78
+    assert "pin store" in capsys.readouterr().err
