@@ -80,7 +80,8 @@ def test_genuine_provenance_delivers_and_is_archived(setup: tuple[Stack, Api, Pa
     status, headers, _ = chat(url)
     assert status == 200 and headers["x-tee-verified"] == "true", headers
     assert api.requests == [f"/repos/malancas/attest-demo/attestations/{DIGEST}"]
-    archived = state / "provenance" / f"{DIGEST.replace(':', '-')}.json"
+    archived = (state / "provenance" / "github.com_malancas_attest-demo"
+                / f"{DIGEST.replace(':', '-')}.json")
     assert json.loads(archived.read_text()) == [GENUINE]
     entry = stack.sidecar_state(url).cache.peek(TEE_MODEL)
     assert entry is not None
@@ -138,7 +139,7 @@ def test_attest_context_rechecks_the_archived_provenance_offline(
     checks = json.loads(capsys.readouterr().out)["checks"]
     assert any(c["name"] == "provenance.images" and c["status"] == "pass" for c in checks)
     # Without the archive the same report fails: the bundle, not the network, decided.
-    for archived in (state / "provenance").iterdir():
+    for archived in (state / "provenance").glob("*/*.json"):
         archived.unlink()
     assert main(args) == 1
     checks = json.loads(capsys.readouterr().out)["checks"]

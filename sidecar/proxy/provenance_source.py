@@ -1,7 +1,8 @@
 """Image provenance with I/O: fetch build attestations, archive them, and judge attested nodes.
 
 ``ProvenanceSource`` finds the Sigstore bundles of an image digest: first in the archive
-(``<state.dir>/provenance/sha256-<hex>.json``, written atomically), else from GitHub's
+(``<state.dir>/provenance/<repository>/sha256-<hex>.json``, written atomically; remove a file
+to fetch again), else from GitHub's
 attestations API (``GET {api_url}/repos/{owner}/{repo}/attestations/sha256:{hex}``, bounded in
 bytes and time), archiving what it fetched. The archive is what ``tee-sidecar attest --context``
 re-checks offline. ``ProvenanceGate`` runs after a model's attestation (and its identity check)
@@ -53,12 +54,17 @@ _DIGEST: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _GITHUB_REPOSITORY: Final = re.compile(r"https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)")
 
 
-def _archive_path(directory: Path, digest: str) -> Path:
-    return directory / f"{digest.replace(':', '-')}.json"
+def _archive_path(directory: Path, repository: str, digest: str) -> Path:
+    # One folder per source repository: the API is asked per repository, and a policy that
+    # names another repository must not be answered from bundles fetched for the old one.
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", repository.removeprefix("https://"))
+    return directory / folder / f"{digest.replace(':', '-')}.json"
 
 
-def archived_attestations(directory: Path, digests: Sequence[str]) -> dict[str, list[bytes]]:
-    """The archived bundles of ``digests`` (a digest without an archive maps to ``[]``).
+def archived_attestations(directory: Path, repository: str,
+                          digests: Sequence[str]) -> dict[str, list[bytes]]:
+    """The archived bundles of ``digests`` fetched for ``repository`` (a digest without an
+    archive maps to ``[]``).
 
     Raises:
         Nothing: an unreadable archive file counts as no bundle (the check then fails).
@@ -66,7 +72,7 @@ def archived_attestations(directory: Path, digests: Sequence[str]) -> dict[str, 
     found: dict[str, list[bytes]] = {}
     for digest in digests:
         try:
-            items = json.loads(_archive_path(directory, digest).read_bytes())
+            items = json.loads(_archive_path(directory, repository, digest).read_bytes())
         except (OSError, ValueError, RecursionError):
             items = []
         found[digest] = [json.dumps(item).encode() for item in items][:MAX_BUNDLES_PER_DIGEST] \
@@ -108,7 +114,8 @@ class ProvenanceSource:
         """
         if not _DIGEST.fullmatch(digest):
             return []
-        archived = archived_attestations(self.archive_dir, [digest])[digest]
+        archived = archived_attestations(self.archive_dir, requirement.repository,
+                                         [digest])[digest]
         if archived:
             return archived
         match = _GITHUB_REPOSITORY.fullmatch(requirement.repository)
@@ -121,7 +128,8 @@ class ProvenanceSource:
             log.warning("provenance_fetch_failed", digest=digest, error=exc.message)
             return None
         if items:
-            await asyncio.to_thread(self._archive, digest, items)
+            await asyncio.to_thread(self._archive, _archive_path(
+                self.archive_dir, requirement.repository, digest), items)
         return [json.dumps(item).encode() for item in items]
 
     async def _fetch(self, url: str) -> list[Any]:
@@ -156,28 +164,28 @@ class ProvenanceSource:
         return [a["bundle"] for a in attestations[:MAX_BUNDLES_PER_DIGEST]
                 if isinstance(a, dict) and isinstance(a.get("bundle"), dict)]
 
-    def _archive(self, digest: str, items: list[Any]) -> None:
+    def _archive(self, target: Path, items: list[Any]) -> None:
         """Write the bundles atomically (temporary file, fsync, rename, directory fsync)."""
         try:
-            self.archive_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, temporary = tempfile.mkstemp(dir=self.archive_dir, suffix=".tmp")
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(json.dumps(items, indent=1).encode())
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(temporary, _archive_path(self.archive_dir, digest))
+                os.replace(temporary, target)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
                 raise
-            directory = os.open(self.archive_dir, os.O_RDONLY)
+            directory = os.open(target.parent, os.O_RDONLY)
             try:
                 os.fsync(directory)
             finally:
                 os.close(directory)
         except OSError as exc:  # the check still runs on what was fetched; the archive is lost
-            log.error("provenance_not_archived", digest=digest, error=exc.strerror)
+            log.error("provenance_not_archived", path=str(target), error=exc.strerror)
 
 
 def provenance_checks(report: AttestationReport, requirement: ProvenanceRequirement,
@@ -265,5 +273,6 @@ def recheck_archived(report: AttestationReport, requirement: ProvenanceRequireme
     """
     digests = sorted({digest for node in report.nodes if node.deployment is not None
                       for digest in _digests(node.deployment.app_compose)})
-    return provenance_checks(report, requirement, archived_attestations(archive_dir, digests),
+    return provenance_checks(report, requirement,
+                             archived_attestations(archive_dir, requirement.repository, digests),
                              load_verifier(trusted_root))
