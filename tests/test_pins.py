@@ -326,25 +326,36 @@ def test_pins_cli(store: PinStore, tmp_path: Path, capsys: pytest.CaptureFixture
     assert pins_command("list", PinStore(tmp_path / "empty")) == 0
 
 
-def test_identity_any_is_warned_about_at_every_start(tmp_path: Path) -> None:
-    from structlog.testing import capture_logs
-
+def test_identity_any_is_warned_about_at_every_start(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidecar.pins
     from sidecar.config import load_settings
     from sidecar.proxy.server import build_service_app
 
+    events: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Recorder:
+        # structlog caches bound loggers on first use, so its capture_logs cannot be relied on
+        # once another test logged: record the module logger's calls instead.
+        def info(self, event: str, **fields: Any) -> None:
+            events.append(("info", event, fields))
+
+        def warning(self, event: str, **fields: Any) -> None:
+            events.append(("warning", event, fields))
+
+    monkeypatch.setattr(sidecar.pins, "log", Recorder())
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text(f'[models."{MODEL}"]\nidentity = "any"\n'
                            '[models."TEE/audited"]\n[models."TEE/audited".provenance]\n'
                            'repository = "https://github.com/example/images"\n')
     settings = load_settings(None, policy={"file": str(policy_file)},
                              state={"dir": str(tmp_path / "state")})
-    with capture_logs() as logs:
-        build_service_app(settings)
-    modes = next(e for e in logs if e["event"] == "identity_modes")
+    build_service_app(settings)
+    modes = next(f for level, e, f in events if e == "identity_modes")
     assert modes["any"] == [MODEL] and modes["tofu"] == ["TEE/audited", "(default) *"]
     assert modes["provenance_required"] == ["TEE/audited"]
-    warning = next(e for e in logs if e["event"] == "identity_any")
-    assert warning["log_level"] == "warning" and MODEL in warning["warning"]
+    warning = next((level, f) for level, e, f in events if e == "identity_any")
+    assert warning[0] == "warning" and MODEL in warning[1]["warning"]
 
 
 def test_serve_refuses_to_start_on_a_corrupt_store(tmp_path: Path,
