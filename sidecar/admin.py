@@ -35,6 +35,7 @@ from yarl import URL
 
 from sidecar.config import Mode, Settings
 from sidecar.errors import SidecarError
+from sidecar.pins import IdentityGate, identity_modes, provenance_required
 from sidecar.proxy.attester import CachedAttestation
 from sidecar.render import attestation_json
 from sidecar.telemetry import METRICS_CONTENT_TYPE, AttestationTiming, Telemetry
@@ -202,7 +203,8 @@ def status_document(view: AdminView | None, *,
     reasons = readiness(view)
     document: dict[str, Any] = {"service": "tee-sidecar", "generated_at": now_wall,
                                 "ready": not reasons, "not_ready_reasons": reasons,
-                                "settings": None, "models": [], "telemetry": None}
+                                "settings": None, "models": [], "telemetry": None,
+                                "identity": None}
     if view is None:
         return document
     settings = view.settings
@@ -240,7 +242,18 @@ def status_document(view: AdminView | None, *,
             "nodes": nodes,
         })
     document["telemetry"] = view.telemetry.snapshot()
+    document["identity"] = identity_document(view)
     return document
+
+
+def identity_document(view: AdminView | None) -> dict[str, Any] | None:
+    """Which policy entries run on tofu, pinned or any, and per model its pinned identities,
+    when they were pinned and any pending change (``sidecar.pins``); ``None`` before start."""
+    gate: IdentityGate | None = getattr(view, "identity", None)
+    if gate is None:
+        return None
+    return {"modes": identity_modes(gate.policies),
+            "provenance_required": provenance_required(gate.policies), **gate.status()}
 
 
 def public_url(url: str) -> str:
@@ -267,8 +280,14 @@ async def _livez(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    reasons = readiness(_view(request))
-    return web.json_response({"ready": not reasons, "reasons": reasons},
+    view = _view(request)
+    reasons = readiness(view)
+    body: dict[str, Any] = {"ready": not reasons, "reasons": reasons}
+    identity = identity_document(view)
+    if identity is not None:  # which models run on tofu, pinned or any (sidecar.pins)
+        body["identity_modes"] = identity["modes"]
+        body["provenance_required"] = identity["provenance_required"]
+    return web.json_response(body,
                              status=503 if reasons else 200, headers=_no_store({}))
 
 
@@ -365,6 +384,8 @@ def render_status_html(document: Mapping[str, Any]) -> str:
     for model in models:
         parts.append(_model_html(model))
 
+    parts.append(_identity_html(document.get("identity")))
+
     telemetry: Mapping[str, Any] = document["telemetry"]
     parts.append('<h2 id="counters">Counters</h2><table>')
     parts.append(_rows((name.replace("_", " "), _e(value))
@@ -384,6 +405,38 @@ def render_status_html(document: Mapping[str, Any]) -> str:
                          f"<td>{_e(failure['message'])}</td></tr>")
         parts.append("</tbody></table>")
     parts.append("</body></html>")
+    return "".join(parts)
+
+
+def _identity_html(identity: Mapping[str, Any] | None) -> str:
+    if identity is None:
+        return ""
+    modes: Mapping[str, list[str]] = identity["modes"]
+    parts = ['<h2 id="identity">Deployment identity (which code runs)</h2><table>',
+             _rows((f"identity = {mode}", _e(", ".join(globs) or "none"))
+                   for mode, globs in modes.items()), "</table>"]
+    parts.append(f"<p>Image provenance required for: "
+                 f"{_e(', '.join(identity['provenance_required']) or 'none')}</p>")
+    if modes["any"]:
+        parts.append('<p class="warning"><strong>Warning:</strong> entries under "any" accept '
+                     "whatever deployment attests: a gateway may route to code of its own.</p>")
+    if identity["error"]:
+        parts.append(f'<p class="warning">{_e(identity["error"])}</p>')
+    models: Mapping[str, Mapping[str, Any]] = identity["models"]
+    if not models:
+        parts.append("<p>No deployment pinned yet.</p>")
+    for model, entry in models.items():
+        prints = "<br>".join(f"{_e(i['role'])} <code>{_e(i['fingerprint'][:16])}</code> "
+                             f"compose <code>{_e((i['compose_hash'] or '')[:16])}</code> "
+                             f"images <code>{_e(', '.join(i['images']))}</code>"
+                             for i in entry["identities"])
+        pending = entry["pending"]
+        parts.append(f"<h3>Model <code>{_e(model)}</code> ({_e(entry['mode'])})</h3><table>"
+                     + _rows([("Pinned", _e(f"{entry['how']} {_utc(entry['pinned_at'])}")),
+                              ("Identities", prints),
+                              ("Pending change", _badge("pass", "none") if pending is None else
+                               _badge("fail", f"seen {_utc(pending['seen_at'])}")
+                               + f" {_e(pending['detail'])}")]) + "</table>")
     return "".join(parts)
 
 

@@ -1,4 +1,4 @@
-"""The ``tee-sidecar`` command: serve, simulate, attest, verify, receipts."""
+"""The ``tee-sidecar`` command: serve, simulate, attest, verify, receipts, pins."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 from datetime import datetime
 from pathlib import Path
 
@@ -163,7 +163,39 @@ def _parser() -> argparse.ArgumentParser:
                     "re-checks every receipt (signature, address, evidence binding, hash chain); "
                     "exit 1 when any receipt is invalid.")
     receipts.add_argument("args", nargs=argparse.REMAINDER, help="verify FILE [options]")
+    _add_pins_parser(sub)
     return parser
+
+
+def _add_pins_parser(sub: Any) -> None:
+    pins = sub.add_parser(
+        "pins", help="list, show, accept, forget or export deployment pins (trust on first use)",
+        description="The deployment identities trusted per model, in <state.dir>/pins/ (the "
+                    "same settings as serve). A running sidecar picks changes up at its next "
+                    "attestation of the model, without a restart.")
+    commands = pins.add_subparsers(dest="pins_command", required=True)
+    for name, text in (("list", "one line per pinned model"),
+                       ("show", "a model's pinned identities in full, and any pending change"),
+                       ("accept", "trust the identity change that was refused for MODEL"),
+                       ("forget", "drop MODEL's pins: its next attestation pins on first use"),
+                       ("export", "print the pins in policy-file syntax (identity = \"pinned\")")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument("--config", type=Path, help="TOML settings file")
+        if name in ("show", "accept", "forget"):
+            command.add_argument("model")
+        if name == "export":
+            command.add_argument("model", nargs="?", help="only this model")
+        if name in ("list", "show"):
+            command.add_argument("--json", action="store_true", help="print JSON")
+        if name == "accept":
+            command.add_argument("--keep-old", action="store_true",
+                                 help="keep the old identities too (both during a roll-out)")
+            command.add_argument("--report", type=Path,
+                                 help="accept the identity of this saved report instead "
+                                      "(evidence/<sha256>.json), verified again offline")
+            command.add_argument("--context", type=Path,
+                                 help="with --report: its archived context "
+                                      "(evidence/<sha256>.context.json)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "pins":
+            return _pins(args)
         if args.command == "receipts":
             from sidecar.receipts import receipts_main
 
@@ -218,6 +252,42 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"simulated TEE provider on http://{args.host}:{args.port} ({where}; "
           f"PCS at /pcs, NRAS at /nras)", file=sys.stderr, flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    return 0
+
+
+def _pins(args: argparse.Namespace) -> int:
+    from sidecar.pins import PinStore, PinStoreError, pins_command, pins_dir
+
+    settings = load_settings(args.config)
+    store = PinStore(pins_dir(settings.state.dir))
+    try:
+        if getattr(args, "report", None) is not None:
+            return _pins_accept_saved(args, settings, store)
+        return pins_command(args.pins_command, store, model=getattr(args, "model", None),
+                            keep_old=getattr(args, "keep_old", False),
+                            as_json=getattr(args, "json", False))
+    except PinStoreError as exc:
+        print(f"tee-sidecar pins: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _pins_accept_saved(args: argparse.Namespace, settings: Settings, store: Any) -> int:
+    from sidecar.pins import identities_from_saved_report
+    from sidecar.verify.policy import load_policy
+
+    if args.context is None:
+        raise UsageError("pins accept: --report needs --context FILE (its archived context)")
+    try:
+        body, context = args.report.read_bytes(), args.context.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"pins accept: cannot read input: {exc}") from None
+    anchors = load_anchors(settings.trust.anchors)
+    identities = identities_from_saved_report(
+        args.model, body, context, roots=anchors.roots, pinned_jwks=anchors.pinned_jwks,
+        policy=load_policy(settings.policy.file).for_model(args.model))
+    accepted = store.accept(args.model, keep_old=args.keep_old, identities=identities)
+    print(f"accepted for {args.model} from {args.report}: "
+          + ", ".join(f"{i.role} {i.fingerprint[:16]}" for i in accepted.identities))
     return 0
 
 
@@ -362,9 +432,16 @@ def _verify_saved_report(args: argparse.Namespace, settings: Settings,
     model = (context.model if context else None) or args.model or document.model_name \
         or "(saved report)"
     policies = load_policy(settings.policy.file)
-    return verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
-                              roots=anchors.roots, policy=policies.for_model(model), now=at,
-                              gateway_policy=policies.gateway)
+    policy = policies.for_model(model)
+    report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
+                                roots=anchors.roots, policy=policy, now=at,
+                                gateway_policy=policies.gateway)
+    if policy.provenance is not None:  # the bundles the proxy archived, checked offline
+        from sidecar.proxy.provenance_source import recheck_archived
+
+        report = recheck_archived(report, policy.provenance, settings.state.dir / "provenance",
+                                  settings.provenance.trusted_root)
+    return report
 
 
 # ``verify --attested-key``: the key's form names its algorithm (spec 0.2).

@@ -174,6 +174,18 @@ class AttestationSettings(_Section):
     warm_models: tuple[str, ...] = ()
 
 
+class ProvenanceSettings(_Section):
+    """Where image provenance comes from, for policy entries with a ``provenance`` table."""
+
+    # GitHub's attestations API (GET /repos/{owner}/{repo}/attestations/sha256:{digest}).
+    api_url: str = "https://api.github.com"
+    # A GitHub token raises the API's rate limit; public repositories need none.
+    api_token_file: Path | None = None
+    # A Sigstore trusted_root.json; default: the public-good root shipped with sigstore-python.
+    trusted_root: Path | None = None
+    timeout: float = Field(default=10.0, gt=0)
+
+
 class TrustSettings(_Section):
     """Roots of trust."""
 
@@ -246,6 +258,7 @@ class Settings(BaseSettings):
     verification: VerificationSettings = VerificationSettings()
     attestation: AttestationSettings = AttestationSettings()
     trust: TrustSettings = TrustSettings()
+    provenance: ProvenanceSettings = ProvenanceSettings()
     policy: PolicySettings = PolicySettings()
     limits: LimitsSettings = LimitsSettings()
     receipts: ReceiptsSettings = ReceiptsSettings()

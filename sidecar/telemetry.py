@@ -6,8 +6,8 @@ in-process view of the same events for the status page.
 
 Label discipline: every label takes values from a small closed set. Endpoints outside the
 proxy's routes become ``other``, failure codes that are not stable dotted codes become
-``other``; model names appear only on the attestation gauges, whose models are the ones that
-passed attestation (bounded by what the provider attests). Chat ids, prompts, completions,
+``other``; model names appear only on the attestation gauges and the identity-change counter,
+whose models are the ones whose hardware evidence verified (bounded by what the provider attests). Chat ids, prompts, completions,
 API keys and free text never become label values; free-text failure messages live only in the
 bounded in-memory ring buffer, never in the Prometheus output.
 """
@@ -180,6 +180,10 @@ class Telemetry:
             f"{METRIC_PREFIX}_verification_latency_seconds",
             "Time spent verifying an attestation or a completion signature.",
             ["kind"], buckets=VERIFICATION_BUCKETS, registry=self.registry)
+        self._identity_changes = Counter(
+            f"{METRIC_PREFIX}_identity_changes",
+            "Attestations refused because a node's deployment identity is not the pinned one.",
+            ["model"], registry=self.registry)
         self.registry.register(_AttestationGauges(lambda: self._attestation_times))
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._tally: _Tally[str] = _Tally()
@@ -228,6 +232,11 @@ class Telemetry:
         self._blocked.labels(code_label(code)).inc()
         self._tally["blocked"] += 1
 
+    def observe_identity_change(self, model: str) -> None:
+        """Count one attestation of ``model`` refused for a changed deployment identity."""
+        self._identity_changes.labels(model[:MAX_FAILURE_MODEL_CHARS]).inc()
+        self._tally["identity_changes"] += 1
+
     def observe_upstream(self, seconds: float) -> None:
         """Record how long the provider took for one request."""
         self._upstream_latency.observe(max(seconds, 0.0))
@@ -271,6 +280,7 @@ class Telemetry:
                 "signatures_passed": tally["signature_pass"],
                 "signatures_failed": tally["signature_fail"],
                 "signatures_incomplete": tally["signature_incomplete"],
+                "identity_changes": tally["identity_changes"],
             },
             "failures": [asdict(record) for record in self.failures()],
         }

@@ -44,6 +44,7 @@ from sidecar.errors import (
     VerificationFailed,
     openai_error_body,
 )
+from sidecar.pins import IdentityGate
 from sidecar.proxy.attester import AttestationCache
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import ReceiptLog, ReceiptLogError
@@ -84,6 +85,7 @@ class ProxyState:
     policies: PolicySet
     telemetry: Telemetry
     receipts: ReceiptLog | None
+    identity: IdentityGate | None = None  # deployment pins (sidecar.pins), for the status page
 
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)

@@ -14,6 +14,7 @@ per ``REFRESH_MIN_INTERVAL_SECONDS``, and a failed attestation answered from mem
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,9 +24,11 @@ from typing import Any
 import structlog
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
+from sidecar.pins import IdentityGate
 from sidecar.providers.wire import AttestationDocument, parse_attestation_document
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
+from sidecar.proxy.provenance_source import ProvenanceGate
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.telemetry import Telemetry
 from sidecar.verify.attestation import (
@@ -156,11 +159,15 @@ class AttestationCache:
     def __init__(self, attester: ModelAttester, ttl_for: Callable[[str], int], *,
                  telemetry: Telemetry | None = None,
                  on_attested: Callable[[CachedAttestation], Awaitable[None]] | None = None,
+                 identity: IdentityGate | None = None,
+                 provenance: ProvenanceGate | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._attester = attester
         self._ttl_for = ttl_for
         self._telemetry = telemetry or Telemetry()
         self._on_attested = on_attested
+        self._identity = identity
+        self._provenance = provenance
         self._clock = clock
         self._entries: dict[str, CachedAttestation] = {}
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
@@ -259,6 +266,13 @@ class AttestationCache:
         if self._on_attested is not None:
             # The evidence is archived before any receipt can name it.
             await self._on_attested(entry)
+        if self._identity is not None:
+            # Which code runs (sidecar.pins): after archiving, so a refused change's evidence is
+            # kept for `pins accept`; before caching, so a refused change never serves.
+            entry = dataclasses.replace(entry, report=self._identity.enforce(model, report))
+        if self._provenance is not None:  # who built the images (sidecar.verify.provenance)
+            entry = dataclasses.replace(
+                entry, report=await self._provenance.enforce(model, entry.report))
         self._entries[model] = entry
         return entry
 

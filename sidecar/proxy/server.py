@@ -18,6 +18,7 @@ from aiohttp import web
 from sidecar.admin import build_admin_app, keep_models_warm, public_url
 from sidecar.config import Settings
 from sidecar.errors import VerificationFailed
+from sidecar.pins import log_identity_modes
 from sidecar.proxy.app import STATE, build_proxy_app
 from sidecar.proxy.state import client_session, load_policies, state_factory
 from sidecar.verify.policy import PolicySet
@@ -73,6 +74,7 @@ def build_service_app(settings: Settings) -> web.Application:
         ConfigError: the policy file is invalid.
     """
     policies = load_policies(settings)
+    log_identity_modes(policies)
     app = build_proxy_app(settings, state_factory(settings, policies),
                           lambda: client_session(settings))
     app.cleanup_ctx.append(admin_and_warmup(settings))

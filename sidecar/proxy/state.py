@@ -10,14 +10,17 @@ import aiohttp
 from aiohttp import web
 
 from sidecar.config import Settings
+from sidecar.errors import ConfigError
 from sidecar.providers.contracts import ProviderContract
 from sidecar.admin import attestation_times
 from sidecar.proxy.app import ProxyState, StateFactory
 from sidecar.proxy.attester import AttestationCache, CachedAttestation, ModelAttester
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
+from sidecar.proxy.provenance_source import ProvenanceGate, ProvenanceSource
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.proxy.verdict import CompletionVerifier
+from sidecar.pins import IdentityGate, PinStore, pins_dir
 from sidecar.receipts import ReceiptLog
 from sidecar.telemetry import Telemetry
 from sidecar.trust import load_anchors
@@ -74,7 +77,18 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
 
 
 def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
-    """A ``StateFactory`` for ``build_proxy_app`` bound to ``settings`` and ``policies``."""
+    """A ``StateFactory`` for ``build_proxy_app`` bound to ``settings`` and ``policies``.
+
+    Raises:
+        ConfigError: the pin store exists but cannot be read (start-up stops before serving).
+    """
+    pins = PinStore(pins_dir(settings.state.dir))
+    provenance_settings = settings.provenance
+    try:
+        token = (provenance_settings.api_token_file.read_text(encoding="utf-8").strip()
+                 if provenance_settings.api_token_file is not None else None)
+    except OSError as exc:
+        raise ConfigError(f"provenance.api_token_file: cannot read it: {exc.strerror}") from None
 
     async def make_state(app: web.Application, session: aiohttp.ClientSession) -> ProxyState:
         telemetry = Telemetry()
@@ -89,13 +103,20 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
                 await asyncio.to_thread(receipts.archive_context, digest, entry.context)
 
         upstream, attester = build_attester(settings, session, policies)
+        identity = IdentityGate(pins, policies, on_change=telemetry.observe_identity_change)
+        provenance = ProvenanceGate(
+            ProvenanceSource(session, api_url=provenance_settings.api_url,
+                             archive_dir=settings.state.dir / "provenance",
+                             timeout=provenance_settings.timeout, token=token),
+            policies, provenance_settings.trusted_root)
         cache = AttestationCache(
             attester, lambda model: policies.for_model(model).attestation_ttl_seconds,
-            telemetry=telemetry, on_attested=archive)
+            telemetry=telemetry, on_attested=archive, identity=identity, provenance=provenance)
         telemetry.watch_attestations(lambda: attestation_times(cache))
         verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo,
                                       telemetry)
-        return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts)
+        return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts,
+                          identity)
 
     return make_state
 

@@ -81,10 +81,12 @@ class SimulatedEvidence:
         app_label = b"tee-sidecar simulated app" if app == "app" else f"simulated {app}".encode()
         instance_label = f"instance {index}" if app == "app" else f"{app} instance {index}"
         return build_node_identity(
-            app_compose=app_compose,
+            app_compose=knobs.get("app_compose") or app_compose,
             app_id=hashlib.sha256(app_label).hexdigest()[:40],
             instance_id=hashlib.sha256(instance_label.encode()).hexdigest()[:40],
-            os_image_hash=OS_IMAGE_HASH,
+            os_image_hash=(bytes.fromhex(knobs["os_image_hash"]) if knobs.get("os_image_hash")
+                           else OS_IMAGE_HASH),
+            key_provider=knobs.get("key_provider"),
             mrtd=mrtd,
             swap_payloads=swap,
             break_replay=bool(knobs.get("break_replay")),

@@ -71,6 +71,9 @@ EVIDENCE_KNOBS = frozenset({
     # NEAR compose-manager attestation: "absent", "field_order" (the March-2026 hash form, still
     # valid), "tampered_actions" (an action changed after hashing), "other_nonce".
     "compose_manager",
+    # Another deployment (tests of deployment pinning): the measured app-compose string (its own
+    # images), the os-image-hash payload (hex), the key-provider event's object.
+    "app_compose", "os_image_hash", "key_provider",
 })
 EVIDENCE_TARGETS = frozenset({"model", "gateway", "compose_manager"})
 COMPOSE_MANAGER_MODES = frozenset({"absent", "field_order", "tampered_actions", "other_nonce"})

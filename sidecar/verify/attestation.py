@@ -54,6 +54,7 @@ from sidecar.verify.compose import (
     parse_info,
 )
 from sidecar.verify.eventlog import verify_event_log
+from sidecar.verify.identity import DeploymentFacts
 from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import GATEWAY_DEFAULT, ModelPolicy, NodeFacts
 from sidecar.verify.signature import AttestedSigner, normalise_key
@@ -111,6 +112,9 @@ class NodeReport:
     measurements: Mapping[str, str] = field(default_factory=dict)
     gpus: tuple[GpuVerdict, ...] = ()
     model_name: str | None = None
+    # Facts only verified evidence gives (bound compose, replayed runtime events): what
+    # sidecar.verify.identity reads to pin the deployment. None when not established.
+    deployment: DeploymentFacts | None = None
 
     @property
     def status(self) -> Status:
@@ -337,6 +341,7 @@ def verify_node(
                 "app_id": events["app-id"].hex() if "app-id" in events else None,
                 "os_image_hash": events["os-image-hash"].hex() if "os-image-hash" in events else None,
             }
+            extra["deployment"] = DeploymentFacts.from_verified(info.app_compose, events)
     # (5b) The compose-manager attestation: a quote of its own, then its actions.
     if wire.compose_manager_attestation is not None:
         checks.extend(_verify_compose_manager(

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from sidecar.errors import ConfigError, VerificationFailed
 from sidecar.verify.checks import Check
+from sidecar.verify.identity import DeploymentIdentity, IdentityMode
+from sidecar.verify.provenance import GITHUB_ACTIONS_ISSUER, ProvenanceRequirement
 from sidecar.verify.nvidia import GpuPolicy
 
 __all__ = [
@@ -409,6 +411,12 @@ class ModelPolicy:
         accepted_tcb_statuses: for the TDX verifier (also enforced by ``rule``).
         tolerated_advisories: for the TDX verifier (also enforced by ``rule``).
         requires_attestation: false only for the unattested entry of a permissive policy set.
+        identity: which deployments are trusted (``sidecar.verify.identity``): ``tofu`` (the
+            first one attested, kept in the pin store, plus ``identity_pins``), ``pinned``
+            (only ``identity_pins``) or ``any`` (no deployment pinning).
+        identity_pins: deployment identities the policy file lists for the model.
+        provenance: who must have built every image of the attested compose
+            (``sidecar.verify.provenance``); ``None``: not required.
     """
 
     pattern: str
@@ -419,6 +427,9 @@ class ModelPolicy:
     accepted_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
     tolerated_advisories: frozenset[str] = frozenset()
     requires_attestation: bool = True
+    identity: IdentityMode = "tofu"
+    identity_pins: tuple[DeploymentIdentity, ...] = ()
+    provenance: ProvenanceRequirement | None = None
 
     def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
         """Evaluate ``rule`` (so a ``ModelPolicy`` is itself a :class:`Policy`).
@@ -448,6 +459,9 @@ def build_model_policy(
     attestation_ttl_seconds: int = 3600,
     on_failure: OnFailure = "block",
     gpu: GpuRequirements | None = None,
+    identity: IdentityMode | None = None,
+    identity_pins: Sequence[DeploymentIdentity] = (),
+    provenance: ProvenanceRequirement | None = None,
 ) -> ModelPolicy:
     """Compose a :class:`ModelPolicy` from plain settings.
 
@@ -458,8 +472,23 @@ def build_model_policy(
 
     Raises:
         ValueError: if a measurement set is empty or names an unknown fact, or measurements are
-            pinned while TDX is not required (pins can only be met by a verified quote).
+            pinned while TDX is not required (pins can only be met by a verified quote); if
+            ``identity`` is ``pinned`` without ``identity_pins`` or ``any`` with them, or
+            ``tofu``/``pinned`` are asked for while TDX is not required. ``identity`` left out
+            means ``tofu``, or ``any`` when TDX is not required (no quote, no identity).
     """
+    if identity is None:
+        identity = "tofu" if require_tdx else "any"
+    if identity != "any" and not require_tdx:
+        raise ValueError(f'identity = "{identity}" needs a verified TDX quote, but TDX is not '
+                         "required")
+    if identity == "pinned" and not identity_pins:
+        raise ValueError('identity = "pinned" needs at least one pin')
+    if identity == "any" and identity_pins:
+        raise ValueError('identity = "any" ignores pins: list none, or choose "tofu"/"pinned"')
+    if provenance is not None and not require_tdx:
+        raise ValueError("image provenance needs the compose a verified TDX quote binds")
+
     statuses = frozenset(accepted_tcb_statuses)
     advisories = frozenset(tolerated_advisories)
     rules: list[Policy] = [RequireEvidence(tdx=require_tdx, nvidia=require_nvidia)]
@@ -487,6 +516,9 @@ def build_model_policy(
         accepted_tcb_statuses=statuses,
         tolerated_advisories=advisories,
         requires_attestation=require_tdx or require_nvidia,
+        identity=identity,
+        identity_pins=tuple(identity_pins),
+        provenance=provenance,
     )
 
 
@@ -601,6 +633,32 @@ class _MeasurementsFile(_FileModel):
     os_image_hash: _Sha256Hexes | None = None
 
 
+_Sha384Hex = Annotated[str, StringConstraints(pattern=r"^(0[xX])?[0-9a-fA-F]{96}$")]
+_Sha256Hex = Annotated[str, StringConstraints(pattern=r"^(0[xX])?[0-9a-fA-F]{64}$")]
+
+
+class _PinFile(_FileModel):
+    # One deployment identity (sidecar.verify.identity), as `tee-sidecar pins export` prints it.
+    role: Literal["model", "gateway"] = "model"
+    mrtd: _Sha384Hex
+    rtmr0: _Sha384Hex
+    rtmr1: _Sha384Hex
+    rtmr2: _Sha384Hex
+    mr_config_id: _Sha384Hex
+    compose_hash: _Sha256Hex | None = None
+    images: list[Annotated[str, StringConstraints(min_length=1)]] = []
+    os_image_hash: _Sha256Hex | None = None
+    key_provider: str | None = None
+
+
+class _ProvenanceFile(_FileModel):
+    # Who must have built every image (sidecar.verify.provenance.ProvenanceRequirement).
+    repository: Annotated[str, StringConstraints(pattern=r"^https://[^\s/]+/[^\s]+[^/\s]$")]
+    workflow: Annotated[str, StringConstraints(pattern=r"^[^\s@]+$")] | None = None
+    ref: Annotated[str, StringConstraints(pattern=r"^refs/[^\s]+$")] | None = None
+    issuer: Annotated[str, StringConstraints(pattern=r"^https://[^\s]+$")] = GITHUB_ACTIONS_ISSUER
+
+
 class _EntryFile(_FileModel):
     require_tdx: bool | None = None
     require_nvidia: bool | None = None
@@ -610,6 +668,9 @@ class _EntryFile(_FileModel):
     on_failure: OnFailure | None = None
     gpu: _GpuFile | None = None
     measurements: Annotated[list[_MeasurementsFile], Field(min_length=1)] | None = None
+    identity: IdentityMode | None = None
+    pins: Annotated[list[_PinFile], Field(min_length=1)] | None = None
+    provenance: _ProvenanceFile | None = None
 
 
 class _GatewayFile(_FileModel):
@@ -719,8 +780,26 @@ def _build_entry(
         if not chosen:
             raise ConfigError(f"policy file {source}: {key}.measurements[{index}] pins nothing")
         sets.append(chosen)
+    identity: IdentityMode | None = _pick(entry.identity, defaults.identity, fallback=None)
+    pin_files = _pick(entry.pins, defaults.pins, fallback=[])
+    identity_pins = tuple(DeploymentIdentity.from_json(pin.model_dump()) for pin in pin_files)
+    if identity == "pinned" and not identity_pins:
+        raise ConfigError(f'policy file {source}: {key}.identity = "pinned" lists no pins')
+    if identity == "any" and identity_pins:
+        raise ConfigError(f'policy file {source}: {key}.identity = "any" ignores its pins')
+    if (identity in ("tofu", "pinned") or identity_pins) and not require_tdx:
+        raise ConfigError(f"policy file {source}: {key}.identity pins a deployment by its TDX "
+                          "quote, but require_tdx is false")
+    provenance_file = _pick(entry.provenance, defaults.provenance, fallback=None)
+    if provenance_file is not None and not require_tdx:
+        raise ConfigError(f"policy file {source}: {key}.provenance needs a TDX quote (it binds "
+                          "the compose), but require_tdx is false")
     return build_model_policy(
         pattern,
+        provenance=(ProvenanceRequirement(**provenance_file.model_dump())
+                    if provenance_file is not None else None),
+        identity=identity,
+        identity_pins=identity_pins,
         require_tdx=require_tdx,
         require_nvidia=require_nvidia,
         accepted_tcb_statuses=_pick(
