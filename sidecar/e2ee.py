@@ -85,7 +85,7 @@ _PLAINTEXT_FIELD: Final = "e2ee.plaintext_field"
 _DECRYPT_FAILED: Final = "e2ee.decrypt_failed"
 _MODEL_KEY_INVALID: Final = "e2ee.model_key_invalid"
 _UNKNOWN_SCHEME: Final = "e2ee.unknown_scheme"
-_FIELD_NOT_STRING: Final = "e2ee.request_field_not_string"
+_UNENCRYPTABLE: Final = "e2ee.request_unencryptable"
 
 
 def _scheme(value: str) -> E2EEScheme:
@@ -360,56 +360,79 @@ def encrypt_request(body: Mapping[str, Any], *, model_public_key: str,
     Raises:
         VerificationFailed: ``e2ee.model_key_invalid`` or ``e2ee.unknown_scheme``: nothing
             can be sealed, nothing must be sent.
-        BadRequest: ``e2ee.request_field_not_string``: a field that must be encrypted holds
-            neither a string nor null (the OpenAI API wants a string there), so it could only
-            leave in plaintext.
+        BadRequest: ``e2ee.request_unencryptable``: a part that must be encrypted has a shape
+            that cannot be sealed and would leave in plaintext (a number where the OpenAI API
+            wants a string, a message that is not an object, NaN in a JSON value…).
     """
     key = _ModelKey(model_public_key, scheme)
     out = deepcopy(dict(body))
 
-    def seal_string(obj: dict[str, Any], name: str, path: str) -> None:
-        value = obj.get(name)
-        if value is None:
-            return
-        if not isinstance(value, str):
-            raise BadRequest(f"{path}.{name} must be a string to be end-to-end encrypted",
-                             code=_FIELD_NOT_STRING)
-        obj[name] = key.seal(value)
+    def refuse(path: str, wanted: str) -> BadRequest:
+        return BadRequest(f"{path} must be {wanted} to be end-to-end encrypted",
+                          code=_UNENCRYPTABLE)
 
-    for i, message in _dicts(out.get("messages")):
+    def objects(value: Any, path: str) -> list[tuple[int, dict[str, Any]]]:
+        # A list holding anything but objects cannot be walked, so it could only leave as is.
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise refuse(path, "a list")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise refuse(f"{path}[{i}]", "an object")
+        return list(enumerate(value))
+
+    def member(obj: dict[str, Any], name: str, path: str) -> dict[str, Any] | None:
+        value = obj.get(name)
+        if value is None or isinstance(value, dict):
+            return value
+        raise refuse(f"{path}.{name}", "an object")
+
+    def seal_json(value: Any, path: str) -> str:
+        try:
+            return key.seal(_compact_json(value))
+        except ValueError:  # NaN or Infinity: no JSON text the node could parse back
+            raise refuse(path, "plain JSON") from None
+
+    def seal_string(obj: dict[str, Any] | None, name: str, path: str) -> None:
+        if obj is None or obj.get(name) is None:
+            return
+        if not isinstance(obj[name], str):
+            raise refuse(f"{path}.{name}", "a string")
+        obj[name] = key.seal(obj[name])
+
+    for i, message in objects(out.get("messages"), "messages"):
         path = f"messages[{i}]"
         content = message.get("content")
+        if isinstance(content, str) and _looks_like_json_array(content):
+            content = [{"type": "text", "text": content}]
         if isinstance(content, str):
-            if _looks_like_json_array(content):
-                content = [{"type": "text", "text": content}]
-            else:
-                message["content"] = key.seal(content)
-        if isinstance(content, list):
-            message["content"] = key.seal(_compact_json(content))
-        elif content is not None and not isinstance(content, str):
-            raise BadRequest(f"{path}.content must be a string or a list to be end-to-end "
-                             "encrypted", code=_FIELD_NOT_STRING)
+            message["content"] = key.seal(content)
+        elif isinstance(content, list):
+            message["content"] = seal_json(content, f"{path}.content")
+        elif content is not None:
+            raise refuse(f"{path}.content", "a string or a list")
         for name in ("reasoning_content", "reasoning", "name", "refusal"):
             seal_string(message, name, path)
-        if isinstance(message.get("audio"), dict):
-            seal_string(message["audio"], "data", f"{path}.audio")
-        for j, call in _dicts(message.get("tool_calls")):
-            if isinstance(call.get("function"), dict):
-                for name in ("name", "arguments"):
-                    seal_string(call["function"], name, f"{path}.tool_calls[{j}].function")
-        if isinstance(message.get("function_call"), dict):
+        seal_string(member(message, "audio", path), "data", f"{path}.audio")
+        for j, call in objects(message.get("tool_calls"), f"{path}.tool_calls"):
+            function = member(call, "function", f"{path}.tool_calls[{j}]")
             for name in ("name", "arguments"):
-                seal_string(message["function_call"], name, f"{path}.function_call")
-    for i, tool in _dicts(out.get("tools")):
-        function = tool.get("function")
-        if isinstance(function, dict):
-            for name in ("name", "description"):
-                seal_string(function, name, f"tools[{i}].function")
-            if function.get("parameters") is not None:
-                function["parameters"] = key.seal(_compact_json(function["parameters"]))
-    tool_choice = out.get("tool_choice")
-    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict):
-        seal_string(tool_choice["function"], "name", "tool_choice.function")
+                seal_string(function, name, f"{path}.tool_calls[{j}].function")
+        function_call = member(message, "function_call", path)
+        for name in ("name", "arguments"):
+            seal_string(function_call, name, f"{path}.function_call")
+    for i, tool in objects(out.get("tools"), "tools"):
+        function = member(tool, "function", f"tools[{i}]")
+        for name in ("name", "description"):
+            seal_string(function, name, f"tools[{i}].function")
+        if function is not None and function.get("parameters") is not None:
+            function["parameters"] = seal_json(function["parameters"],
+                                               f"tools[{i}].function.parameters")
+    # tool_choice and function_call may also be the strings "auto", "none", "required".
+    if isinstance(out.get("tool_choice"), dict):
+        seal_string(member(out["tool_choice"], "function", "tool_choice"), "name",
+                    "tool_choice.function")
     if isinstance(out.get("function_call"), dict):
         seal_string(out["function_call"], "name", "function_call")
     return out

@@ -401,23 +401,46 @@ def test_an_unknown_scheme_is_refused() -> None:
     assert caught.value.code == "e2ee.unknown_scheme"
 
 
-@pytest.mark.parametrize("path", ["messages.0.content", "messages.0.name",
-                                  "messages.1.tool_calls.0.function.arguments",
-                                  "tools.0.function.description"])
-def test_a_listed_request_field_that_is_not_a_string_is_refused(scheme: str, path: str) -> None:
+UNENCRYPTABLE = [
+    ("messages.0.content", {"secret": "object"}, "content must be a string or a list"),
+    ("messages.0.name", {"secret": "object"}, "name must be a string"),
+    ("messages.1.tool_calls.0.function.arguments", {"secret": 1}, "arguments must be a string"),
+    ("messages.1.tool_calls.0.function", "secret", "function must be an object"),
+    ("messages.1.tool_calls", "secret", "tool_calls must be a list"),
+    ("messages.1.tool_calls.0", "secret", r"tool_calls\[0\] must be an object"),
+    ("messages.1.audio", "secret", "audio must be an object"),
+    ("messages.0", "secret", r"messages\[0\] must be an object"),
+    ("messages", "secret", "messages must be a list"),
+    ("tools.0.function.description", ["secret"], "description must be a string"),
+    ("tools.0", "secret", r"tools\[0\] must be an object"),
+    ("tools.0.function.parameters", {"x": float("nan")}, "parameters must be plain JSON"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), UNENCRYPTABLE,
+                         ids=[f"{p}={type(v).__name__}" for p, v, _ in UNENCRYPTABLE])
+def test_a_request_part_that_cannot_be_sealed_is_refused(scheme: str, path: str, value: Any,
+                                                          message: str) -> None:
     body: dict[str, Any] = {
         "model": "m",
         "messages": [{"role": "user", "content": "hi", "name": "me"},
-                     {"role": "assistant", "tool_calls": [
+                     {"role": "assistant", "audio": {"id": "a"}, "tool_calls": [
                          {"id": "1", "type": "function",
                           "function": {"name": "f", "arguments": "{}"}}]}],
-        "tools": [{"type": "function", "function": {"name": "f", "description": "d"}}],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d",
+                                                    "parameters": {}}}],
     }
-    _set(body, path, {"secret": "object"})
-    with pytest.raises(BadRequest, match="end-to-end encrypted") as caught:
+    _set(body, path, value)
+    with pytest.raises(BadRequest, match=message) as caught:
         e2ee.encrypt_request(body, model_public_key=Node(scheme).public, scheme=scheme)
-    assert caught.value.code == "e2ee.request_field_not_string"
+    assert caught.value.code == "e2ee.request_unencryptable"
     assert caught.value.http_status == 400
+
+
+def test_the_string_forms_of_tool_choice_and_function_call_pass_as_they_are(scheme: str) -> None:
+    body = {"model": "m", "messages": [], "tool_choice": "required", "function_call": "auto"}
+    wire = e2ee.encrypt_request(body, model_public_key=Node(scheme).public, scheme=scheme)
+    assert wire == body
 
 
 # -- keys and headers ------------------------------------------------------------------------
