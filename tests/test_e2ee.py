@@ -563,3 +563,10 @@ def test_no_string_makes_opening_raise_anything_but_the_two_codes(value: str) ->
         pair.open_envelope(value, field="f")
     except VerificationFailed as exc:
         assert exc.code in ("e2ee.plaintext_field", "e2ee.decrypt_failed")
+
+
+def test_the_node_side_shares_no_code_with_the_sidecar() -> None:
+    # A bug shared by sealer and opener would pass every round trip (STYLE.md, Tests).
+    imports = [line for line in Path(node.__file__).read_text().splitlines()
+               if line.startswith(("import ", "from "))]
+    assert imports and not [line for line in imports if "sidecar" in line or "nacl" in line]
