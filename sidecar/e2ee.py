@@ -293,7 +293,11 @@ class _ModelKey:
         self.canonical_hex = raw[1:].hex() if self.ec_key is not None else raw.hex()
 
     def seal(self, plaintext: str) -> str:
-        data = plaintext.encode("utf-8")
+        try:
+            data = plaintext.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes allow
+            raise BadRequest("a field to encrypt is not valid Unicode",
+                             code=_UNENCRYPTABLE) from None
         if self.x25519 is not None:
             return _seal_ed25519(data, self.x25519, os.urandom(32),
                                  os.urandom(_XNONCE_LEN)).hex()
@@ -323,6 +327,7 @@ def encrypt_text(plaintext: str, *, recipient_public_key: str, scheme: E2EESchem
 
     Raises:
         VerificationFailed: ``e2ee.model_key_invalid``, ``e2ee.unknown_scheme``.
+        BadRequest: ``e2ee.request_unencryptable`` for a string that is not valid Unicode.
     """
     return _ModelKey(recipient_public_key, scheme).seal(plaintext)
 
@@ -388,18 +393,25 @@ def encrypt_request(body: Mapping[str, Any], *, model_public_key: str,
             return value
         raise refuse(f"{path}.{name}", "an object")
 
+    def seal_text(text: str, path: str) -> str:
+        try:
+            return key.seal(text)
+        except BadRequest:
+            raise refuse(path, "valid Unicode") from None
+
     def seal_json(value: Any, path: str) -> str:
         try:
-            return key.seal(_compact_json(value))
+            text = _compact_json(value)
         except ValueError:  # NaN or Infinity: no JSON text the node could parse back
             raise refuse(path, "plain JSON") from None
+        return seal_text(text, path)
 
     def seal_string(obj: dict[str, Any] | None, name: str, path: str) -> None:
         if obj is None or obj.get(name) is None:
             return
         if not isinstance(obj[name], str):
             raise refuse(f"{path}.{name}", "a string")
-        obj[name] = key.seal(obj[name])
+        obj[name] = seal_text(obj[name], f"{path}.{name}")
 
     for i, message in objects(out.get("messages"), "messages"):
         path = f"messages[{i}]"
@@ -407,7 +419,7 @@ def encrypt_request(body: Mapping[str, Any], *, model_public_key: str,
         if isinstance(content, str) and _looks_like_json_array(content):
             content = [{"type": "text", "text": content}]
         if isinstance(content, str):
-            message["content"] = key.seal(content)
+            message["content"] = seal_text(content, f"{path}.content")
         elif isinstance(content, list):
             message["content"] = seal_json(content, f"{path}.content")
         elif content is not None:

@@ -414,6 +414,9 @@ UNENCRYPTABLE = [
     ("tools.0.function.description", ["secret"], "description must be a string"),
     ("tools.0", "secret", r"tools\[0\] must be an object"),
     ("tools.0.function.parameters", {"x": float("nan")}, "parameters must be plain JSON"),
+    ("messages.0.content", "lone \ud800 surrogate", "content must be valid Unicode"),
+    ("messages.0.name", "\udfff", "name must be valid Unicode"),
+    ("tools.0.function.parameters", {"\ud800": 1}, "parameters must be valid Unicode"),
 ]
 
 
