@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env typecheck lint-deploy bench soak clean
+.PHONY: demo test env near-env typecheck lint-deploy bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +14,28 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
+# NEAR's own SDK, the independent implementation the E2EE interop tests run against
+# (tests/test_e2ee_interop.py). It needs Python 3.12+, so it gets a venv of its own; without such
+# an interpreter this says so and those tests skip. NEAR_PYTHON=/path/to/python3.12 overrides.
+NEAR_SDK := nearai-inference-sdk==0.2.0
+NEAR_VENV := .venv-near
+NEAR_PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.1[2-9]*/bin/python) $(shell command -v python3.14 python3.13 python3.12 2>/dev/null))
+
+near-env:
+	@if [ -z "$(NEAR_PYTHON)" ] || ! "$(NEAR_PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+		echo "near-env: no Python 3.12+ interpreter found (set NEAR_PYTHON=...): the NEAR SDK interop tests will be skipped"; \
+	elif [ ! -f $(NEAR_VENV)/.installed-$(NEAR_SDK) ]; then \
+		echo "near-env: creating $(NEAR_VENV) with $(NEAR_PYTHON) for $(NEAR_SDK)"; \
+		"$(NEAR_PYTHON)" -m venv $(NEAR_VENV) && \
+		$(NEAR_VENV)/bin/python -m pip install --quiet '$(NEAR_SDK)' && \
+		touch '$(NEAR_VENV)/.installed-$(NEAR_SDK)'; \
+	fi
+
 # The main job on the built-in simulated provider: attest, complete, block a tampered answer.
 demo: $(STAMP)
 	$(PY) -m sidecar.demo
 
-test: $(STAMP)
+test: $(STAMP) near-env
 	$(PY) -m pytest -q
 
 typecheck: $(STAMP)
@@ -39,4 +56,4 @@ soak: $(STAMP)
 	$(PY) bench/soak.py --clients 200 --duration 300 --tamper-share 0.1
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(NEAR_VENV) build *.egg-info
