@@ -161,6 +161,10 @@ class VerificationSettings(_Section):
     mode: Mode = Mode.ENFORCE
     stream: StreamMode = StreamMode.BUFFER
     signing_algo: str = Field(default="ecdsa", pattern="^(ecdsa|ed25519)$")
+    # A request hash that covers the bytes sent with only the model renamed to the upstream's id
+    # (NanoGPT renames TEE/x on the way in, spec 0.1): "profile" accepts it where the provider is
+    # known to rename (nanogpt) and refuses it elsewhere; "accept" or "refuse" decide for all.
+    model_renamed: str = Field(default="profile", pattern="^(profile|accept|refuse)$")
 
 
 class AttestationSettings(_Section):

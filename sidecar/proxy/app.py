@@ -58,6 +58,7 @@ from sidecar.proxy.verdict import (
     CompletionVerifier,
 )
 from sidecar.verify.policy import PolicySet
+from sidecar.verify.signature import top_level_model_span
 from sidecar.verify.sse import SseFramer, chat_id_of
 
 log = structlog.get_logger("tee_sidecar.proxy")
@@ -177,6 +178,7 @@ async def _errors_and_logs(request: web.Request,
                  model=request.get(MODEL), verified=verified,
                  failure=(relayed.failure.code if relayed is not None and relayed.failure
                           else headers.get(HEADER_FAILURE)),
+                 request_binding=relayed.request_binding_label() if relayed is not None else None,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         structlog.contextvars.unbind_contextvars("request_id")
     if HEADER_REQUEST_ID not in response.headers and not response.prepared:
@@ -277,6 +279,7 @@ class _Completion:
     request: web.Request
     model: str
     mode: Mode
+    request_body: bytes
     request_sha256: str
     pre_failure: SidecarError | None
     upstream_started: float
@@ -304,6 +307,7 @@ class _Completion:
         else:
             assert chat_id is not None
             verdict = await state.verifier.verify(model=self.model, chat_id=chat_id,
+                                                  request_body=self.request_body,
                                                   request_sha256=self.request_sha256,
                                                   response_sha256=response_sha256)
         if state.receipts is not None:
@@ -354,7 +358,8 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             policy = state.policies.for_model(model)
             if mode is Mode.ENFORCE and policy.on_failure == "flag":
                 mode = Mode.FLAG
-            await state.cache.get(model)
+            attested = await state.cache.get(model)
+            body = _with_canonical_model(state, body, model, attested.canonical_model)
         except VerificationFailed as exc:
             pre_failure = exc
             if exc.code == "attestation.unavailable" and _may_pass_unattested(state, model):
@@ -366,8 +371,8 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             return _error_response(pre_failure, request[REQUEST_ID])
 
         # (3) Forward the exact bytes.
-        completion = _Completion(state, request, model, mode, hashlib.sha256(body).hexdigest(),
-                                 pre_failure, time.perf_counter())
+        completion = _Completion(state, request, model, mode, body,
+                                 hashlib.sha256(body).hexdigest(), pre_failure, time.perf_counter())
         timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
                                         sock_read=state.settings.upstream.read_timeout)
         resp = await state.upstream.open("POST", path, body, timeout)
@@ -387,6 +392,26 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             return await _plain(completion, resp)
 
     return handler
+
+
+def _with_canonical_model(state: ProxyState, body: bytes, model: str,
+                          canonical: str | None) -> bytes:
+    """The request bytes to send: as the app wrote them, or, where the provider rewrites answers
+    to aliases (NEAR, spec 0.2), with only the ``model`` value replaced by the attested canonical
+    id, so the bytes the node signs are the bytes the sidecar hashes. The app's own name still
+    selects the attestation, and the answer goes back unchanged.
+
+    Raises:
+        BadRequest: ``request.ambiguous_model`` when the body's top-level ``model`` cannot be
+            located exactly once (a duplicate key: which one a server reads is its choice).
+    """
+    if canonical is None or canonical == model or not state.upstream.contract.profile.canonical_model:
+        return body
+    span = top_level_model_span(body)
+    if span is None:
+        raise BadRequest("the request's model cannot be located exactly once",
+                         code="request.ambiguous_model")
+    return body[:span[0]] + json.dumps(canonical).encode() + body[span[1]:]
 
 
 async def _read_upstream(resp: aiohttp.ClientResponse,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.errors import ConfigError
-from sidecar.providers.contracts import ProviderContract
+from sidecar.providers.contracts import ProviderContract, SignerRules, signer_rules
 from sidecar.admin import attestation_times
 from sidecar.proxy.app import ProxyState, StateFactory
 from sidecar.proxy.attester import AttestationCache, CachedAttestation, ModelAttester
@@ -51,6 +52,15 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
                              policies=policies, signing_algo=settings.verification.signing_algo,
                              pinned_jwks=anchors.pinned_jwks)
     return upstream, attester
+
+
+def signer_rules_for(settings: Settings) -> SignerRules:
+    """The profile's signer rules with ``verification.model_renamed`` applied."""
+    rules = signer_rules(settings.upstream.provider)
+    choice = settings.verification.model_renamed
+    if choice == "profile":
+        return rules
+    return dataclasses.replace(rules, accept_model_renamed=choice == "accept")
 
 
 def provider_tls(ca_file: Path | None) -> ssl.SSLContext | None:
@@ -114,7 +124,7 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
             telemetry=telemetry, on_attested=archive, identity=identity, provenance=provenance)
         telemetry.watch_attestations(lambda: attestation_times(cache))
         verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo,
-                                      telemetry)
+                                      telemetry, signer_rules_for(settings))
         return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts,
                           identity)
 

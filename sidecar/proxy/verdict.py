@@ -1,9 +1,10 @@
 """Per-completion verification with I/O, and what each mode does with the verdict.
 
 ``CompletionVerifier.verify`` fetches the completion's signature, checks it against the exact
-request and response hashes and the model's attested keys (re-attesting once when the signer is
-a key the cache lacks: rotation, another node), and returns a ``CompletionVerdict``. The same
-verdict then feeds the response headers, the error body, and the log line.
+request and response hashes, the model's attested keys and their roles under the provider
+profile's rules (re-attesting once, by that key where the provider can select it, when the
+signer is a key the cache lacks: rotation, another node), and returns a ``CompletionVerdict``.
+The same verdict then feeds the response headers, the error body, the log line and the receipt.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 
 from sidecar.config import Mode
 from sidecar.errors import SidecarError, VerificationFailed, VerificationIncomplete
+from sidecar.providers.contracts import SignerRules
 from sidecar.providers.wire import SignatureRecordWire, parse_signature_record
 from sidecar.proxy.attester import AttestationCache, CachedAttestation
 from sidecar.proxy.upstream import UpstreamClient
@@ -23,6 +25,7 @@ from sidecar.telemetry import Telemetry
 from sidecar.verify.signature import (
     CompletionSignature,
     CompletionSignatureReport,
+    RequestBinding,
     verify_completion_signature,
 )
 
@@ -34,6 +37,8 @@ HEADER_FAILURE = "x-tee-failure"
 HEADER_EVIDENCE = "x-tee-evidence-sha256"
 HEADER_REQUEST_ID = "x-request-id"
 HEADER_SHOULD_RETRY = "x-should-retry"
+HEADER_REQUEST_BINDING = "x-tee-request-binding"
+HEADER_SERVED_MODEL = "x-tee-served-model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +49,13 @@ class CompletionVerdict:
         verified: every check passed.
         chat_id: the completion id (``None`` when the response carried none).
         request_sha256, response_sha256: hashes of the exact bytes sent and received.
-        record: the enclave's signature record, when one was fetched.
+        record: the provider's signature record, when one was fetched.
         signer: the key the signature recovered to, when verified.
         evidence_sha256, nonce: the attestation the signer's key came from.
         failure: the first failure (``None`` exactly when verified).
+        request_binding: how the signed request hash covered the bytes sent (``exact``,
+            ``model_renamed``), when the signature check got that far.
+        served_model: the model the signer is attested to serve (its report's ``model_name``).
     """
 
     verified: bool
@@ -59,16 +67,30 @@ class CompletionVerdict:
     evidence_sha256: str | None = None
     nonce: str | None = None
     failure: SidecarError | None = None
+    request_binding: RequestBinding | None = None
+    served_model: str | None = None
+
+    def request_binding_label(self) -> str:
+        """``exact``, ``model_renamed``, the failure code when binding the request failed, or
+        ``unchecked`` when the check was not reached (spec 0.1: every verdict says which)."""
+        if self.request_binding is not None:
+            return str(self.request_binding)
+        if self.failure is not None and self.failure.code in _REQUEST_BINDING_CODES:
+            return self.failure.code
+        return "unchecked"
 
     def headers(self, mode: Mode) -> dict[str, str]:
         """The ``x-tee-*`` headers for a delivered response (monitor only says the verdict)."""
         headers = {HEADER_VERIFIED: "true" if self.verified else "false"}
         if mode is Mode.MONITOR:
             return headers
+        headers[HEADER_REQUEST_BINDING] = self.request_binding_label()
         if self.signer:
             headers[HEADER_SIGNER] = self.signer
         if self.evidence_sha256:
             headers[HEADER_EVIDENCE] = self.evidence_sha256
+        if self.served_model and self.served_model.isascii() and self.served_model.isprintable():
+            headers[HEADER_SERVED_MODEL] = self.served_model
         if self.failure is not None:
             headers[HEADER_FAILURE] = self.failure.code
         return headers
@@ -97,33 +119,64 @@ class CompletionVerdict:
             signing_algo=record.signing_algo if record else None,
             evidence_sha256=self.evidence_sha256, nonce=self.nonce,
             verdict="verified" if self.verified else "failed",
-            failure_code=self.failure.code if self.failure else None)
+            failure_code=self.failure.code if self.failure else None,
+            served_model=self.served_model if self.verified else None,
+            signature_kind=(str(record.signature_kind)
+                            if record is not None and record.signature_kind else None),
+            request_binding=str(self.request_binding) if self.verified and self.request_binding
+            else None)
+
+
+# The failure codes of the request-binding step (verify_completion_signature's step 2).
+_REQUEST_BINDING_CODES = frozenset({"signature.request_hash_mismatch",
+                                    "signature.request_model_renamed"})
 
 
 class CompletionVerifier:
-    """Checks completions against the signatures the enclave published."""
+    """Checks completions against the signatures the provider published.
+
+    Args:
+        upstream: the provider.
+        cache: this session's attestations.
+        signing_algo: the scheme asked for (and verified).
+        rules: what the provider profile lets sign (``providers.contracts.signer_rules``),
+            with the settings' ``model_renamed`` choice applied.
+        telemetry: counters.
+    """
 
     def __init__(self, upstream: UpstreamClient, cache: AttestationCache, signing_algo: str,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, rules: SignerRules) -> None:
         self._upstream = upstream
         self._cache = cache
         self._signing_algo = signing_algo
         self._telemetry = telemetry
+        self._rules = rules
 
-    async def verify(self, *, model: str, chat_id: str, request_sha256: str,
+    async def verify(self, *, model: str, chat_id: str, request_body: bytes, request_sha256: str,
                      response_sha256: str) -> CompletionVerdict:
-        """Verify one completion; never raises for bad evidence (it becomes the verdict)."""
+        """Verify one completion; never raises for bad evidence (it becomes the verdict).
+
+        Args:
+            model: the model the app asked for (it selects the attestation).
+            chat_id: the completion id the answer carried.
+            request_body, request_sha256: the exact bytes sent upstream and their hash.
+            response_sha256: the hash of the exact bytes received.
+        """
         started = time.perf_counter()
         record: SignatureRecordWire | None = None
+        report: CompletionSignatureReport | None = None
         try:
             body = await self._upstream.fetch_signature(chat_id, model, self._signing_algo)
             record = parse_signature_record(body)
             signed = record.completion_signature()
             attested = await self._cache.get(model)
-            report = _verify_signed(signed, request_sha256, response_sha256, attested)
+            report = self._check(signed, request_body, request_sha256, response_sha256, attested)
             if report.signature_valid and not report.signer_attested:
-                attested = await self._refresh(model, attested)
-                report = _verify_signed(signed, request_sha256, response_sha256, attested)
+                # A genuine signature by a key this session has not attested: rotation, or another
+                # node of the model. One bounded attestation of that very key, then decide.
+                attested = await self._refresh(model, attested, record.signing_address)
+                report = self._check(signed, request_body, request_sha256, response_sha256,
+                                     attested)
             report.raise_for_failure()
         except Exception as exc:  # VerificationFailed is the verdict; anything else fails closed
             error = exc if isinstance(exc, VerificationFailed) else VerificationFailed(
@@ -134,28 +187,31 @@ class CompletionVerifier:
                 "signature", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
                 time.perf_counter() - started)
             return CompletionVerdict(False, chat_id, request_sha256, response_sha256, record,
-                                     failure=error)
+                                     failure=error,
+                                     request_binding=report.request_binding if report else None)
         self._telemetry.observe_verification("signature", "pass", time.perf_counter() - started)
+        signer = attested.report.attested_signers.get(report.signer or "")
         return CompletionVerdict(True, chat_id, request_sha256, response_sha256, record,
                                  signer=report.signer,
                                  evidence_sha256=attested.report.evidence_sha256,
-                                 nonce=attested.report.nonce)
+                                 nonce=attested.report.nonce,
+                                 request_binding=report.request_binding,
+                                 served_model=signer.model_name if signer else None)
 
-    async def _refresh(self, model: str, current: CachedAttestation) -> CachedAttestation:
+    def _check(self, signed: CompletionSignature, request_body: bytes, request_sha256: str,
+               response_sha256: str, attested: CachedAttestation) -> CompletionSignatureReport:
+        # The model a signer's text and attestation must name is the one the report resolved for
+        # the app's model (NEAR aliases, NanoGPT's TEE/ names): the attested model_name.
+        return verify_completion_signature(
+            signed, request_sha256=request_sha256, response_sha256=response_sha256,
+            attested=attested.report.attested_signers, expected_model=attested.canonical_model,
+            unkinded_roles=self._rules.unkinded_roles, request_body=request_body,
+            accept_model_renamed=self._rules.accept_model_renamed)
+
+    async def _refresh(self, model: str, current: CachedAttestation,
+                       signing_address: str) -> CachedAttestation:
         try:
-            return await self._cache.refresh(model)
+            return await self._cache.refresh(model, signing_address)
         except VerificationFailed:
             # The signer stays unattested; the re-attestation's own failure is logged by the cache.
             return current
-
-
-def _verify_signed(signed: CompletionSignature, request_sha256: str, response_sha256: str,
-                   attested: CachedAttestation) -> CompletionSignatureReport:
-    # Until the I/O layer applies each profile's rules (``providers.contracts.signer_rules``) and
-    # the resolved model: only model node keys sign here, no rename, no expected model to bind.
-    signers = {key: signer for key, signer in attested.report.attested_signers.items()
-               if signer.role == "model"}
-    return verify_completion_signature(
-        signed, request_sha256=request_sha256, response_sha256=response_sha256,
-        attested=signers, expected_model=None, unkinded_roles=frozenset({"model"}),
-        accept_model_renamed=False)
