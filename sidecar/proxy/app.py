@@ -67,8 +67,8 @@ log = structlog.get_logger("tee_sidecar.proxy")
 MAX_ERROR_BODY_BYTES = 64 << 10
 
 VERIFIED_COMMENT = b": x-tee-verified true\n\n"
-# The sidecar's own verdict lines; the same text arriving from upstream is a forgery.
-OWN_COMMENT_PREFIX = b": x-tee-"
+# The relay's own end of stream, written only after the verdict.
+DONE_EVENT = b"data: [DONE]\n\n"
 # An upstream error message passed on to the app is cut to this length.
 MAX_UPSTREAM_MESSAGE = 512
 
@@ -457,6 +457,7 @@ async def _buffer_stream(completion: _Completion, resp: aiohttp.ClientResponse) 
     framer = SseFramer()
     try:
         framer.feed(body)
+        framer.finish()
         failure = failure or _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = failure or exc
@@ -469,12 +470,23 @@ def _stream_shape_failure(framer: SseFramer) -> VerificationFailed | None:
         return VerificationFailed("stream ended before data: [DONE]", code="stream.truncated")
     if framer.trailing_after_done or framer.pending.strip():
         return VerificationFailed("stream carries data after [DONE]", code="stream.data_after_done")
+    if framer.done_data != b"[DONE]":
+        # The SDK ends on any data starting with [DONE]; only the exact marker is the contract.
+        return VerificationFailed("stream ends on a data line that only starts with [DONE]",
+                                  code="stream.malformed_done")
     return None
 
 
 async def _relay_stream(completion: _Completion,
                         resp: aiohttp.ClientResponse) -> web.StreamResponse:
-    """Forward events as they come; hold ``[DONE]`` until the verdict, which closes the stream."""
+    """Forward events as they come; hold ``[DONE]`` until the verdict, which closes the stream.
+
+    Only events the framer parsed leave, each re-emitted as ``SseEvent.canonical()``: the app's
+    SSE parser then reads exactly the events the sidecar read, whatever line ends, comments or
+    ``[DONE]``-prefixed data the upstream sent (issue 11, finding 1). The upstream's own end
+    marker is never forwarded; the sidecar writes its own after the verdict. The hash is over
+    the upstream's bytes as received.
+    """
     out = web.StreamResponse(headers={
         hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
         HEADER_VERIFIED: "pending", HEADER_REQUEST_ID: completion.request_id})
@@ -482,7 +494,7 @@ async def _relay_stream(completion: _Completion,
     framer = SseFramer()
     hasher = hashlib.sha256()
     received = 0
-    done_event: bytes | None = None
+    done_seen = False
     forged: VerificationFailed | None = None
     client_gone = False
     failure: SidecarError | None = None
@@ -500,16 +512,17 @@ async def _relay_stream(completion: _Completion,
                 # was the relay's largest cost); [DONE] is held back for the verdict.
                 ready: list[bytes] = []
                 for event in framer.feed(chunk):
-                    if event.raw.startswith(OWN_COMMENT_PREFIX):
-                        # Never forward a verdict line the sidecar did not write.
+                    if event.forges_verdict:
+                        # Comments are never forwarded; one imitating the verdict is an attack.
                         forged = forged or VerificationFailed(
                             "upstream sent an x-tee verdict comment", code="stream.forged_verdict")
-                    elif event.is_done and done_event is None:
-                        done_event = event.raw
-                    elif done_event is None:
-                        ready.append(event.raw)
+                    if event.is_done:
+                        done_seen = True
+                    elif not done_seen:
+                        ready.append(event.canonical())
                 if ready and not client_gone:
                     client_gone = not await _write(out, b"".join(ready))
+        framer.finish()  # what a final lone \r completes is judged, never forwarded
         failure = forged or _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = exc
@@ -530,9 +543,9 @@ async def _relay_stream(completion: _Completion,
     if client_gone:
         return out
     if verdict.verified:
-        ending = VERIFIED_COMMENT + (done_event or b"data: [DONE]\n\n")
+        ending = VERIFIED_COMMENT + DONE_EVENT
     elif completion.mode is Mode.MONITOR:
-        ending = b": x-tee-verified false\n\n" + (done_event or b"data: [DONE]\n\n")
+        ending = b": x-tee-verified false\n\n" + DONE_EVENT
     else:
         assert verdict.failure is not None
         ending = b"data: " + json.dumps(openai_error_body(verdict.failure)).encode() + b"\n\n"
