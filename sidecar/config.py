@@ -67,6 +67,11 @@ class ListenSettings(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
     # On SIGTERM: stop accepting, let in-flight requests and streams finish for at most this long.
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    # Host names the proxy answers to beside loopback and ``host`` (DNS rebinding: a web page
+    # under a name of its own must not reach it), and browser origins allowed to call it (any
+    # request with another ``Origin`` is refused). Both empty by default.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
 
 class AdminSettings(_Section):
@@ -75,6 +80,9 @@ class AdminSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8788, ge=0, le=65535)
+    # Host names the admin listener answers to beside loopback and ``host`` (bound to every
+    # interface, it also answers to any IP literal: kubelet probes use the pod IP).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 class UpstreamSettings(_Section):

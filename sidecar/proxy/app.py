@@ -45,6 +45,7 @@ from sidecar.errors import (
     openai_error_body,
 )
 from sidecar.proxy.attester import AttestationCache
+from sidecar.proxy.local_origin import LocalCallerPolicy, check_json_content_type
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import ReceiptLog, ReceiptLogError
 from sidecar.telemetry import Telemetry
@@ -91,6 +92,7 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 MODEL: web.RequestKey[str] = web.RequestKey("model", str)
 VERDICT: web.RequestKey[CompletionVerdict] = web.RequestKey("verdict", CompletionVerdict)
 IN_FLIGHT: web.AppKey[dict[str, int]] = web.AppKey("in_flight", dict)
+CALLERS: web.AppKey[LocalCallerPolicy] = web.AppKey("callers", LocalCallerPolicy)
 StateFactory = Callable[[web.Application, aiohttp.ClientSession], Awaitable[ProxyState]]
 
 
@@ -103,10 +105,14 @@ def build_proxy_app(settings: Settings, make_state: StateFactory,
     """
     limits = settings.limits
     app = web.Application(client_max_size=limits.max_request_bytes,
-                          middlewares=[_errors_and_logs, _per_client_concurrency],
+                          middlewares=[_errors_and_logs, _local_callers_only,
+                                       _per_client_concurrency],
                           handler_args={"max_field_size": limits.max_header_bytes,
                                         "max_line_size": limits.max_header_bytes})
     app[IN_FLIGHT] = {}
+    app[CALLERS] = LocalCallerPolicy.for_listener(settings.listen.host,
+                                                  settings.listen.allowed_hosts,
+                                                  settings.listen.allowed_origins)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         async with make_session() as session:
@@ -179,6 +185,24 @@ async def _errors_and_logs(request: web.Request,
     if HEADER_REQUEST_ID not in response.headers and not response.prepared:
         response.headers[HEADER_REQUEST_ID] = request_id
     return response
+
+
+@web.middleware
+async def _local_callers_only(request: web.Request,
+                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                              ) -> web.StreamResponse:
+    """Host, Origin and (for a served POST) Content-Type rules (``sidecar.proxy.local_origin``).
+
+    Raises:
+        BadRequest: ``request.host_not_allowed``, ``request.origin_not_allowed``,
+            ``request.unsupported_media_type``.
+    """
+    callers = request.app[CALLERS]
+    callers.check_host(request.headers.get(hdrs.HOST))
+    callers.check_origin(request.headers.get(hdrs.ORIGIN))
+    if request.method == hdrs.METH_POST and request.match_info.http_exception is None:
+        check_json_content_type(request.headers.get(hdrs.CONTENT_TYPE))
+    return await handler(request)
 
 
 @web.middleware

@@ -19,6 +19,7 @@ from sidecar.admin import build_admin_app, keep_models_warm, public_url
 from sidecar.config import Settings
 from sidecar.errors import VerificationFailed
 from sidecar.proxy.app import STATE, build_proxy_app
+from sidecar.proxy.local_origin import LocalCallerPolicy
 from sidecar.proxy.state import client_session, load_policies, state_factory
 from sidecar.verify.policy import PolicySet
 
@@ -34,7 +35,10 @@ def admin_and_warmup(settings: Settings) -> Callable[[web.Application], AsyncIte
     async def context(app: web.Application) -> AsyncIterator[None]:
         runner: web.AppRunner | None = None
         if settings.admin.enabled:
-            runner = web.AppRunner(build_admin_app(lambda: app.get(STATE)), access_log=None)
+            callers = LocalCallerPolicy.for_listener(settings.admin.host,
+                                                     settings.admin.allowed_hosts)
+            runner = web.AppRunner(build_admin_app(lambda: app.get(STATE), callers),
+                                   access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.admin.host, settings.admin.port).start()
             log.info("admin_listening", host=settings.admin.host, port=settings.admin.port)
