@@ -24,9 +24,10 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,17 @@ VERIFIED_COMMENT = b": x-tee-verified true\n\n"
 DONE_EVENT = b"data: [DONE]\n\n"
 # An upstream error message passed on to the app is cut to this length.
 MAX_UPSTREAM_MESSAGE = 512
+# The only upstream headers an app ever sees, each with the exact shape it must have (anything
+# else is dropped): a value the sidecar cannot re-send made the response fail after the error
+# middleware, leaving the app without an answer (issue 11, finding 8). Retry-After is
+# delay-seconds or an IMF-fixdate (RFC 9110 sections 10.2.3, 5.6.7); retry-after-ms is what the
+# openai SDK reads first (openai/_base_client.py ``_parse_retry_after_header``).
+PASSED_ON_HEADERS: dict[str, re.Pattern[str]] = {
+    hdrs.RETRY_AFTER: re.compile(
+        r"\d{1,9}|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep"
+        r"|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT", re.ASCII),
+    "retry-after-ms": re.compile(r"\d{1,9}(?:\.\d{1,3})?", re.ASCII),
+}
 
 
 @dataclass
@@ -234,10 +246,10 @@ async def _models(request: web.Request) -> web.StreamResponse:
         body, failure = await _read_upstream(resp, state.settings.limits)
     if failure is not None:
         raise failure
-    # A model list is not signed by any enclave: pass it on, marked as not verified.
+    # A model list is not signed by any enclave: pass it on, marked as not verified, under the
+    # sidecar's own content type (the contract's; no upstream header reaches the app unchecked).
     return web.Response(body=body, status=resp.status, headers={
-        hdrs.CONTENT_TYPE: resp.headers.get(hdrs.CONTENT_TYPE, "application/json"),
-        HEADER_VERIFIED: "false"})
+        hdrs.CONTENT_TYPE: "application/json", HEADER_VERIFIED: "false"})
 
 
 def _parse_request(body: bytes) -> str:
@@ -438,9 +450,18 @@ async def _upstream_error(resp: aiohttp.ClientResponse, request_id: str) -> web.
             body["error"][f"upstream_{field}"] = upstream[field][:MAX_UPSTREAM_MESSAGE]
     headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: f"upstream.http_{resp.status}",
                HEADER_REQUEST_ID: request_id}
-    if retry_after := resp.headers.get(hdrs.RETRY_AFTER):
-        headers[hdrs.RETRY_AFTER] = retry_after[:64]
+    headers.update(passed_on_headers(resp.headers))
     return web.json_response(body, status=resp.status, headers=headers)
+
+
+def passed_on_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The upstream headers an app may see: ``PASSED_ON_HEADERS`` whose value has its shape."""
+    passed: dict[str, str] = {}
+    for name, shape in PASSED_ON_HEADERS.items():
+        value = upstream.get(name)
+        if value is not None and shape.fullmatch(value):
+            passed[name] = value
+    return passed
 
 
 async def _read_upstream_error(resp: aiohttp.ClientResponse) -> bytes:
