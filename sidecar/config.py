@@ -171,6 +171,11 @@ class LimitsSettings(_Section):
     max_header_bytes: int = Field(default=16 << 10, ge=1024)
     stream_timeout: float = Field(default=600.0, gt=0)
     max_concurrent_per_client: int = Field(default=256, gt=0)
+    # Connections are counted per client address from accept, half-sent requests included
+    # (slowloris); a connection whose request headers are not complete in header_timeout
+    # seconds gets a 408 and is closed, and idle keep-alive connections close after twice that.
+    header_timeout: float = Field(default=10.0, gt=0)
+    max_connections_per_client: int = Field(default=512, gt=0)
 
 
 class ReceiptsSettings(_Section):
