@@ -328,15 +328,16 @@ class _Completion:
 def _may_pass_unattested(state: ProxyState, model: str) -> bool:
     """Whether a model the provider has no attestation for (404) may be used unverified.
 
-    Only with ``allow_unattested_models`` and only for a model no policy entry claims for TEE:
-    a model matched by an entry that requires attestation stays blocked, whatever the
-    provider's attestation endpoint answers.
+    Only with ``allow_unattested_models`` and only for a model whose policy entry requires no
+    attestation (``PolicySet.may_pass_unattested``): a model the policy claims for TEE, by its
+    entry or by ``[defaults]``, stays blocked whatever the attestation endpoint answers. Every
+    use of the escape hatch is logged as a warning.
     """
-    policies = state.policies
-    if not policies.allow_unattested_models:
+    if not state.policies.may_pass_unattested(model):
         return False
-    policy = policies.for_model(model)
-    return not policy.requires_attestation or (not policies.strict and policy is policies.default)
+    log.warning("unsafe_unattested_model_passed", model=model,
+                reason="policy allow_unattested_models: relayed without TEE attestation")
+    return True
 
 
 def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
