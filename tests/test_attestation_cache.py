@@ -140,3 +140,53 @@ async def test_a_failed_attestation_is_not_retried_by_every_request() -> None:
     assert attester.calls == 1
     clock.now += FAILED_ATTESTATION_BACKOFF_SECONDS + 0.1
     assert (await cache.get("m")).report.attested_keys == {"0xbb"}
+
+
+async def test_failed_forced_refreshes_are_rate_limited_with_backoff() -> None:
+    # Issue 11, finding 4: 20 completions signed by throw-away keys cost 20 attestations when
+    # only a successful refresh started the interval.
+    from sidecar.proxy.attester import REFRESH_MIN_INTERVAL_SECONDS
+
+    cache, attester, clock = make(ttl=100_000)
+    attester.results = [report("m", "0xaa")] + [report("m", "0xbb", ok=False)] * 4
+    first = await cache.get("m")
+    with pytest.raises(VerificationFailed, match="stale nonce"):
+        await cache.refresh("m")
+    for _ in range(20):
+        assert await cache.refresh("m") is first  # every further attempt inside the interval
+    assert attester.calls == 2
+    # After a failure the interval doubles: 20 s, then 40 s.
+    clock.now += REFRESH_MIN_INTERVAL_SECONDS + 1
+    assert await cache.refresh("m") is first
+    assert attester.calls == 2
+    clock.now += REFRESH_MIN_INTERVAL_SECONDS
+    with pytest.raises(VerificationFailed):
+        await cache.refresh("m")
+    assert attester.calls == 3
+    clock.now += 2 * REFRESH_MIN_INTERVAL_SECONDS + 1
+    assert await cache.refresh("m") is first
+    assert attester.calls == 3
+
+
+async def test_a_refresh_without_a_valid_entry_keeps_the_failure_backoff() -> None:
+    cache, attester, clock = make(ttl=100)
+    attester.results = [VerificationFailed("down", code="attestation.fetch_failed")] * 3
+    for _ in range(5):
+        with pytest.raises(VerificationFailed, match="down"):
+            await cache.refresh("m")
+    assert attester.calls == 1
+
+
+async def test_a_successful_refresh_resets_the_backoff() -> None:
+    from sidecar.proxy.attester import REFRESH_MIN_INTERVAL_SECONDS
+
+    cache, attester, clock = make(ttl=100_000)
+    attester.results = [report("m", "0xaa"), report("m", "0xbb", ok=False), report("m", "0xcc"),
+                        report("m", "0xdd")]
+    await cache.get("m")
+    with pytest.raises(VerificationFailed):
+        await cache.refresh("m")
+    clock.now += 2 * REFRESH_MIN_INTERVAL_SECONDS
+    assert (await cache.refresh("m")).report.attested_keys == {"0xcc"}
+    clock.now += REFRESH_MIN_INTERVAL_SECONDS
+    assert (await cache.refresh("m")).report.attested_keys == {"0xdd"}

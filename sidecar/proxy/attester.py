@@ -7,7 +7,8 @@ per session (single-flight under concurrency) and keeps only reports with at lea
 attested model node, until the policy's TTL. A failed re-attestation never evicts a still-valid
 entry early and never extends an expired one. Two bounds keep a hostile provider from turning
 requests into evidence fetches: forced re-attestations (a signer the cache lacks) at most once
-per ``REFRESH_MIN_INTERVAL_SECONDS``, and a failed attestation answered from memory for
+per ``REFRESH_MIN_INTERVAL_SECONDS``, whether they succeed or not, doubling after each failure up
+to ``REFRESH_MAX_INTERVAL_SECONDS``; and a failed attestation answered from memory for
 ``FAILED_ATTESTATION_BACKOFF_SECONDS``.
 """
 
@@ -44,10 +45,19 @@ log = structlog.get_logger("tee_sidecar.attestation")
 # A genuine key rotation is one re-attestation; more than one per model in this interval is a
 # gateway naming keys it cannot have attested, and is not worth another round of evidence.
 REFRESH_MIN_INTERVAL_SECONDS = 10.0
+# Every forced re-attestation counts, failed ones too, and each consecutive failure doubles the
+# interval up to this bound: a gateway naming throw-away keys must not buy an attestation (a
+# report fetch and an NRAS call per node) with every completion (issue 11, finding 4).
+REFRESH_MAX_INTERVAL_SECONDS = 300.0
 # After an attestation of a model failed, requests for it fail with the same error for this long
 # instead of each starting another attestation (every node's quote, collateral and NRAS call):
 # a failing provider must not turn every app request into a burst of evidence fetches.
 FAILED_ATTESTATION_BACKOFF_SECONDS = 5.0
+
+
+def _refresh_interval(failures: int) -> float:
+    """Seconds between forced re-attestations after ``failures`` consecutive failures."""
+    return min(REFRESH_MAX_INTERVAL_SECONDS, REFRESH_MIN_INTERVAL_SECONDS * float(2 ** min(failures, 16)))
 
 
 class ModelAttester:
@@ -151,7 +161,8 @@ class AttestationCache:
         self._clock = clock
         self._entries: dict[str, CachedAttestation] = {}
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
-        self._last_refresh: dict[str, float] = {}
+        self._next_refresh: dict[str, float] = {}
+        self._refresh_failures: dict[str, int] = {}
         self._failed: dict[str, tuple[float, VerificationFailed]] = {}
         self.attestations_run = 0
 
@@ -181,24 +192,35 @@ class AttestationCache:
     async def refresh(self, model: str) -> CachedAttestation:
         """Attest again (a signature named a key the cache lacks: rotation, another node).
 
-        After a successful refresh, not again for ``REFRESH_MIN_INTERVAL_SECONDS`` per model
-        while a valid entry exists: otherwise a hostile gateway could make every completion,
-        signed by a key of its own, cost a full attestation. Within the interval the current
-        entry is returned unchanged, so the unknown signer stays unattested and the completion
-        fails closed. A failed refresh does not start the interval (the next unknown signer
-        tries again: a path that heals is picked up at once), and the previous entry stays
-        exactly as it was, valid until its own expiry.
+        While a valid entry exists, at most one attempt per model per interval, failed attempts
+        included: ``REFRESH_MIN_INTERVAL_SECONDS``, doubled after each consecutive failure up to
+        ``REFRESH_MAX_INTERVAL_SECONDS`` and reset by a success. Otherwise a hostile gateway
+        could make every completion, signed by a key of its own, cost a full attestation.
+        Within the interval the current entry is returned unchanged, so the unknown signer stays
+        unattested and the completion fails closed; a failed refresh leaves the previous entry
+        exactly as it was, valid until its own expiry. Without a valid entry this is ``get``
+        (a failed attestation is answered from memory for its back-off).
 
         Raises:
             VerificationFailed: the re-attestation did not verify.
         """
         now = self._clock()
         current = self.peek(model)
-        last = self._last_refresh.get(model)
-        if current is not None and last is not None and now - last < REFRESH_MIN_INTERVAL_SECONDS:
+        if current is None:
+            return await self.get(model)
+        if now < self._next_refresh.get(model, now):
             return current
-        entry = await self._run(model)
-        self._last_refresh[model] = now
+        failures = self._refresh_failures.get(model, 0)
+        # The interval starts with the attempt, so concurrent callers do not start another.
+        self._next_refresh[model] = now + _refresh_interval(failures)
+        try:
+            entry = await self._run(model)
+        except VerificationFailed:
+            self._refresh_failures[model] = failures + 1
+            self._next_refresh[model] = now + _refresh_interval(failures + 1)
+            raise
+        self._refresh_failures.pop(model, None)
+        self._next_refresh[model] = now + _refresh_interval(0)
         return entry
 
     async def _run(self, model: str) -> CachedAttestation:
