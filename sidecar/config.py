@@ -146,6 +146,9 @@ class AttestationSettings(_Section):
     nras_url: str = "https://nras.attestation.nvidia.com/v3/attest/gpu"
     nvidia_jwks_url: str = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
     warm_models: tuple[str, ...] = ()
+    # Attest only model names the provider's /v1/models lists, the policy names exactly, or
+    # warm_models names; any other is refused (404 request.unknown_model) before any fetch.
+    only_known_models: bool = True
 
 
 class TrustSettings(_Section):

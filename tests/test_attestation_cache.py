@@ -190,3 +190,59 @@ async def test_a_successful_refresh_resets_the_backoff() -> None:
     assert (await cache.refresh("m")).report.attested_keys == {"0xcc"}
     clock.now += REFRESH_MIN_INTERVAL_SECONDS
     assert (await cache.refresh("m")).report.attested_keys == {"0xdd"}
+
+
+async def test_the_failure_memory_is_bounded_expires_and_keeps_no_traceback() -> None:
+    # Issue 11, finding 6: every made-up model name left a failure entry with its traceback.
+    import gc
+    import sys
+
+    from sidecar.proxy import attester as attester_module
+
+    cache, attester, clock = make()
+    names = [f"m{i}" for i in range(attester_module.MAX_REMEMBERED_FAILURES + 500)]
+    attester.results = [VerificationFailed("no attestation", code="attestation.unavailable")
+                        for _ in names]
+    for name in names:
+        with pytest.raises(VerificationFailed):
+            await cache.get(name)
+    remembered = cache._failed  # noqa: SLF001 - the bound is the point of the test
+    assert len(remembered) == attester_module.MAX_REMEMBERED_FAILURES
+    assert not any(isinstance(o, BaseException) for o in gc.get_referents(*remembered.values()))
+    assert sys.getsizeof(remembered) < 200_000
+    # An expired entry is gone once anything new is remembered.
+    clock.now += attester_module.FAILED_ATTESTATION_BACKOFF_SECONDS + 1
+    attester.results = [VerificationFailed("no attestation", code="attestation.unavailable")]
+    with pytest.raises(VerificationFailed, match="no attestation"):
+        await cache.get("fresh")
+    assert list(remembered) == ["fresh"]
+    # From memory, the error is the same code and kind.
+    with pytest.raises(VerificationFailed, match="no attestation") as info:
+        await cache.get("fresh")
+    assert info.value.code == "attestation.unavailable" and attester.calls == len(names) + 1
+
+
+async def test_a_name_not_admitted_costs_no_attestation() -> None:
+    from sidecar.errors import BadRequest
+    from sidecar.proxy.model_names import KnownModelNames
+
+    fetches: list[int] = []
+
+    async def fetch_list() -> frozenset[str]:
+        fetches.append(1)
+        return frozenset({"listed"})
+
+    clock = Clock()
+    known = KnownModelNames(fetch_list, {"TEE/named"}, clock=clock)
+    attester = FakeAttester()
+    cache = AttestationCache(attester, lambda _: 100, admit=known.admit,  # type: ignore[arg-type]
+                             clock=clock)
+    for i in range(100):
+        with pytest.raises(BadRequest, match="neither listed") as info:
+            await cache.get(f"made-up-{i}")
+        assert info.value.code == "request.unknown_model" and info.value.http_status == 404
+    assert attester.calls == 0 and len(fetches) == 1
+    attester.results = [report("listed", "0xaa"), report("TEE/named", "0xbb")]
+    await cache.get("listed")
+    await cache.get("TEE/named")
+    assert attester.calls == 2 and len(fetches) == 1

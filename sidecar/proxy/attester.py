@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,10 @@ REFRESH_MAX_INTERVAL_SECONDS = 300.0
 # instead of each starting another attestation (every node's quote, collateral and NRAS call):
 # a failing provider must not turn every app request into a burst of evidence fetches.
 FAILED_ATTESTATION_BACKOFF_SECONDS = 5.0
+# Failures are remembered for the back-off only, at most this many models at once (the oldest
+# goes first), and as code and message, never the exception with its traceback and frames: a
+# flood of made-up model names must not grow the process (issue 11, finding 6).
+MAX_REMEMBERED_FAILURES = 1024
 
 
 def _refresh_interval(failures: int) -> float:
@@ -137,6 +142,20 @@ class ModelAttester:
 
 
 @dataclass(frozen=True, slots=True)
+class _RememberedFailure:
+    """A failed attestation, as much of it as the back-off answers with."""
+
+    until: float
+    code: str
+    message: str
+    incomplete: bool
+
+    def error(self) -> VerificationFailed:
+        kind = VerificationIncomplete if self.incomplete else VerificationFailed
+        return kind(self.message, code=self.code)
+
+
+@dataclass(frozen=True, slots=True)
 class CachedAttestation:
     """A verified report, the exact body it came from, when it stops counting, and what it was
     verified with (``encode_context``)."""
@@ -153,6 +172,7 @@ class AttestationCache:
     def __init__(self, attester: ModelAttester, ttl_for: Callable[[str], int], *,
                  telemetry: Telemetry | None = None,
                  on_attested: Callable[[CachedAttestation], Awaitable[None]] | None = None,
+                 admit: Callable[[str], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._attester = attester
         self._ttl_for = ttl_for
@@ -163,7 +183,9 @@ class AttestationCache:
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
         self._next_refresh: dict[str, float] = {}
         self._refresh_failures: dict[str, int] = {}
-        self._failed: dict[str, tuple[float, VerificationFailed]] = {}
+        self._failed: OrderedDict[str, _RememberedFailure] = OrderedDict()
+        # Which names may be attested at all (``sidecar.proxy.model_names``); None: any.
+        self._admit = admit
         self.attestations_run = 0
 
     def peek(self, model: str) -> CachedAttestation | None:
@@ -180,13 +202,19 @@ class AttestationCache:
 
         Raises:
             VerificationFailed: (or ``VerificationIncomplete``) no node of the model attested.
+            BadRequest: ``request.unknown_model`` from the ``admit`` hook: a name not worth an
+                attestation.
         """
         entry = self.peek(model)
         if entry is not None:
             return entry
         failed = self._failed.get(model)
-        if failed is not None and failed[0] > self._clock():
-            raise failed[1]
+        if failed is not None:
+            if failed.until > self._clock():
+                raise failed.error()
+            del self._failed[model]
+        if self._admit is not None:
+            await self._admit(model)
         return await self._run(model)
 
     async def refresh(self, model: str) -> CachedAttestation:
@@ -243,11 +271,23 @@ class AttestationCache:
                 "attestation", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
                 time.perf_counter() - timer)
             self._telemetry.record_failure(model, exc.code, exc.message)
-            self._failed[model] = (self._clock() + FAILED_ATTESTATION_BACKOFF_SECONDS, exc)
+            self._remember_failure(model, exc)
             raise
         self._failed.pop(model, None)
         self._telemetry.observe_verification("attestation", "pass", time.perf_counter() - timer)
         return entry
+
+    def _remember_failure(self, model: str, exc: VerificationFailed) -> None:
+        now = self._clock()
+        # Entries share one back-off, so the oldest insertions expire first.
+        while self._failed and next(iter(self._failed.values())).until <= now:
+            self._failed.popitem(last=False)
+        self._failed.pop(model, None)
+        self._failed[model] = _RememberedFailure(
+            now + FAILED_ATTESTATION_BACKOFF_SECONDS, exc.code, exc.message,
+            isinstance(exc, VerificationIncomplete))
+        while len(self._failed) > MAX_REMEMBERED_FAILURES:
+            self._failed.popitem(last=False)
 
     async def _attest_once(self, model: str, started: float) -> CachedAttestation:
         report, body, context = await self._attester.attest(model)

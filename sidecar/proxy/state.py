@@ -15,6 +15,7 @@ from sidecar.admin import attestation_times
 from sidecar.proxy.app import ProxyState, StateFactory
 from sidecar.proxy.attester import AttestationCache, CachedAttestation, ModelAttester
 from sidecar.proxy.collateral import CollateralSource
+from sidecar.proxy.model_names import KnownModelNames, exact_names, provider_model_list
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.proxy.verdict import CompletionVerifier
@@ -88,9 +89,14 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
                 await asyncio.to_thread(receipts.archive_context, digest, entry.context)
 
         upstream, attester = build_attester(settings, session, policies)
+        known = KnownModelNames(
+            provider_model_list(upstream, settings.attestation.timeout),
+            exact_names(entry.pattern for entry in policies.models)
+            | frozenset(settings.attestation.warm_models))
         cache = AttestationCache(
             attester, lambda model: policies.for_model(model).attestation_ttl_seconds,
-            telemetry=telemetry, on_attested=archive)
+            telemetry=telemetry, on_attested=archive,
+            admit=known.admit if settings.attestation.only_known_models else None)
         telemetry.watch_attestations(lambda: attestation_times(cache))
         verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo,
                                       telemetry)
