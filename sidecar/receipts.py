@@ -43,6 +43,7 @@ import stat
 import sys
 import threading
 import time as _time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -87,6 +88,12 @@ MAX_CHAT_ID_LENGTH = 256
 MAX_SIGNATURE_LENGTH = 1024
 MAX_ADDRESS_LENGTH = 130
 MAX_FAILURE_CODE_LENGTH = 128
+
+# Replay detection (``RecentChatIds``): ids kept per model and models kept, and how much of the
+# newest receipts is read on start to restore them (a receipt line is ~1 KiB).
+RECENT_CHAT_IDS_PER_MODEL = 16_384
+RECENT_CHAT_IDS_MODELS = 256
+RECENT_CHAT_IDS_SCAN_BYTES = 16 << 20
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
@@ -354,6 +361,79 @@ def _repair_torn_tail(path: Path, torn_path: Path) -> int:
         os.close(fd)
 
 
+class RecentChatIds:
+    """Completion ids recently delivered as verified, per model, bounded (replay detection).
+
+    A gateway may answer a byte-identical request with an earlier answer: its genuine signature
+    then verifies again, and two receipts carry one chat id (issue 11, finding 7). Enclaves mint
+    a fresh id per completion, so a verified id seen again for the same model is a replay.
+    At most ``per_model`` ids per model (oldest forgotten first) and ``max_models`` models
+    (least recently used forgotten first) are kept; ``from_receipts`` restores them from the
+    receipts file on start, so a restart does not forget them.
+    """
+
+    def __init__(self, *, per_model: int = RECENT_CHAT_IDS_PER_MODEL,
+                 max_models: int = RECENT_CHAT_IDS_MODELS) -> None:
+        self.per_model = per_model
+        self.max_models = max_models
+        self._ids: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+
+    def first_use(self, model: str, chat_id: str) -> bool:
+        """Remember ``chat_id`` for ``model``; False if it was already remembered (a replay)."""
+        ids = self._ids.get(model)
+        if ids is None:
+            ids = self._ids[model] = OrderedDict()
+            while len(self._ids) > self.max_models:
+                self._ids.popitem(last=False)
+        self._ids.move_to_end(model)
+        if chat_id in ids:
+            return False
+        ids[chat_id] = None
+        while len(ids) > self.per_model:
+            ids.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._ids.values())
+
+    @classmethod
+    def from_receipts(cls, path: Path, **bounds: int) -> RecentChatIds:
+        """The ids of the newest verified receipts of ``path`` (and its rotated files).
+
+        At most ``RECENT_CHAT_IDS_SCAN_BYTES`` are read, newest last; unreadable lines are
+        skipped (``verify_receipts`` is where a damaged file is reported).
+        """
+        recent = cls(**bounds)
+        budget = RECENT_CHAT_IDS_SCAN_BYTES
+        tails: list[bytes] = []
+        for candidate in [path, *reversed(rotated_paths(path))]:
+            if budget <= 0:
+                break
+            try:
+                with candidate.open("rb") as fh:
+                    size = fh.seek(0, os.SEEK_END)
+                    start = max(0, size - budget)
+                    fh.seek(start)
+                    data = fh.read(size - start)
+            except OSError:
+                continue
+            budget -= len(data)
+            if start > 0:
+                data = data[data.find(b"\n") + 1:]  # a partial first line
+            tails.append(data)
+        for data in reversed(tails):
+            for line in data.splitlines():
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if (isinstance(obj, dict) and obj.get("verdict") == "verified"
+                        and isinstance(obj.get("model"), str)
+                        and isinstance(obj.get("chat_id"), str)):
+                    recent.first_use(obj["model"], obj["chat_id"])
+        return recent
+
+
 class ReceiptLog:
     """An append-only, crash-safe JSON-lines receipt file with size-based rotation.
 
@@ -400,6 +480,7 @@ class ReceiptLog:
                 rotated = rotated_paths(self.path)
                 last = _last_line(rotated[-1]) if rotated else None
             self._prev = _line_sha256(last) if last is not None else GENESIS_PREV_SHA256
+            self.recent_chat_ids = RecentChatIds.from_receipts(self.path)
         except OSError as exc:
             self._release()
             raise ReceiptLogError(f"cannot open receipt log {self.path}: {exc}",

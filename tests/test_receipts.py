@@ -656,3 +656,34 @@ def test_expect_head_catches_a_chain_rebuilt_after_an_edit(
     assert verify_receipts(path).ok
     assert receipts_main(["verify", str(path), "--expect-head", head]) == 1
     assert "is not a line of this chain" in capsys.readouterr().out
+
+
+# --- replay memory (issue 11, finding 7) ---------------------------------------------------------
+
+
+def test_recent_chat_ids_survive_a_restart_with_the_receipts(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    path = tmp_path / "receipts.jsonl"
+    attestation = attest(evidence, [node])
+    with ReceiptLog(path, max_bytes=4096, backups=3) as log:
+        assert log.recent_chat_ids.first_use(MODEL, "chatcmpl-fresh")
+        for i in range(8):  # enough to rotate: the ids in rotated files count too
+            log.append(signed_receipt(node, attestation, chat_id=f"chatcmpl-{i}"))
+        log.append(failed_receipt("chatcmpl-failed"))
+    assert receipts.rotated_paths(path)
+    with ReceiptLog(path) as reopened:
+        recent = reopened.recent_chat_ids
+        assert not recent.first_use(MODEL, "chatcmpl-0")
+        assert not recent.first_use(MODEL, "chatcmpl-7")
+        assert recent.first_use(MODEL, "chatcmpl-failed")  # only verified ids were delivered
+        assert recent.first_use("other-model", "chatcmpl-0")  # per model
+
+
+def test_recent_chat_ids_are_bounded() -> None:
+    recent = receipts.RecentChatIds(per_model=3, max_models=2)
+    for i in range(10):
+        assert recent.first_use("a", f"id-{i}")
+    assert len(recent) == 3 and recent.first_use("a", "id-0")
+    recent.first_use("b", "x")
+    recent.first_use("c", "x")
+    assert len(recent) == 2  # "a" was the least recently used model

@@ -48,7 +48,7 @@ from sidecar.errors import (
 from sidecar.proxy.attester import AttestationCache
 from sidecar.proxy.local_origin import LocalCallerPolicy, check_json_content_type
 from sidecar.proxy.upstream import UpstreamClient
-from sidecar.receipts import ReceiptLog, ReceiptLogError
+from sidecar.receipts import ReceiptLog, ReceiptLogError, RecentChatIds
 from sidecar.telemetry import Telemetry
 from sidecar.proxy.verdict import (
     HEADER_FAILURE,
@@ -97,6 +97,9 @@ class ProxyState:
     policies: PolicySet
     telemetry: Telemetry
     receipts: ReceiptLog | None
+    # Verified completion ids per model (restored from the receipts on start): a repeat is a
+    # whole-completion replay.
+    chat_ids: RecentChatIds = dataclasses.field(default_factory=RecentChatIds)
 
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
@@ -307,6 +310,10 @@ class _Completion:
             verdict = await state.verifier.verify(model=self.model, chat_id=chat_id,
                                                   request_sha256=self.request_sha256,
                                                   response_sha256=response_sha256)
+            if verdict.verified and not state.chat_ids.first_use(self.model, chat_id):
+                # A genuine signature over an earlier answer to the same bytes: a replay.
+                verdict = dataclasses.replace(verdict, verified=False, failure=VerificationFailed(
+                    f"completion {chat_id} was already delivered", code="response.replayed"))
         if state.receipts is not None:
             try:
                 await state.receipts.append_async(verdict.receipt(self.model))

@@ -19,7 +19,7 @@ from sidecar.proxy.model_names import KnownModelNames, exact_names, provider_mod
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.proxy.verdict import CompletionVerifier
-from sidecar.receipts import ReceiptLog
+from sidecar.receipts import ReceiptLog, RecentChatIds
 from sidecar.telemetry import Telemetry
 from sidecar.trust import load_anchors
 from sidecar.verify.policy import PolicySet, load_policy
@@ -100,7 +100,8 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
         telemetry.watch_attestations(lambda: attestation_times(cache))
         verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo,
                                       telemetry)
-        return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts)
+        return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts,
+                          receipts.recent_chat_ids if receipts is not None else RecentChatIds())
 
     return make_state
 
