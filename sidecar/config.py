@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import TomlConfigSettingsSource
 
 from sidecar.errors import ConfigError
+from sidecar.providers.wire import MAX_NODES
 
 ENV_PREFIX = "TEE_SIDECAR_"
 
@@ -149,6 +150,9 @@ class AttestationSettings(_Section):
     # Attest only model names the provider's /v1/models lists, the policy names exactly, or
     # warm_models names; any other is refused (404 request.unknown_model) before any fetch.
     only_known_models: bool = True
+    # A report naming more distinct nodes than this is refused (attestation.too_many_nodes)
+    # before any collateral or NRAS call; the wire contract's own ceiling is MAX_NODES.
+    max_nodes: int = Field(default=MAX_NODES, ge=1, le=MAX_NODES)
 
 
 class TrustSettings(_Section):
@@ -188,6 +192,11 @@ class ReceiptsSettings(_Section):
     path: Path | None = None  # default: <state.dir>/receipts/receipts.jsonl
     max_bytes: int = Field(default=64 << 20, ge=4096)
     backups: int = Field(default=10, ge=0, le=1000)
+    # The evidence archive beside the receipts (reports and their verification context): what
+    # no live receipt names is deleted once older than evidence_max_age_days, and oldest first
+    # while the archive is over evidence_max_bytes. What receipts name is always kept.
+    evidence_max_bytes: int = Field(default=512 << 20, ge=1 << 20)
+    evidence_max_age_days: float = Field(default=30.0, gt=0)
 
 
 class LogSettings(_Section):

@@ -687,3 +687,45 @@ def test_recent_chat_ids_are_bounded() -> None:
     recent.first_use("b", "x")
     recent.first_use("c", "x")
     assert len(recent) == 2  # "a" was the least recently used model
+
+
+# --- the evidence archive's bounds (issue 11, finding 3) ----------------------------------------
+
+
+def _archive_padding(log: ReceiptLog, count: int, size: int = 30 << 10) -> None:
+    for i in range(count):
+        body = json.dumps({"pad": i, "x": "y" * size}).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        log.archive_evidence(digest, body)
+        log.archive_context(digest, b'{"context": 1}')
+
+
+def test_the_evidence_archive_is_bounded_and_keeps_what_receipts_name(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    path = tmp_path / "receipts.jsonl"
+    named = attest(evidence, [node])
+    with ReceiptLog(path, evidence_max_bytes=2 << 20) as log:
+        log.archive_evidence(named.digest, named.body)
+        log.append(signed_receipt(node, named, chat_id="chatcmpl-named"))
+        _archive_padding(log, 300)  # 9 MiB of reports no receipt names
+        files = list(log.evidence_dir.iterdir())
+        assert sum(p.stat().st_size for p in files) < (2 << 20) + (256 << 10)
+        assert (log.evidence_dir / f"{named.digest}.json").exists()
+        assert len([p for p in files if p.name.endswith(".context.json")]) == \
+            len([p for p in files if not p.name.endswith(".context.json")]) - 1
+    assert verify_receipts(path).ok
+
+
+def test_old_unnamed_evidence_is_pruned_on_restart(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    path = tmp_path / "receipts.jsonl"
+    named = attest(evidence, [node])
+    with ReceiptLog(path) as log:
+        log.archive_evidence(named.digest, named.body)
+        log.append(signed_receipt(node, named, chat_id="chatcmpl-named"))
+        _archive_padding(log, 5, size=10)
+    assert len(list((tmp_path / "evidence").iterdir())) == 11
+    later = lambda: __import__("time").time() + 31 * 86400  # noqa: E731
+    with ReceiptLog(path, evidence_max_age=30 * 86400, clock=later) as log:
+        assert [p.name for p in log.evidence_dir.iterdir()] == [f"{named.digest}.json"]
+    assert verify_receipts(path).ok

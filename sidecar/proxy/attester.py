@@ -15,6 +15,7 @@ to ``REFRESH_MAX_INTERVAL_SECONDS``; and a failed attestation answered from memo
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections import OrderedDict
@@ -25,7 +26,12 @@ from typing import Any
 import structlog
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.providers.wire import AttestationDocument, parse_attestation_document
+from sidecar.providers.wire import (
+    MAX_NODES,
+    AttestationDocument,
+    NodeAttestationWire,
+    parse_attestation_document,
+)
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.upstream import UpstreamClient
@@ -60,6 +66,59 @@ FAILED_ATTESTATION_BACKOFF_SECONDS = 5.0
 MAX_REMEMBERED_FAILURES = 1024
 
 
+# What of a report verification reads (``sidecar.providers.wire``): a node's fields, and the
+# lists of nodes of either shape. Anything else (a hostile gateway's padding) is neither
+# verified nor archived.
+_NODE_FIELDS = frozenset(NodeAttestationWire.model_fields)
+_NODE_LISTS = ("all_attestations", "model_attestations")
+
+
+def canonical_report(body: bytes) -> bytes:
+    """The report as verification reads it: only the fields the wire contract uses, identical
+    nodes listed once, as sorted compact JSON (so equal reports archive once).
+
+    The result parses to the same nodes (less duplicates) as ``body``; its sha256 is the
+    report's evidence digest, and it is what the evidence archive keeps, so a gateway's unknown
+    fields cost neither verification nor disk (issue 11, finding 3).
+
+    Raises:
+        VerificationFailed: ``attestation.malformed`` when ``body`` is not a JSON object.
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        raise VerificationFailed("attestation report is not JSON",
+                                 code="attestation.malformed") from None
+    if not isinstance(obj, dict):
+        raise VerificationFailed("attestation report is not a JSON object",
+                                 code="attestation.malformed")
+    kept: dict[str, Any] = _node_fields(obj)
+    for name in _NODE_LISTS:
+        if name in obj:
+            nodes = obj[name]
+            kept[name] = _distinct([_node_fields(n) for n in nodes]) if isinstance(nodes, list) \
+                else nodes
+    if "gateway_attestation" in obj:
+        kept["gateway_attestation"] = _node_fields(obj["gateway_attestation"])
+    return json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _node_fields(node: object) -> Any:
+    # Not an object: left as it is, for the wire parser to refuse with its own message.
+    return {k: v for k, v in node.items() if k in _NODE_FIELDS} if isinstance(node, dict) else node
+
+
+def _distinct(nodes: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    distinct = []
+    for node in nodes:
+        key = json.dumps(node, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(node)
+    return distinct
+
+
 def _refresh_interval(failures: int) -> float:
     """Seconds between forced re-attestations after ``failures`` consecutive failures."""
     return min(REFRESH_MAX_INTERVAL_SECONDS, REFRESH_MIN_INTERVAL_SECONDS * float(2 ** min(failures, 16)))
@@ -71,6 +130,7 @@ class ModelAttester:
     def __init__(self, upstream: UpstreamClient, *, collateral: CollateralSource,
                  nras: NrasClient, roots: TrustRoots, policies: PolicySet, signing_algo: str,
                  pinned_jwks: Mapping[str, Any] | None = None,
+                 max_nodes: int = MAX_NODES,
                  clock: Callable[[], float] = time.time) -> None:
         self._upstream = upstream
         self._collateral = collateral
@@ -80,24 +140,32 @@ class ModelAttester:
         self._signing_algo = signing_algo
         self._pinned_jwks = pinned_jwks
         self._clock = clock
+        self._max_nodes = max_nodes
         self.simulated = roots.simulated
 
     async def attest(self, model: str) -> tuple[AttestationReport, bytes, bytes]:
         """Attest ``model`` now, under a nonce never used before.
 
         Returns:
-            The report (whatever its verdict), the exact report body received, and the context
-            it was verified with (``encode_context``), for the evidence archive.
+            The report (whatever its verdict), the report body verified and archived
+            (``canonical_report`` of the body received: its digest is the report's
+            ``evidence_sha256``), and the context it was verified with (``encode_context``).
 
         Raises:
-            VerificationFailed: the policy refuses the model, the report is malformed, or the
+            VerificationFailed: the policy refuses the model, the report is malformed, names
+                more distinct nodes than ``max_nodes`` (``attestation.too_many_nodes``), or the
                 provider has no attestation for it.
             VerificationIncomplete: the report could not be fetched.
         """
         policy = self._policies.for_model(model)
         nonce = secrets.token_hex(32)
         fetched = await self._upstream.fetch_attestation(model, nonce, self._signing_algo)
-        document = parse_attestation_document(fetched.body)
+        body = canonical_report(fetched.body)
+        document = parse_attestation_document(body)
+        if len(document.nodes) > self._max_nodes:
+            raise VerificationFailed(
+                f"attestation report names {len(document.nodes)} distinct nodes, more than "
+                f"attestation.max_nodes ({self._max_nodes})", code="attestation.too_many_nodes")
         peer = fetched.peer
         evidence = await self._gather(document, peer.spki_sha256 if peer else None)
         report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
@@ -107,11 +175,11 @@ class ModelAttester:
                         for c in node.checks)
         if tls_bound and peer is not None:
             self._upstream.pin_certificate(peer.der_sha256)
-        return report, fetched.body, encode_context(report, evidence)
+        return report, body, encode_context(report, evidence)
 
     async def _gather(self, document: AttestationDocument,
                       tls_spki: bytes | None) -> dict[str, NodeEvidence]:
-        async def one(label: str, quote_hex: str | None, payload: str | None) -> tuple[str, NodeEvidence]:
+        async def one(quote_hex: str | None, payload: str | None) -> NodeEvidence:
             collateral = nras_response = jwks = None
             collateral_error = "no quote"
             nras_error = "no GPU payload"
@@ -132,13 +200,20 @@ class ModelAttester:
                 except Exception as exc:  # fail closed: the GPU check is undecided, not passed
                     log.exception("nras_error")
                     nras_error = f"NRAS call failed: {type(exc).__name__}"
-            return label, NodeEvidence(collateral, collateral_error, nras_response, nras_error,
-                                       jwks, tls_spki)
+            return NodeEvidence(collateral, collateral_error, nras_response, nras_error, jwks,
+                                tls_spki)
 
-        results = await asyncio.gather(*(
-            one(claim.label, claim.wire.intel_quote, claim.wire.nvidia_payload_text())
-            for claim in document.nodes))
-        return dict(results)
+        # Nodes that carry the same quote and GPU evidence share one collateral fetch and one
+        # NRAS call: repeating a node must not multiply the off-box work (issue 11, finding 3).
+        fetches: dict[tuple[str | None, str | None], asyncio.Future[NodeEvidence]] = {}
+        keys = []
+        for claim in document.nodes:
+            key = (claim.wire.intel_quote, claim.wire.nvidia_payload_text())
+            if key not in fetches:
+                fetches[key] = asyncio.ensure_future(one(*key))
+            keys.append((claim.label, key))
+        await asyncio.gather(*fetches.values())
+        return {label: fetches[key].result() for label, key in keys}
 
 
 @dataclass(frozen=True, slots=True)

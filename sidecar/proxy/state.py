@@ -46,7 +46,7 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
                       attestation.timeout)
     attester = ModelAttester(upstream, collateral=collateral, nras=nras, roots=anchors.roots,
                              policies=policies, signing_algo=settings.verification.signing_algo,
-                             pinned_jwks=anchors.pinned_jwks)
+                             pinned_jwks=anchors.pinned_jwks, max_nodes=attestation.max_nodes)
     return upstream, attester
 
 
@@ -79,7 +79,9 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
     async def make_state(app: web.Application, session: aiohttp.ClientSession) -> ProxyState:
         telemetry = Telemetry()
         receipts = (ReceiptLog(settings.receipts_path(), max_bytes=settings.receipts.max_bytes,
-                               backups=settings.receipts.backups)
+                               backups=settings.receipts.backups,
+                               evidence_max_bytes=settings.receipts.evidence_max_bytes,
+                               evidence_max_age=settings.receipts.evidence_max_age_days * 86400)
                     if settings.receipts.enabled else None)
 
         async def archive(entry: CachedAttestation) -> None:
