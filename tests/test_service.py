@@ -274,6 +274,8 @@ def test_a_half_sent_request_is_answered_408_and_closed(tight_service: Service) 
     status, headers, code = _openai_error(raw)
     assert (status, code) == (408, "limits.header_timeout")
     assert headers["x-tee-failure"] == code
+    time.sleep(0.2)
+    assert "Traceback" not in tight_service.logs()
 
 
 def test_half_open_connections_are_counted_per_client(tight_service: Service) -> None:

@@ -95,15 +95,15 @@ class _GatedRequestHandler(web.RequestHandler):
 
     def _headers_overdue(self) -> None:
         self._header_deadline = None
-        if self._request_count or self.transport is None:
+        transport = self.transport
+        if self._request_count or transport is None:
             return  # the first request's headers arrived in time
         log.warning("header_timeout", code="limits.header_timeout")
-        self.transport.write(raw_error_response(BadRequest(
+        transport.write(raw_error_response(BadRequest(
             f"request headers not received within limits.header_timeout "
             f"({self._gate().header_timeout} s)", code="limits.header_timeout",
             http_status=408)))
-        self.force_close()
-        self.transport.close()
+        self.force_close()  # closes the transport once the answer is flushed
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._gate_client is None:
