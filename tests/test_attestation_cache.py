@@ -246,3 +246,30 @@ async def test_a_name_not_admitted_costs_no_attestation() -> None:
     await cache.get("listed")
     await cache.get("TEE/named")
     assert attester.calls == 2 and len(fetches) == 1
+
+
+@pytest.mark.parametrize("shape", ["flat", "near"])
+def test_the_canonical_report_keeps_every_node_field_and_drops_only_the_unknown(
+        shape: str) -> None:
+    import json
+
+    from sidecar.providers.wire import parse_attestation_document
+    from sidecar.proxy.attester import canonical_report
+    from sidecar.simulator.evidence import SimulatedEvidence
+    from sidecar.simulator.provider import Faults, SigningNode
+
+    faults = Faults(evidence={"shape": "near"} if shape == "near" else {})
+    nonce = "ab" * 32
+    report = SimulatedEvidence()([SigningNode(), SigningNode()], "ecdsa", nonce,
+                                 bytes.fromhex(nonce), faults)
+    nodes = report["model_attestations" if shape == "near" else "all_attestations"]
+    nodes.append(dict(nodes[0], unknown="pad" * 100))  # a repeat, padded
+    report["padding"] = "x" * 1000
+    body = json.dumps(report).encode()
+    canonical = canonical_report(body)
+    kept = json.loads(canonical)
+    assert "padding" not in kept and canonical_report(canonical) == canonical
+    assert not any("unknown" in n for n in kept["model_attestations" if shape == "near"
+                                                else "all_attestations"])
+    original, reduced = parse_attestation_document(body), parse_attestation_document(canonical)
+    assert [n.wire for n in reduced.nodes] == [n.wire for n in original.nodes][:-1]

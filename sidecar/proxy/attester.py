@@ -21,15 +21,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import structlog
+from pydantic import BaseModel
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.providers.wire import (
+from sidecar.providers.wire import (  # the report models: canonical_report keeps what they declare
     MAX_NODES,
     AttestationDocument,
-    NodeAttestationWire,
+    _FlatReport,
+    _NearReport,
     parse_attestation_document,
 )
 from sidecar.proxy.collateral import CollateralSource
@@ -66,20 +68,17 @@ FAILED_ATTESTATION_BACKOFF_SECONDS = 5.0
 MAX_REMEMBERED_FAILURES = 1024
 
 
-# What of a report verification reads (``sidecar.providers.wire``): a node's fields, and the
-# lists of nodes of either shape. Anything else (a hostile gateway's padding) is neither
-# verified nor archived.
-_NODE_FIELDS = frozenset(NodeAttestationWire.model_fields)
-_NODE_LISTS = ("all_attestations", "model_attestations")
-
-
 def canonical_report(body: bytes) -> bytes:
-    """The report as verification reads it: only the fields the wire contract uses, identical
-    nodes listed once, as sorted compact JSON (so equal reports archive once).
+    """The report as verification reads it: only the fields the wire contract declares, each
+    list of nodes without repeats, as sorted compact JSON (so equal reports archive once).
 
-    The result parses to the same nodes (less duplicates) as ``body``; its sha256 is the
-    report's evidence digest, and it is what the evidence archive keeps, so a gateway's unknown
-    fields cost neither verification nor disk (issue 11, finding 3).
+    The kept fields are those of the wire parser's own models (``sidecar.providers.wire``: the
+    flat or NEAR report, and the node models inside them, recursively), so a field the parser
+    learns is kept without a change here; values of fields it does not model (``info``,
+    ``event_log``) are kept whole. The result parses to the same nodes (less duplicates) as
+    ``body``; its sha256 is the report's evidence digest, and it is what the evidence archive
+    keeps, so a gateway's unknown fields cost neither verification nor disk (issue 11,
+    finding 3).
 
     Raises:
         VerificationFailed: ``attestation.malformed`` when ``body`` is not a JSON object.
@@ -92,20 +91,36 @@ def canonical_report(body: bytes) -> bytes:
     if not isinstance(obj, dict):
         raise VerificationFailed("attestation report is not a JSON object",
                                  code="attestation.malformed")
-    kept: dict[str, Any] = _node_fields(obj)
-    for name in _NODE_LISTS:
-        if name in obj:
-            nodes = obj[name]
-            kept[name] = _distinct([_node_fields(n) for n in nodes]) if isinstance(nodes, list) \
-                else nodes
-    if "gateway_attestation" in obj:
-        kept["gateway_attestation"] = _node_fields(obj["gateway_attestation"])
-    return json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
+    # The same choice of shape as parse_attestation_document.
+    shape: type[BaseModel] = _NearReport if "model_attestations" in obj else _FlatReport
+    return json.dumps(_declared(obj, shape), sort_keys=True, separators=(",", ":")).encode()
 
 
-def _node_fields(node: object) -> Any:
-    # Not an object: left as it is, for the wire parser to refuse with its own message.
-    return {k: v for k, v in node.items() if k in _NODE_FIELDS} if isinstance(node, dict) else node
+def _declared(value: Any, model: type[BaseModel]) -> Any:
+    """``value`` reduced to what ``model`` declares; lists without repeats. Anything not of
+    the expected JSON type is left as it is, for the wire parser to refuse with its message."""
+    if isinstance(value, list):
+        return _distinct([_declared(item, model) for item in value])
+    if not isinstance(value, dict):
+        return value
+    kept: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key in value:
+            inner = _model_inside(field.annotation)
+            kept[key] = value[key] if inner is None else _declared(value[key], inner)
+    return kept
+
+
+def _model_inside(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_inside(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def _distinct(nodes: list[Any]) -> list[Any]:
