@@ -46,7 +46,7 @@ from sidecar.errors import (
     openai_error_body,
 )
 from sidecar.proxy.attester import AttestationCache
-from sidecar.proxy.local_origin import LocalCallerPolicy, check_json_content_type
+from sidecar.proxy.local_origin import LocalCallerPolicy, check_json_content_type, cors_headers
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import ReceiptLog, ReceiptLogError, RecentChatIds
 from sidecar.telemetry import Telemetry
@@ -128,6 +128,7 @@ def build_proxy_app(settings: Settings, make_state: StateFactory,
     app[CALLERS] = LocalCallerPolicy.for_listener(settings.listen.host,
                                                   settings.listen.allowed_hosts,
                                                   settings.listen.allowed_origins)
+    app.on_response_prepare.append(_cors_for_configured_origins)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         async with make_session() as session:
@@ -214,10 +215,24 @@ async def _local_callers_only(request: web.Request,
     """
     callers = request.app[CALLERS]
     callers.check_host(request.headers.get(hdrs.HOST))
-    callers.check_origin(request.headers.get(hdrs.ORIGIN))
+    origin = request.headers.get(hdrs.ORIGIN)
+    callers.check_origin(origin)
+    if origin is not None and request.method == hdrs.METH_OPTIONS:
+        # The CORS preflight of a configured origin (its POSTs carry application/json).
+        return web.Response(status=204, headers=cors_headers(
+            origin, request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")))
     if request.method == hdrs.METH_POST and request.match_info.http_exception is None:
         check_json_content_type(request.headers.get(hdrs.CONTENT_TYPE))
     return await handler(request)
+
+
+async def _cors_for_configured_origins(request: web.Request,
+                                       response: web.StreamResponse) -> None:
+    """Let a configured origin's page read the answer and its verdict headers (streams too:
+    this runs as the headers are sent)."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and request.app[CALLERS].origin_allowed(origin):
+        response.headers.update(cors_headers(origin))
 
 
 @web.middleware

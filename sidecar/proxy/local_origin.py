@@ -9,7 +9,8 @@ answers. Local AI servers closed the same hole after their DNS-rebinding advisor
 - ``Host`` must be a loopback name or address, the listen address, or configured
   (``listen.allowed_hosts``): a rebinding page cannot choose a name it does not control;
 - a request that carries a browser ``Origin`` is refused unless that origin is configured
-  (``listen.allowed_origins``): the OpenAI SDKs, curl and servers send none;
+  (``listen.allowed_origins``): the OpenAI SDKs, curl and servers send none; a configured
+  origin gets CORS headers (``cors_headers``), its preflight included, and nothing else does;
 - ``POST`` bodies must be ``application/json``: a browser cannot send that cross-site
   without a CORS preflight, which the sidecar never answers.
 """
@@ -101,17 +102,44 @@ class LocalCallerPolicy:
             "listen.allowed_hosts if it is yours", code="request.host_not_allowed",
             http_status=421)
 
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether a browser page of ``origin`` may call (it is configured)."""
+        return origin.strip().lower().rstrip("/") in self.origins
+
     def check_origin(self, origin: str | None) -> None:
         """Refuse a browser request from an origin not configured (no ``Origin``: not a page).
 
         Raises:
             BadRequest: ``request.origin_not_allowed`` (403).
         """
-        if origin is None or origin.strip().lower().rstrip("/") in self.origins:
+        if origin is None or self.origin_allowed(origin):
             return
         raise BadRequest("requests from web pages are refused; add the page's origin to "
                          "listen.allowed_origins if it is yours",
                          code="request.origin_not_allowed", http_status=403)
+
+
+# What a configured origin's page may send and read (CORS, https://fetch.spec.whatwg.org/#http-cors-protocol):
+# the verdict headers must be readable by the page, or it cannot tell verified from not.
+CORS_ALLOWED_METHODS = "GET, POST"
+CORS_EXPOSED_HEADERS = ("x-tee-verified, x-tee-failure, x-tee-signing-address, "
+                        "x-tee-evidence-sha256, x-request-id, x-should-retry")
+CORS_MAX_AGE_SECONDS = "600"
+_HEADER_LIST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_, ")
+
+
+def cors_headers(origin: str, requested_headers: str | None = None) -> dict[str, str]:
+    """CORS answer headers for a configured ``origin`` (with a preflight's requested headers,
+    echoed only when they are a plain list of header names)."""
+    headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+               "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS}
+    if requested_headers is not None:
+        headers["Access-Control-Allow-Methods"] = CORS_ALLOWED_METHODS
+        headers["Access-Control-Max-Age"] = CORS_MAX_AGE_SECONDS
+        wanted = requested_headers.lower()
+        if len(wanted) <= 2048 and set(wanted) <= _HEADER_LIST_CHARACTERS:
+            headers["Access-Control-Allow-Headers"] = wanted
+    return headers
 
 
 def check_json_content_type(content_type: str | None) -> None:

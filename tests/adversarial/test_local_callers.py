@@ -82,3 +82,21 @@ def test_a_wildcard_admin_listener_answers_to_ip_literals_only() -> None:
                                           ("[::1", None), ("a b", None), ("", None)])
 def test_host_name(header: str, name: str | None) -> None:
     assert host_name(header) == name
+
+
+def test_a_configured_origin_gets_cors_and_nothing_else_does(adv: AdversarialStack) -> None:
+    url = adv.sidecar(listen={"allowed_origins": ["http://app.internal:3000"]})
+    preflight = urllib.request.Request(
+        url + "/chat/completions", method="OPTIONS",
+        headers={"Origin": "http://app.internal:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type, authorization"})
+    with urllib.request.urlopen(preflight, timeout=10) as response:
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "http://app.internal:3000"
+        assert response.headers["Access-Control-Allow-Headers"] == "content-type, authorization"
+    status, headers, _ = post(url + "/chat/completions", BODY,
+                              headers={"Origin": "http://app.internal:3000"})
+    assert status == 200 and headers["access-control-allow-origin"] == "http://app.internal:3000"
+    assert "x-tee-verified" in headers["access-control-expose-headers"]
+    status, headers, _ = post(url + "/chat/completions", BODY)
+    assert status == 200 and "access-control-allow-origin" not in headers
