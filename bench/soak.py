@@ -76,7 +76,7 @@ def rss_bytes(pid: int) -> int:
 def sidecar_config(path: Path, *, port: int, mitm: str, state_dir: Path, clients: int) -> None:
     """The TOML the sidecar runs with: as ``simulator_settings``, upstream through the MITM."""
     sys.path.insert(0, str(REPO))
-    from sidecar.config import Settings
+    from sidecar.config import LimitsSettings, Settings
 
     sections = [
         f'[listen]\nhost = "127.0.0.1"\nport = {port}\n',
@@ -93,7 +93,9 @@ def sidecar_config(path: Path, *, port: int, mitm: str, state_dir: Path, clients
     if "limits" in fields:
         # Every soak client comes from 127.0.0.1: the per-client bound must admit all of them.
         sections.append(f"[limits]\nmax_concurrent_per_client = {max(256, clients * 2)}\n"
-                        "stream_timeout = 60.0\n")
+                        "stream_timeout = 60.0\n"
+                        + (f"max_connections_per_client = {max(512, clients * 2)}\n"
+                           if "max_connections_per_client" in LimitsSettings.model_fields else ""))
     if "admin" in fields:
         sections.append("[admin]\nenabled = false\n")
     path.write_text("\n".join(sections))

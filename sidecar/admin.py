@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -34,9 +34,10 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from sidecar.config import Mode, Settings
-from sidecar.errors import SidecarError
+from sidecar.errors import SidecarError, openai_error_body
 from sidecar.pins import IdentityGate, identity_modes, provenance_required
 from sidecar.proxy.attester import CachedAttestation
+from sidecar.proxy.local_origin import LocalCallerPolicy
 from sidecar.render import attestation_json
 from sidecar.telemetry import METRICS_CONTENT_TYPE, AttestationTiming, Telemetry
 from sidecar.verify.checks import Status
@@ -95,17 +96,36 @@ class AdminView(Protocol):
 
 AdminViewGetter = Callable[[], "AdminView | None"]
 VIEW_GETTER: web.AppKey[AdminViewGetter] = web.AppKey("admin_view_getter")
+CALLERS: web.AppKey[LocalCallerPolicy] = web.AppKey("admin_callers", LocalCallerPolicy)
 
 
-def build_admin_app(get_state: AdminViewGetter) -> web.Application:
+@web.middleware
+async def _local_hosts_only(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    """Refuse a ``Host`` the admin listener does not answer to, as an OpenAI-shaped 421."""
+    try:
+        request.app[CALLERS].check_host(request.headers.get(hdrs.HOST))
+    except SidecarError as exc:
+        return web.json_response(openai_error_body(exc), status=exc.http_status,
+                                 headers=_no_store({"x-tee-failure": exc.code}))
+    return await handler(request)
+
+
+def build_admin_app(get_state: AdminViewGetter,
+                    callers: LocalCallerPolicy | None = None) -> web.Application:
     """The admin application, reading the proxy's state through ``get_state``.
 
     Args:
         get_state: returns the proxy's state once built, ``None`` before (e.g.
             ``lambda: proxy_app.get(STATE)`` once ``ProxyState`` carries ``telemetry``).
+        callers: the Host names it answers to (default: loopback only); a DNS-rebinding page
+            must not read ``/status``.
     """
-    app = web.Application(client_max_size=1024)
+    callers = callers or LocalCallerPolicy.for_listener("127.0.0.1", ())
+    app = web.Application(client_max_size=1024, middlewares=[_local_hosts_only])
     app[VIEW_GETTER] = get_state
+    app[CALLERS] = callers
     app.router.add_get("/livez", _livez)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

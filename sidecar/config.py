@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import TomlConfigSettingsSource
 
 from sidecar.errors import ConfigError
+from sidecar.providers.wire import MAX_NODES
 
 ENV_PREFIX = "TEE_SIDECAR_"
 
@@ -84,6 +85,11 @@ class ListenSettings(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
     # On SIGTERM: stop accepting, let in-flight requests and streams finish for at most this long.
     shutdown_timeout: float = Field(default=30.0, gt=0)
+    # Host names the proxy answers to beside loopback and ``host`` (DNS rebinding: a web page
+    # under a name of its own must not reach it), and browser origins allowed to call it (any
+    # request with another ``Origin`` is refused). Both empty by default.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
 
 class AdminSettings(_Section):
@@ -92,6 +98,9 @@ class AdminSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8788, ge=0, le=65535)
+    # Host names the admin listener answers to beside loopback and ``host`` (bound to every
+    # interface, it also answers to any IP literal: kubelet probes use the pod IP).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 class UpstreamSettings(_Section):
@@ -176,6 +185,12 @@ class AttestationSettings(_Section):
     nras_url: str = "https://nras.attestation.nvidia.com/v3/attest/gpu"
     nvidia_jwks_url: str = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
     warm_models: tuple[str, ...] = ()
+    # Attest only model names the provider's /v1/models lists, the policy names exactly, or
+    # warm_models names; any other is refused (404 request.unknown_model) before any fetch.
+    only_known_models: bool = True
+    # A report naming more distinct nodes than this is refused (attestation.too_many_nodes)
+    # before any collateral or NRAS call; the wire contract's own ceiling is MAX_NODES.
+    max_nodes: int = Field(default=MAX_NODES, ge=1, le=MAX_NODES)
 
 
 class ProvenanceSettings(_Section):
@@ -213,6 +228,11 @@ class LimitsSettings(_Section):
     max_header_bytes: int = Field(default=16 << 10, ge=1024)
     stream_timeout: float = Field(default=600.0, gt=0)
     max_concurrent_per_client: int = Field(default=256, gt=0)
+    # Connections are counted per client address from accept, half-sent requests included
+    # (slowloris); a connection whose request headers are not complete in header_timeout
+    # seconds gets a 408 and is closed, and idle keep-alive connections close after twice that.
+    header_timeout: float = Field(default=10.0, gt=0)
+    max_connections_per_client: int = Field(default=512, gt=0)
 
 
 class ReceiptsSettings(_Section):
@@ -222,6 +242,11 @@ class ReceiptsSettings(_Section):
     path: Path | None = None  # default: <state.dir>/receipts/receipts.jsonl
     max_bytes: int = Field(default=64 << 20, ge=4096)
     backups: int = Field(default=10, ge=0, le=1000)
+    # The evidence archive beside the receipts (reports and their verification context): what
+    # no live receipt names is deleted once older than evidence_max_age_days, and oldest first
+    # while the archive is over evidence_max_bytes. What receipts name is always kept.
+    evidence_max_bytes: int = Field(default=512 << 20, ge=1 << 20)
+    evidence_max_age_days: float = Field(default=30.0, gt=0)
 
 
 class LogSettings(_Section):

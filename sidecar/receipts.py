@@ -43,7 +43,8 @@ import stat
 import sys
 import threading
 import time as _time
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -95,6 +96,22 @@ MAX_CHAT_ID_LENGTH = 256
 MAX_SIGNATURE_LENGTH = 1024
 MAX_ADDRESS_LENGTH = 130
 MAX_FAILURE_CODE_LENGTH = 128
+
+# Replay detection (``RecentChatIds``): ids kept per model and models kept, and how much of the
+# newest receipts is read on start to restore them (a receipt line is ~1 KiB).
+RECENT_CHAT_IDS_PER_MODEL = 16_384
+RECENT_CHAT_IDS_MODELS = 256
+RECENT_CHAT_IDS_SCAN_BYTES = 16 << 20
+
+# The evidence archive (``ReceiptLog.prune_evidence``): how many reports archived last are kept
+# whatever their age (the attestations in use, which receipts are still to name), the fraction
+# of the size bound a prune goes down to (so pruning is not run on every archive), and how often
+# the age bound is applied.
+EVIDENCE_KEPT_RECENT = 64
+EVIDENCE_PRUNE_TARGET = 0.9
+EVIDENCE_AGE_PRUNE_INTERVAL = 3600.0
+_EVIDENCE_FILE = re.compile(r"([0-9a-f]{64})(?:\.context)?\.json")
+_EVIDENCE_REF = re.compile(rb'"evidence_sha256":"([0-9a-f]{64})"')
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
@@ -379,6 +396,79 @@ def _repair_torn_tail(path: Path, torn_path: Path) -> int:
         os.close(fd)
 
 
+class RecentChatIds:
+    """Completion ids recently delivered as verified, per model, bounded (replay detection).
+
+    A gateway may answer a byte-identical request with an earlier answer: its genuine signature
+    then verifies again, and two receipts carry one chat id (issue 11, finding 7). Enclaves mint
+    a fresh id per completion, so a verified id seen again for the same model is a replay.
+    At most ``per_model`` ids per model (oldest forgotten first) and ``max_models`` models
+    (least recently used forgotten first) are kept; ``from_receipts`` restores them from the
+    receipts file on start, so a restart does not forget them.
+    """
+
+    def __init__(self, *, per_model: int = RECENT_CHAT_IDS_PER_MODEL,
+                 max_models: int = RECENT_CHAT_IDS_MODELS) -> None:
+        self.per_model = per_model
+        self.max_models = max_models
+        self._ids: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+
+    def first_use(self, model: str, chat_id: str) -> bool:
+        """Remember ``chat_id`` for ``model``; False if it was already remembered (a replay)."""
+        ids = self._ids.get(model)
+        if ids is None:
+            ids = self._ids[model] = OrderedDict()
+            while len(self._ids) > self.max_models:
+                self._ids.popitem(last=False)
+        self._ids.move_to_end(model)
+        if chat_id in ids:
+            return False
+        ids[chat_id] = None
+        while len(ids) > self.per_model:
+            ids.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._ids.values())
+
+    @classmethod
+    def from_receipts(cls, path: Path, **bounds: int) -> RecentChatIds:
+        """The ids of the newest verified receipts of ``path`` (and its rotated files).
+
+        At most ``RECENT_CHAT_IDS_SCAN_BYTES`` are read, newest last; unreadable lines are
+        skipped (``verify_receipts`` is where a damaged file is reported).
+        """
+        recent = cls(**bounds)
+        budget = RECENT_CHAT_IDS_SCAN_BYTES
+        tails: list[bytes] = []
+        for candidate in [path, *reversed(rotated_paths(path))]:
+            if budget <= 0:
+                break
+            try:
+                with candidate.open("rb") as fh:
+                    size = fh.seek(0, os.SEEK_END)
+                    start = max(0, size - budget)
+                    fh.seek(start)
+                    data = fh.read(size - start)
+            except OSError:
+                continue
+            budget -= len(data)
+            if start > 0:
+                data = data[data.find(b"\n") + 1:]  # a partial first line
+            tails.append(data)
+        for data in reversed(tails):
+            for line in data.splitlines():
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    continue
+                if (isinstance(obj, dict) and obj.get("verdict") == "verified"
+                        and isinstance(obj.get("model"), str)
+                        and isinstance(obj.get("chat_id"), str)):
+                    recent.first_use(obj["model"], obj["chat_id"])
+        return recent
+
+
 class ReceiptLog:
     """An append-only, crash-safe JSON-lines receipt file with size-based rotation.
 
@@ -397,12 +487,23 @@ class ReceiptLog:
     """
 
     def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 backups: int = DEFAULT_BACKUPS) -> None:
+                 backups: int = DEFAULT_BACKUPS, evidence_max_bytes: int | None = None,
+                 evidence_max_age: float | None = None,
+                 clock: Callable[[], float] = _time.time) -> None:
         if max_bytes < 1 or backups < 0:
             raise ValueError("max_bytes must be >= 1 and backups >= 0")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = backups
+        # The evidence archive's bounds (``prune_evidence``); None: unbounded.
+        self.evidence_max_bytes = evidence_max_bytes
+        self.evidence_max_age = evidence_max_age
+        self._clock = clock
+        self._evidence_lock = threading.Lock()
+        self._evidence_refs: set[str] | None = None  # None: rescan the live receipts
+        self._recent_evidence: OrderedDict[str, None] = OrderedDict()
+        self._evidence_bytes: int | None = None
+        self._last_prune = 0.0
         self.evidence_dir = self.path.parent / EVIDENCE_DIRNAME
         self.torn_path = self.path.with_name(self.path.name + ".torn")
         self._lock = threading.Lock()
@@ -425,6 +526,9 @@ class ReceiptLog:
                 rotated = rotated_paths(self.path)
                 last = _last_line(rotated[-1]) if rotated else None
             self._prev = _line_sha256(last) if last is not None else GENESIS_PREV_SHA256
+            self.recent_chat_ids = RecentChatIds.from_receipts(self.path)
+            if self.evidence_max_bytes is not None or self.evidence_max_age is not None:
+                self.prune_evidence()
         except OSError as exc:
             self._release()
             raise ReceiptLogError(f"cannot open receipt log {self.path}: {exc}",
@@ -509,6 +613,8 @@ class ReceiptLog:
                     # the fsync below fails.
                     self._size += len(line)
                     self._prev = _line_sha256(line)
+                    if self._evidence_refs is not None and receipt.evidence_sha256:
+                        self._evidence_refs.add(receipt.evidence_sha256)
                 assert self._fd is not None
                 os.fsync(self._fd)
             except OSError as exc:
@@ -564,6 +670,8 @@ class ReceiptLog:
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = None
+        # The oldest file may drop out: the evidence its receipts named is no longer live.
+        self._evidence_refs = None
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
         else:
@@ -598,6 +706,7 @@ class ReceiptLog:
             raise ReceiptLogError(f"evidence body hashes to {actual}, not {evidence_sha256}",
                                   code="receipts.evidence_digest_mismatch")
         target = self.evidence_dir / f"{evidence_sha256}.json"
+        self._note_archived(evidence_sha256, 0)
         if evidence_sha256 in self._archived:
             return target
         try:
@@ -608,6 +717,7 @@ class ReceiptLog:
         except OSError as exc:
             raise ReceiptLogError(f"cannot archive evidence {evidence_sha256}: {exc}") from exc
         self._archived.add(evidence_sha256)
+        self._note_archived(evidence_sha256, len(body))
         return target
 
     def archive_context(self, evidence_sha256: str, context: bytes) -> Path:
@@ -629,7 +739,102 @@ class ReceiptLog:
             self._write_whole(target, context)
         except OSError as exc:
             raise ReceiptLogError(f"cannot archive context {evidence_sha256}: {exc}") from exc
+        self._note_archived(evidence_sha256, len(context))
         return target
+
+    def _note_archived(self, evidence_sha256: str, size: int) -> None:
+        """Count a file written to the archive; prune when over its bounds."""
+        with self._evidence_lock:
+            # What the attestation cache holds now is named by receipts still to come.
+            self._recent_evidence[evidence_sha256] = None
+            self._recent_evidence.move_to_end(evidence_sha256)
+            while len(self._recent_evidence) > EVIDENCE_KEPT_RECENT:
+                self._recent_evidence.popitem(last=False)
+            if self._evidence_bytes is not None:
+                self._evidence_bytes += size
+            over = (self.evidence_max_bytes is not None and self._evidence_bytes is not None
+                    and self._evidence_bytes > self.evidence_max_bytes)
+            due = (self.evidence_max_age is not None
+                   and self._clock() - self._last_prune > EVIDENCE_AGE_PRUNE_INTERVAL)
+        if size and (over or due):
+            self.prune_evidence()
+
+    def prune_evidence(self) -> int:
+        """Delete archived evidence that no live receipt names, once too old or too much.
+
+        A report (and its context) is kept while a receipt in the current or a rotated receipts
+        file names it, or it is among the ``EVIDENCE_KEPT_RECENT`` archived last (the cached
+        attestations receipts are still to name). Of the rest, anything older than
+        ``evidence_max_age`` goes, then the oldest first until the archive is back under
+        ``EVIDENCE_PRUNE_TARGET`` of ``evidence_max_bytes``. What live receipts name is never
+        deleted, so the archive may stay over its size bound until their files rotate out; a
+        hostile gateway's stream of re-attestations named by no verified receipt cannot fill
+        the disk (issue 11, finding 3).
+
+        Returns:
+            The number of bytes freed.
+        """
+        now = self._clock()
+        with self._evidence_lock:
+            groups: dict[str, list[tuple[Path, int, float]]] = {}
+            try:
+                entries = list(os.scandir(self.evidence_dir))
+            except FileNotFoundError:
+                entries = []
+            for entry in entries:
+                match = _EVIDENCE_FILE.fullmatch(entry.name)
+                if match is None:
+                    continue
+                try:
+                    stat_result = entry.stat()
+                except OSError:
+                    continue
+                groups.setdefault(match.group(1), []).append(
+                    (Path(entry.path), stat_result.st_size, stat_result.st_mtime))
+            total = sum(size for files in groups.values() for _, size, _ in files)
+            if self._evidence_refs is None:
+                self._evidence_refs = self._live_evidence_refs()
+            kept = self._evidence_refs | set(self._recent_evidence)
+            candidates = sorted((max(m for _, _, m in files), digest)
+                                for digest, files in groups.items() if digest not in kept)
+            target = (int(self.evidence_max_bytes * EVIDENCE_PRUNE_TARGET)
+                      if self.evidence_max_bytes is not None else None)
+            freed = 0
+            for mtime, digest in candidates:
+                too_old = self.evidence_max_age is not None and now - mtime > self.evidence_max_age
+                too_much = target is not None and total - freed > target
+                if not (too_old or too_much):
+                    continue
+                for path, size, _ in groups[digest]:
+                    try:
+                        path.unlink()
+                        freed += size
+                    except FileNotFoundError:
+                        freed += size
+                    except OSError as exc:
+                        log.warning("receipts.evidence_prune_failed", path=str(path),
+                                    error=type(exc).__name__)
+                self._archived.discard(digest)
+            self._evidence_bytes = total - freed
+            self._last_prune = now
+            if freed:
+                log.info("receipts.evidence_pruned", freed_bytes=freed,
+                         archive_bytes=self._evidence_bytes)
+            if self.evidence_max_bytes is not None and self._evidence_bytes > self.evidence_max_bytes:
+                log.warning("receipts.evidence_over_bound", archive_bytes=self._evidence_bytes,
+                            bound=self.evidence_max_bytes)
+            return freed
+
+    def _live_evidence_refs(self) -> set[str]:
+        """The evidence digests the receipts in the current and rotated files name."""
+        refs: set[str] = set()
+        for path in [*rotated_paths(self.path), self.path]:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            refs.update(m.decode() for m in _EVIDENCE_REF.findall(data))
+        return refs
 
     def _write_whole(self, target: Path, data: bytes) -> None:
         """Write ``target`` whole or not at all (temporary file, ``fsync``, ``rename``)."""

@@ -304,3 +304,11 @@ def test_example_config_leaves_state_dir_unset() -> None:
 def test_docker_example_command_matches_unit_command() -> None:
     command = shlex.split(_unit()["Service"]["ExecStart"][0])
     assert command[1:] == ["serve", "--config", CONFIG_PATH_IN_IMAGE]
+
+
+def test_unit_raises_the_descriptor_limit_above_the_per_client_bound() -> None:
+    # Issue 11, finding 9: ~1,100 half-sent requests starved the default 1,024 descriptors.
+    from sidecar.config import LimitsSettings
+
+    [value] = _unit()["Service"]["LimitNOFILE"]
+    assert int(value) >= 8 * LimitsSettings().max_connections_per_client

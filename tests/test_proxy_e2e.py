@@ -404,6 +404,37 @@ def test_allow_unattested_never_downgrades_a_model_the_policy_claims_for_tee(
     assert stack.call(lambda: stack.simulator.completions_served) == served_before
 
 
+@pytest.mark.parametrize("defaults", ["[defaults]\nrequire_tdx = true\n", ""],
+                         ids=["defaults-require-tdx", "built-in-defaults"])
+def test_allow_unattested_respects_the_defaults_of_a_non_strict_policy(
+        stack: Stack, tmp_path: Any, defaults: str) -> None:
+    # Issue 11, finding 5: a model no entry names gets [defaults]; if that requires TDX, a 404
+    # from the attestation endpoint must block it, as it does under [models."TEE/*"].
+    policy = _policy_file(tmp_path, "allow_unattested_models = true\n" + defaults)
+    set_faults(stack, attestation_status=404)
+    served_before = stack.call(lambda: stack.simulator.completions_served)
+    with pytest.raises(openai.APIStatusError) as info:
+        _complete(stack.sidecar(policy={"file": policy}, fresh=True), False)
+    _assert_blocked(info.value, "attestation.unavailable")
+    assert stack.call(lambda: stack.simulator.completions_served) == served_before
+
+
+def test_every_use_of_allow_unattested_warns(tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from sidecar.proxy.app import _may_pass_unattested
+    from sidecar.verify.policy import PolicySet
+
+    state: Any = SimpleNamespace(policies=PolicySet(strict=True, allow_unattested_models=True))
+    with capture_logs() as logs:
+        assert _may_pass_unattested(state, PLAIN_MODEL)
+        assert _may_pass_unattested(state, PLAIN_MODEL)
+    warnings = [e for e in logs if e["event"] == "unsafe_unattested_model_passed"]
+    assert len(warnings) == 2 and warnings[0]["log_level"] == "warning"
+
+
 def test_allow_unattested_lets_an_unclaimed_model_through_flagged(stack: Stack,
                                                                    tmp_path: Any) -> None:
     policy = _policy_file(tmp_path, 'strict = true\nallow_unattested_models = true\n'

@@ -673,3 +673,74 @@ def test_format_1_lines_still_read(tmp_path: Path, evidence: SimulatedEvidence,
     obj["served_model"] = "m"  # a format 1 line with a format 2 field is doctored
     with pytest.raises(ReceiptFormatError, match="unknown field"):
         decode_receipt_line(json.dumps(obj).encode())
+# --- replay memory (issue 11, finding 7) ---------------------------------------------------------
+
+
+def test_recent_chat_ids_survive_a_restart_with_the_receipts(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    path = tmp_path / "receipts.jsonl"
+    attestation = attest(evidence, [node])
+    with ReceiptLog(path, max_bytes=4096, backups=3) as log:
+        assert log.recent_chat_ids.first_use(MODEL, "chatcmpl-fresh")
+        for i in range(8):  # enough to rotate: the ids in rotated files count too
+            log.append(signed_receipt(node, attestation, chat_id=f"chatcmpl-{i}"))
+        log.append(failed_receipt("chatcmpl-failed"))
+    assert receipts.rotated_paths(path)
+    with ReceiptLog(path) as reopened:
+        recent = reopened.recent_chat_ids
+        assert not recent.first_use(MODEL, "chatcmpl-0")
+        assert not recent.first_use(MODEL, "chatcmpl-7")
+        assert recent.first_use(MODEL, "chatcmpl-failed")  # only verified ids were delivered
+        assert recent.first_use("other-model", "chatcmpl-0")  # per model
+
+
+def test_recent_chat_ids_are_bounded() -> None:
+    recent = receipts.RecentChatIds(per_model=3, max_models=2)
+    for i in range(10):
+        assert recent.first_use("a", f"id-{i}")
+    assert len(recent) == 3 and recent.first_use("a", "id-0")
+    recent.first_use("b", "x")
+    recent.first_use("c", "x")
+    assert len(recent) == 2  # "a" was the least recently used model
+
+
+# --- the evidence archive's bounds (issue 11, finding 3) ----------------------------------------
+
+
+def _archive_padding(log: ReceiptLog, count: int, size: int = 30 << 10) -> None:
+    for i in range(count):
+        body = json.dumps({"pad": i, "x": "y" * size}).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        log.archive_evidence(digest, body)
+        log.archive_context(digest, b'{"context": 1}')
+
+
+def test_the_evidence_archive_is_bounded_and_keeps_what_receipts_name(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    path = tmp_path / "receipts.jsonl"
+    named = attest(evidence, [node])
+    with ReceiptLog(path, evidence_max_bytes=2 << 20) as log:
+        log.archive_evidence(named.digest, named.body)
+        log.append(signed_receipt(node, named, chat_id="chatcmpl-named"))
+        _archive_padding(log, 300)  # 9 MiB of reports no receipt names
+        files = list(log.evidence_dir.iterdir())
+        assert sum(p.stat().st_size for p in files) < (2 << 20) + (256 << 10)
+        assert (log.evidence_dir / f"{named.digest}.json").exists()
+        assert len([p for p in files if p.name.endswith(".context.json")]) == \
+            len([p for p in files if not p.name.endswith(".context.json")]) - 1
+    assert verify_receipts(path).ok
+
+
+def test_old_unnamed_evidence_is_pruned_on_restart(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    path = tmp_path / "receipts.jsonl"
+    named = attest(evidence, [node])
+    with ReceiptLog(path) as log:
+        log.archive_evidence(named.digest, named.body)
+        log.append(signed_receipt(node, named, chat_id="chatcmpl-named"))
+        _archive_padding(log, 5, size=10)
+    assert len(list((tmp_path / "evidence").iterdir())) == 11
+    later = lambda: __import__("time").time() + 31 * 86400  # noqa: E731
+    with ReceiptLog(path, evidence_max_age=30 * 86400, clock=later) as log:
+        assert [p.name for p in log.evidence_dir.iterdir()] == [f"{named.digest}.json"]
+    assert verify_receipts(path).ok

@@ -227,3 +227,72 @@ def test_bad_arguments_exit_with_ex_usage(argv: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "sidecar", *argv], capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 64 and "error:" in result.stderr
+
+
+# -- slowloris and oversized headers (issue 11, finding 9) ---------------------------------------
+
+
+def _raw(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def _openai_error(raw: bytes) -> tuple[int, dict[str, str], str]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)["error"]["code"]
+
+
+def test_an_oversized_request_header_gets_an_openai_error_without_a_trace(
+        service: Service) -> None:
+    raw = _raw(service.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"X-Big: " + b"a" * (64 << 10) + b"\r\n\r\n")
+    status, headers, code = _openai_error(raw)
+    assert (status, code) == (431, "limits.request_header_too_large")
+    assert headers["x-tee-failure"] == code and headers["x-tee-verified"] == "false"
+    assert "Traceback" not in service.logs()
+
+
+@pytest.fixture()
+def tight_service(tmp_path: Path) -> Iterator[Service]:
+    s = Service(tmp_path, TEE_SIDECAR_LIMITS__HEADER_TIMEOUT="0.5",
+                TEE_SIDECAR_LIMITS__MAX_CONNECTIONS_PER_CLIENT="20")
+    yield s
+    s.stop()
+
+
+def test_a_half_sent_request_is_answered_408_and_closed(tight_service: Service) -> None:
+    started = time.monotonic()
+    raw = _raw(tight_service.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert time.monotonic() - started < 4
+    status, headers, code = _openai_error(raw)
+    assert (status, code) == (408, "limits.header_timeout")
+    assert headers["x-tee-failure"] == code
+    time.sleep(0.2)
+    assert "Traceback" not in tight_service.logs()
+
+
+def test_half_open_connections_are_counted_per_client(tight_service: Service) -> None:
+    held = []
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", tight_service.port), timeout=5)
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127")
+            held.append(sock)
+        time.sleep(0.1)
+        status, headers, code = _openai_error(_raw(tight_service.port, b""))
+        assert (status, code) == (429, "limits.too_many_connections")
+        assert headers["x-should-retry"] == "true"
+        # Once the deadline has closed them, the client is served again.
+        time.sleep(1.0)
+        status, _ = get(tight_service.url + "/models")
+        assert status == 200
+    finally:
+        for sock in held:
+            sock.close()

@@ -77,3 +77,48 @@ def test_oversized_event_is_refused() -> None:
 def test_chat_id_of_refuses_unusable_ids(payload: bytes, why: str) -> None:
     with pytest.raises(VerificationFailed, match=why):
         chat_id_of(payload)
+
+
+# -- parsed as the WHATWG standard and the openai SDK parse it (issue 11, finding 1) -------------
+
+
+@pytest.mark.parametrize("split", [1, 2, 5, 1000])
+def test_lone_cr_ends_lines_and_events_as_in_the_standard(split: int) -> None:
+    stream = b'data: {"id": "chatcmpl-a"}\r\rdata: [DONE]\r\r'
+    framer = SseFramer()
+    events = []
+    for i in range(0, len(stream), split):
+        events += framer.feed(stream[i:i + split])
+    events += framer.finish()
+    assert [e.data for e in events] == [b'{"id": "chatcmpl-a"}', b"[DONE]"]
+    assert b"".join(e.raw for e in events) == stream
+    assert framer.done and framer.pending == b""
+
+
+def test_a_cr_cr_hidden_inside_an_event_is_an_event_boundary() -> None:
+    framer = SseFramer()
+    events = framer.feed(b'data: {"id": "chatcmpl-a"}\r\rdata: [DONE]\r\r\n\ndata: {"x": 1}\n\n')
+    assert [e.data for e in events][:2] == [b'{"id": "chatcmpl-a"}', b"[DONE]"]
+    assert framer.done and framer.trailing_after_done == 2  # the \n and the next data event
+
+
+def test_data_that_only_starts_with_done_ends_the_stream_as_the_sdk_does() -> None:
+    framer = SseFramer()
+    events = framer.feed(b'data: {"id": "chatcmpl-a"}\n\ndata: [DONE]x\n\n')
+    assert events[-1].is_done and framer.done_data == b"[DONE]x"
+
+
+def test_fields_comments_and_the_optional_space() -> None:
+    framer = SseFramer()
+    [event] = framer.feed(b'\xef\xbb\xbf: c1\nevent: x\nid: 7\ndata:{"id": "chatcmpl-a",\n'
+                          b'data:  "k": 1}\ndata\n: x-tee-verified true\n\n')
+    assert event.data == b'{"id": "chatcmpl-a",\n "k": 1}\n'
+    assert event.comments == (b" c1", b" x-tee-verified true")
+    assert event.forges_verdict
+    assert event.canonical() == b'data: {"id": "chatcmpl-a",\ndata:  "k": 1}\ndata: \n\n'
+
+
+def test_canonical_framing_of_a_genuine_event_is_byte_identical() -> None:
+    events = SseFramer().feed(STREAM)
+    assert b"".join(e.canonical() for e in events) == STREAM
+    assert SseFramer().feed(b": keep-alive\r\n\r\n")[0].canonical() == b""

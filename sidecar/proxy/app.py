@@ -24,9 +24,10 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,9 @@ from sidecar.errors import (
 )
 from sidecar.pins import IdentityGate
 from sidecar.proxy.attester import AttestationCache
+from sidecar.proxy.local_origin import LocalCallerPolicy, check_json_content_type, cors_headers
 from sidecar.proxy.upstream import UpstreamClient
-from sidecar.receipts import ReceiptLog, ReceiptLogError
+from sidecar.receipts import ReceiptLog, ReceiptLogError, RecentChatIds
 from sidecar.telemetry import Telemetry
 from sidecar.proxy.verdict import (
     HEADER_FAILURE,
@@ -69,10 +71,21 @@ log = structlog.get_logger("tee_sidecar.proxy")
 MAX_ERROR_BODY_BYTES = 64 << 10
 
 VERIFIED_COMMENT = b": x-tee-verified true\n\n"
-# The sidecar's own verdict lines; the same text arriving from upstream is a forgery.
-OWN_COMMENT_PREFIX = b": x-tee-"
+# The relay's own end of stream, written only after the verdict.
+DONE_EVENT = b"data: [DONE]\n\n"
 # An upstream error message passed on to the app is cut to this length.
 MAX_UPSTREAM_MESSAGE = 512
+# The only upstream headers an app ever sees, each with the exact shape it must have (anything
+# else is dropped): a value the sidecar cannot re-send made the response fail after the error
+# middleware, leaving the app without an answer (issue 11, finding 8). Retry-After is
+# delay-seconds or an IMF-fixdate (RFC 9110 sections 10.2.3, 5.6.7); retry-after-ms is what the
+# openai SDK reads first (openai/_base_client.py ``_parse_retry_after_header``).
+PASSED_ON_HEADERS: dict[str, re.Pattern[str]] = {
+    hdrs.RETRY_AFTER: re.compile(
+        r"\d{1,9}|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep"
+        r"|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT", re.ASCII),
+    "retry-after-ms": re.compile(r"\d{1,9}(?:\.\d{1,3})?", re.ASCII),
+}
 
 
 @dataclass
@@ -87,6 +100,9 @@ class ProxyState:
     telemetry: Telemetry
     receipts: ReceiptLog | None
     identity: IdentityGate | None = None  # deployment pins (sidecar.pins), for the status page
+    # Verified completion ids per model (restored from the receipts on start): a repeat is a
+    # whole-completion replay.
+    chat_ids: RecentChatIds = dataclasses.field(default_factory=RecentChatIds)
 
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
@@ -94,6 +110,7 @@ REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 MODEL: web.RequestKey[str] = web.RequestKey("model", str)
 VERDICT: web.RequestKey[CompletionVerdict] = web.RequestKey("verdict", CompletionVerdict)
 IN_FLIGHT: web.AppKey[dict[str, int]] = web.AppKey("in_flight", dict)
+CALLERS: web.AppKey[LocalCallerPolicy] = web.AppKey("callers", LocalCallerPolicy)
 StateFactory = Callable[[web.Application, aiohttp.ClientSession], Awaitable[ProxyState]]
 
 
@@ -106,10 +123,15 @@ def build_proxy_app(settings: Settings, make_state: StateFactory,
     """
     limits = settings.limits
     app = web.Application(client_max_size=limits.max_request_bytes,
-                          middlewares=[_errors_and_logs, _per_client_concurrency],
+                          middlewares=[_errors_and_logs, _local_callers_only,
+                                       _per_client_concurrency],
                           handler_args={"max_field_size": limits.max_header_bytes,
                                         "max_line_size": limits.max_header_bytes})
     app[IN_FLIGHT] = {}
+    app[CALLERS] = LocalCallerPolicy.for_listener(settings.listen.host,
+                                                  settings.listen.allowed_hosts,
+                                                  settings.listen.allowed_origins)
+    app.on_response_prepare.append(_cors_for_configured_origins)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         async with make_session() as session:
@@ -187,6 +209,38 @@ async def _errors_and_logs(request: web.Request,
 
 
 @web.middleware
+async def _local_callers_only(request: web.Request,
+                              handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                              ) -> web.StreamResponse:
+    """Host, Origin and (for a served POST) Content-Type rules (``sidecar.proxy.local_origin``).
+
+    Raises:
+        BadRequest: ``request.host_not_allowed``, ``request.origin_not_allowed``,
+            ``request.unsupported_media_type``.
+    """
+    callers = request.app[CALLERS]
+    callers.check_host(request.headers.get(hdrs.HOST))
+    origin = request.headers.get(hdrs.ORIGIN)
+    callers.check_origin(origin)
+    if origin is not None and request.method == hdrs.METH_OPTIONS:
+        # The CORS preflight of a configured origin (its POSTs carry application/json).
+        return web.Response(status=204, headers=cors_headers(
+            origin, request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")))
+    if request.method == hdrs.METH_POST and request.match_info.http_exception is None:
+        check_json_content_type(request.headers.get(hdrs.CONTENT_TYPE))
+    return await handler(request)
+
+
+async def _cors_for_configured_origins(request: web.Request,
+                                       response: web.StreamResponse) -> None:
+    """Let a configured origin's page read the answer and its verdict headers (streams too:
+    this runs as the headers are sent)."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and request.app[CALLERS].origin_allowed(origin):
+        response.headers.update(cors_headers(origin))
+
+
+@web.middleware
 async def _per_client_concurrency(request: web.Request,
                                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                                   ) -> web.StreamResponse:
@@ -206,8 +260,8 @@ async def _per_client_concurrency(request: web.Request,
             del in_flight[peer]
 
 
-async def _fetch_models(state: ProxyState) -> tuple[bytes, int, str]:
-    """The provider's model list as received: body, status and content type."""
+async def _fetch_models(state: ProxyState) -> tuple[bytes, int]:
+    """The provider's model list as received: body and status."""
     timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
                                     sock_read=state.settings.upstream.read_timeout)
     resp = await state.upstream.open("GET", "/v1/models", None, timeout)
@@ -215,14 +269,15 @@ async def _fetch_models(state: ProxyState) -> tuple[bytes, int, str]:
         body, failure = await _read_upstream(resp, state.settings.limits)
     if failure is not None:
         raise failure
-    return body, resp.status, resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
+    return body, resp.status
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
-    body, status, content_type = await _fetch_models(request.app[STATE])
-    # A model list is not signed by any enclave: pass it on, marked as not verified.
+    body, status = await _fetch_models(request.app[STATE])
+    # A model list is not signed by any enclave: pass it on, marked as not verified, under the
+    # sidecar's own content type (the contract's; no upstream header reaches the app unchecked).
     return web.Response(body=body, status=status, headers={
-        hdrs.CONTENT_TYPE: content_type, HEADER_VERIFIED: "false"})
+        hdrs.CONTENT_TYPE: "application/json", HEADER_VERIFIED: "false"})
 
 
 async def _model(request: web.Request) -> web.StreamResponse:
@@ -236,7 +291,7 @@ async def _model(request: web.Request) -> web.StreamResponse:
         UpstreamError: the list could not be had.
     """
     model_id = request.match_info["model_id"]
-    body, status, _ = await _fetch_models(request.app[STATE])
+    body, status = await _fetch_models(request.app[STATE])
     if status != 200:
         raise UpstreamError(f"provider answered HTTP {status} for its model list",
                             code=f"upstream.http_{status}", http_status=502)
@@ -310,6 +365,10 @@ class _Completion:
                                                   request_body=self.request_body,
                                                   request_sha256=self.request_sha256,
                                                   response_sha256=response_sha256)
+            if verdict.verified and not state.chat_ids.first_use(self.model, chat_id):
+                # A genuine signature over an earlier answer to the same bytes: a replay.
+                verdict = dataclasses.replace(verdict, verified=False, failure=VerificationFailed(
+                    f"completion {chat_id} was already delivered", code="response.replayed"))
         if state.receipts is not None:
             try:
                 await state.receipts.append_async(verdict.receipt(self.model))
@@ -331,15 +390,16 @@ class _Completion:
 def _may_pass_unattested(state: ProxyState, model: str) -> bool:
     """Whether a model the provider has no attestation for (404) may be used unverified.
 
-    Only with ``allow_unattested_models`` and only for a model no policy entry claims for TEE:
-    a model matched by an entry that requires attestation stays blocked, whatever the
-    provider's attestation endpoint answers.
+    Only with ``allow_unattested_models`` and only for a model whose policy entry requires no
+    attestation (``PolicySet.may_pass_unattested``): a model the policy claims for TEE, by its
+    entry or by ``[defaults]``, stays blocked whatever the attestation endpoint answers. Every
+    use of the escape hatch is logged as a warning.
     """
-    policies = state.policies
-    if not policies.allow_unattested_models:
+    if not state.policies.may_pass_unattested(model):
         return False
-    policy = policies.for_model(model)
-    return not policy.requires_attestation or (not policies.strict and policy is policies.default)
+    log.warning("unsafe_unattested_model_passed", model=model,
+                reason="policy allow_unattested_models: relayed without TEE attestation")
+    return True
 
 
 def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -474,9 +534,18 @@ async def _upstream_error(resp: aiohttp.ClientResponse, request_id: str) -> web.
             body["error"][f"upstream_{field}"] = upstream[field][:MAX_UPSTREAM_MESSAGE]
     headers = {HEADER_VERIFIED: "false", HEADER_FAILURE: f"upstream.http_{resp.status}",
                HEADER_REQUEST_ID: request_id}
-    if retry_after := resp.headers.get(hdrs.RETRY_AFTER):
-        headers[hdrs.RETRY_AFTER] = retry_after[:64]
+    headers.update(passed_on_headers(resp.headers))
     return web.json_response(body, status=resp.status, headers=headers)
+
+
+def passed_on_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The upstream headers an app may see: ``PASSED_ON_HEADERS`` whose value has its shape."""
+    passed: dict[str, str] = {}
+    for name, shape in PASSED_ON_HEADERS.items():
+        value = upstream.get(name)
+        if value is not None and shape.fullmatch(value):
+            passed[name] = value
+    return passed
 
 
 async def _read_upstream_error(resp: aiohttp.ClientResponse) -> bytes:
@@ -517,6 +586,7 @@ async def _buffer_stream(completion: _Completion, resp: aiohttp.ClientResponse) 
     framer = SseFramer()
     try:
         framer.feed(body)
+        framer.finish()
         failure = failure or _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = failure or exc
@@ -529,12 +599,23 @@ def _stream_shape_failure(framer: SseFramer) -> VerificationFailed | None:
         return VerificationFailed("stream ended before data: [DONE]", code="stream.truncated")
     if framer.trailing_after_done or framer.pending.strip():
         return VerificationFailed("stream carries data after [DONE]", code="stream.data_after_done")
+    if framer.done_data != b"[DONE]":
+        # The SDK ends on any data starting with [DONE]; only the exact marker is the contract.
+        return VerificationFailed("stream ends on a data line that only starts with [DONE]",
+                                  code="stream.malformed_done")
     return None
 
 
 async def _relay_stream(completion: _Completion,
                         resp: aiohttp.ClientResponse) -> web.StreamResponse:
-    """Forward events as they come; hold ``[DONE]`` until the verdict, which closes the stream."""
+    """Forward events as they come; hold ``[DONE]`` until the verdict, which closes the stream.
+
+    Only events the framer parsed leave, each re-emitted as ``SseEvent.canonical()``: the app's
+    SSE parser then reads exactly the events the sidecar read, whatever line ends, comments or
+    ``[DONE]``-prefixed data the upstream sent (issue 11, finding 1). The upstream's own end
+    marker is never forwarded; the sidecar writes its own after the verdict. The hash is over
+    the upstream's bytes as received.
+    """
     out = web.StreamResponse(headers={
         hdrs.CONTENT_TYPE: "text/event-stream", hdrs.CACHE_CONTROL: "no-cache",
         HEADER_VERIFIED: "pending", HEADER_REQUEST_ID: completion.request_id})
@@ -542,7 +623,7 @@ async def _relay_stream(completion: _Completion,
     framer = SseFramer()
     hasher = hashlib.sha256()
     received = 0
-    done_event: bytes | None = None
+    done_seen = False
     forged: VerificationFailed | None = None
     client_gone = False
     failure: SidecarError | None = None
@@ -560,16 +641,17 @@ async def _relay_stream(completion: _Completion,
                 # was the relay's largest cost); [DONE] is held back for the verdict.
                 ready: list[bytes] = []
                 for event in framer.feed(chunk):
-                    if event.raw.startswith(OWN_COMMENT_PREFIX):
-                        # Never forward a verdict line the sidecar did not write.
+                    if event.forges_verdict:
+                        # Comments are never forwarded; one imitating the verdict is an attack.
                         forged = forged or VerificationFailed(
                             "upstream sent an x-tee verdict comment", code="stream.forged_verdict")
-                    elif event.is_done and done_event is None:
-                        done_event = event.raw
-                    elif done_event is None:
-                        ready.append(event.raw)
+                    if event.is_done:
+                        done_seen = True
+                    elif not done_seen:
+                        ready.append(event.canonical())
                 if ready and not client_gone:
                     client_gone = not await _write(out, b"".join(ready))
+        framer.finish()  # what a final lone \r completes is judged, never forwarded
         failure = forged or _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = exc
@@ -590,9 +672,9 @@ async def _relay_stream(completion: _Completion,
     if client_gone:
         return out
     if verdict.verified:
-        ending = VERIFIED_COMMENT + (done_event or b"data: [DONE]\n\n")
+        ending = VERIFIED_COMMENT + DONE_EVENT
     elif completion.mode is Mode.MONITOR:
-        ending = b": x-tee-verified false\n\n" + (done_event or b"data: [DONE]\n\n")
+        ending = b": x-tee-verified false\n\n" + DONE_EVENT
     else:
         assert verdict.failure is not None
         ending = b"data: " + json.dumps(openai_error_body(verdict.failure)).encode() + b"\n\n"

@@ -7,7 +7,8 @@ per session (single-flight under concurrency) and keeps only reports with at lea
 attested model node, until the policy's TTL. A failed re-attestation never evicts a still-valid
 entry early and never extends an expired one. Two bounds keep a hostile provider from turning
 requests into evidence fetches: forced re-attestations (a signer the cache lacks) at most once
-per ``REFRESH_MIN_INTERVAL_SECONDS``, and a failed attestation answered from memory for
+per ``REFRESH_MIN_INTERVAL_SECONDS``, whether they succeed or not, doubling after each failure up
+to ``REFRESH_MAX_INTERVAL_SECONDS``; and a failed attestation answered from memory for
 ``FAILED_ATTESTATION_BACKOFF_SECONDS``.
 """
 
@@ -15,17 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import structlog
+from pydantic import BaseModel
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.pins import IdentityGate
-from sidecar.providers.wire import AttestationDocument, parse_attestation_document
+from sidecar.providers.wire import (  # the report models: canonical_report keeps what they declare
+    MAX_NODES,
+    AttestationDocument,
+    _FlatReport,
+    _NearReport,
+    parse_attestation_document,
+)
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.provenance_source import ProvenanceGate
@@ -47,10 +57,89 @@ log = structlog.get_logger("tee_sidecar.attestation")
 # A genuine key rotation is one re-attestation; more than one per model in this interval is a
 # gateway naming keys it cannot have attested, and is not worth another round of evidence.
 REFRESH_MIN_INTERVAL_SECONDS = 10.0
+# Every forced re-attestation counts, failed ones too, and each consecutive failure doubles the
+# interval up to this bound: a gateway naming throw-away keys must not buy an attestation (a
+# report fetch and an NRAS call per node) with every completion (issue 11, finding 4).
+REFRESH_MAX_INTERVAL_SECONDS = 300.0
 # After an attestation of a model failed, requests for it fail with the same error for this long
 # instead of each starting another attestation (every node's quote, collateral and NRAS call):
 # a failing provider must not turn every app request into a burst of evidence fetches.
 FAILED_ATTESTATION_BACKOFF_SECONDS = 5.0
+# Failures are remembered for the back-off only, at most this many models at once (the oldest
+# goes first), and as code and message, never the exception with its traceback and frames: a
+# flood of made-up model names must not grow the process (issue 11, finding 6).
+MAX_REMEMBERED_FAILURES = 1024
+
+
+def canonical_report(body: bytes) -> bytes:
+    """The report as verification reads it: only the fields the wire contract declares, each
+    list of nodes without repeats, as sorted compact JSON (so equal reports archive once).
+
+    The kept fields are those of the wire parser's own models (``sidecar.providers.wire``: the
+    flat or NEAR report, and the node models inside them, recursively), so a field the parser
+    learns is kept without a change here; values of fields it does not model (``info``,
+    ``event_log``) are kept whole. The result parses to the same nodes (less duplicates) as
+    ``body``; its sha256 is the report's evidence digest, and it is what the evidence archive
+    keeps, so a gateway's unknown fields cost neither verification nor disk (issue 11,
+    finding 3).
+
+    Raises:
+        VerificationFailed: ``attestation.malformed`` when ``body`` is not a JSON object.
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+        raise VerificationFailed("attestation report is not JSON",
+                                 code="attestation.malformed") from None
+    if not isinstance(obj, dict):
+        raise VerificationFailed("attestation report is not a JSON object",
+                                 code="attestation.malformed")
+    # The same choice of shape as parse_attestation_document.
+    shape: type[BaseModel] = _NearReport if "model_attestations" in obj else _FlatReport
+    return json.dumps(_declared(obj, shape), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _declared(value: Any, model: type[BaseModel]) -> Any:
+    """``value`` reduced to what ``model`` declares; lists without repeats. Anything not of
+    the expected JSON type is left as it is, for the wire parser to refuse with its message."""
+    if isinstance(value, list):
+        return _distinct([_declared(item, model) for item in value])
+    if not isinstance(value, dict):
+        return value
+    kept: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if key in value:
+            inner = _model_inside(field.annotation)
+            kept[key] = value[key] if inner is None else _declared(value[key], inner)
+    return kept
+
+
+def _model_inside(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_inside(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _distinct(nodes: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    distinct = []
+    for node in nodes:
+        key = json.dumps(node, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(node)
+    return distinct
+
+
+def _refresh_interval(failures: int) -> float:
+    """Seconds between forced re-attestations after ``failures`` consecutive failures."""
+    return min(REFRESH_MAX_INTERVAL_SECONDS, REFRESH_MIN_INTERVAL_SECONDS * float(2 ** min(failures, 16)))
 
 
 class ModelAttester:
@@ -59,6 +148,7 @@ class ModelAttester:
     def __init__(self, upstream: UpstreamClient, *, collateral: CollateralSource,
                  nras: NrasClient, roots: TrustRoots, policies: PolicySet, signing_algo: str,
                  pinned_jwks: Mapping[str, Any] | None = None,
+                 max_nodes: int = MAX_NODES,
                  clock: Callable[[], float] = time.time) -> None:
         self._upstream = upstream
         self._collateral = collateral
@@ -68,6 +158,7 @@ class ModelAttester:
         self._signing_algo = signing_algo
         self._pinned_jwks = pinned_jwks
         self._clock = clock
+        self._max_nodes = max_nodes
         self.simulated = roots.simulated
 
     async def attest(self, model: str, signing_address: str | None = None
@@ -76,11 +167,13 @@ class ModelAttester:
         ``signing_address``, where the provider can select one: spec 0.4).
 
         Returns:
-            The report (whatever its verdict), the exact report body received, and the context
-            it was verified with (``encode_context``), for the evidence archive.
+            The report (whatever its verdict), the report body verified and archived
+            (``canonical_report`` of the body received: its digest is the report's
+            ``evidence_sha256``), and the context it was verified with (``encode_context``).
 
         Raises:
-            VerificationFailed: the policy refuses the model, the report is malformed, or the
+            VerificationFailed: the policy refuses the model, the report is malformed, names
+                more distinct nodes than ``max_nodes`` (``attestation.too_many_nodes``), or the
                 provider has no attestation for it.
             VerificationIncomplete: the report could not be fetched.
         """
@@ -88,7 +181,12 @@ class ModelAttester:
         nonce = secrets.token_hex(32)
         fetched = await self._upstream.fetch_attestation(model, nonce, self._signing_algo,
                                                          signing_address)
-        document = parse_attestation_document(fetched.body)
+        body = canonical_report(fetched.body)
+        document = parse_attestation_document(body)
+        if len(document.nodes) > self._max_nodes:
+            raise VerificationFailed(
+                f"attestation report names {len(document.nodes)} distinct nodes, more than "
+                f"attestation.max_nodes ({self._max_nodes})", code="attestation.too_many_nodes")
         peer = fetched.peer
         evidence = await self._gather(document, peer.spki_sha256 if peer else None)
         report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
@@ -99,7 +197,7 @@ class ModelAttester:
                         for c in node.checks)
         if tls_bound and peer is not None:
             self._upstream.pin_certificate(peer.der_sha256)
-        return report, fetched.body, encode_context(report, evidence)
+        return report, body, encode_context(report, evidence)
 
     async def _gather(self, document: AttestationDocument,
                       tls_spki: bytes | None) -> dict[str, NodeEvidence]:
@@ -107,7 +205,7 @@ class ModelAttester:
         quote under its own label), the collateral of its quote; per node, the NRAS answer."""
         payloads = {claim.label: claim.wire.nvidia_payload_text() for claim in document.nodes}
 
-        async def one(label: str, quote_hex: str | None, payload: str | None) -> tuple[str, NodeEvidence]:
+        async def one(quote_hex: str | None, payload: str | None) -> NodeEvidence:
             collateral = nras_response = jwks = None
             collateral_error = "no quote"
             nras_error = "no GPU payload"
@@ -128,12 +226,34 @@ class ModelAttester:
                 except Exception as exc:  # fail closed: the GPU check is undecided, not passed
                     log.exception("nras_error")
                     nras_error = f"NRAS call failed: {type(exc).__name__}"
-            return label, NodeEvidence(collateral, collateral_error, nras_response, nras_error,
-                                       jwks, tls_spki)
+            return NodeEvidence(collateral, collateral_error, nras_response, nras_error, jwks,
+                                tls_spki)
 
-        results = await asyncio.gather(*(
-            one(label, quote_hex, payloads.get(label)) for label, quote_hex in document.quotes()))
-        return dict(results)
+        # Nodes that carry the same quote and GPU evidence share one collateral fetch and one
+        # NRAS call: repeating a node must not multiply the off-box work (issue 11, finding 3).
+        fetches: dict[tuple[str | None, str | None], asyncio.Future[NodeEvidence]] = {}
+        keys = []
+        for label, quote_hex in document.quotes():
+            key = (quote_hex, payloads.get(label))
+            if key not in fetches:
+                fetches[key] = asyncio.ensure_future(one(*key))
+            keys.append((label, key))
+        await asyncio.gather(*fetches.values())
+        return {label: fetches[key].result() for label, key in keys}
+
+
+@dataclass(frozen=True, slots=True)
+class _RememberedFailure:
+    """A failed attestation, as much of it as the back-off answers with."""
+
+    until: float
+    code: str
+    message: str
+    incomplete: bool
+
+    def error(self) -> VerificationFailed:
+        kind = VerificationIncomplete if self.incomplete else VerificationFailed
+        return kind(self.message, code=self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +281,7 @@ class AttestationCache:
                  on_attested: Callable[[CachedAttestation], Awaitable[None]] | None = None,
                  identity: IdentityGate | None = None,
                  provenance: ProvenanceGate | None = None,
+                 admit: Callable[[str], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._attester = attester
         self._ttl_for = ttl_for
@@ -171,8 +292,11 @@ class AttestationCache:
         self._clock = clock
         self._entries: dict[str, CachedAttestation] = {}
         self._inflight: dict[str, asyncio.Task[CachedAttestation]] = {}
-        self._last_refresh: dict[str, float] = {}
-        self._failed: dict[str, tuple[float, VerificationFailed]] = {}
+        self._next_refresh: dict[str, float] = {}
+        self._refresh_failures: dict[str, int] = {}
+        self._failed: OrderedDict[str, _RememberedFailure] = OrderedDict()
+        # Which names may be attested at all (``sidecar.proxy.model_names``); None: any.
+        self._admit = admit
         self.attestations_run = 0
 
     def peek(self, model: str) -> CachedAttestation | None:
@@ -189,36 +313,53 @@ class AttestationCache:
 
         Raises:
             VerificationFailed: (or ``VerificationIncomplete``) no node of the model attested.
+            BadRequest: ``request.unknown_model`` from the ``admit`` hook: a name not worth an
+                attestation.
         """
         entry = self.peek(model)
         if entry is not None:
             return entry
         failed = self._failed.get(model)
-        if failed is not None and failed[0] > self._clock():
-            raise failed[1]
+        if failed is not None:
+            if failed.until > self._clock():
+                raise failed.error()
+            del self._failed[model]
+        if self._admit is not None:
+            await self._admit(model)
         return await self._run(model)
 
     async def refresh(self, model: str, signing_address: str | None = None) -> CachedAttestation:
         """Attest again (a signature named a key the cache lacks: rotation, another node).
 
-        After a successful refresh, not again for ``REFRESH_MIN_INTERVAL_SECONDS`` per model
-        while a valid entry exists: otherwise a hostile gateway could make every completion,
-        signed by a key of its own, cost a full attestation. Within the interval the current
-        entry is returned unchanged, so the unknown signer stays unattested and the completion
-        fails closed. A failed refresh does not start the interval (the next unknown signer
-        tries again: a path that heals is picked up at once), and the previous entry stays
-        exactly as it was, valid until its own expiry.
+        While a valid entry exists, at most one attempt per model per interval, failed attempts
+        included: ``REFRESH_MIN_INTERVAL_SECONDS``, doubled after each consecutive failure up to
+        ``REFRESH_MAX_INTERVAL_SECONDS`` and reset by a success. Otherwise a hostile gateway
+        could make every completion, signed by a key of its own, cost a full attestation.
+        Within the interval the current entry is returned unchanged, so the unknown signer stays
+        unattested and the completion fails closed; a failed refresh leaves the previous entry
+        exactly as it was, valid until its own expiry. Without a valid entry this is ``get``
+        (a failed attestation is answered from memory for its back-off).
 
         Raises:
             VerificationFailed: the re-attestation did not verify.
         """
         now = self._clock()
         current = self.peek(model)
-        last = self._last_refresh.get(model)
-        if current is not None and last is not None and now - last < REFRESH_MIN_INTERVAL_SECONDS:
+        if current is None:
+            return await self.get(model)
+        if now < self._next_refresh.get(model, now):
             return current
-        entry = await self._run(model, signing_address)
-        self._last_refresh[model] = now
+        failures = self._refresh_failures.get(model, 0)
+        # The interval starts with the attempt, so concurrent callers do not start another.
+        self._next_refresh[model] = now + _refresh_interval(failures)
+        try:
+            entry = await self._run(model, signing_address)
+        except VerificationFailed:
+            self._refresh_failures[model] = failures + 1
+            self._next_refresh[model] = now + _refresh_interval(failures + 1)
+            raise
+        self._refresh_failures.pop(model, None)
+        self._next_refresh[model] = now + _refresh_interval(0)
         return entry
 
     async def _run(self, model: str, signing_address: str | None = None) -> CachedAttestation:
@@ -241,11 +382,23 @@ class AttestationCache:
                 "attestation", "incomplete" if isinstance(exc, VerificationIncomplete) else "fail",
                 time.perf_counter() - timer)
             self._telemetry.record_failure(model, exc.code, exc.message)
-            self._failed[model] = (self._clock() + FAILED_ATTESTATION_BACKOFF_SECONDS, exc)
+            self._remember_failure(model, exc)
             raise
         self._failed.pop(model, None)
         self._telemetry.observe_verification("attestation", "pass", time.perf_counter() - timer)
         return entry
+
+    def _remember_failure(self, model: str, exc: VerificationFailed) -> None:
+        now = self._clock()
+        # Entries share one back-off, so the oldest insertions expire first.
+        while self._failed and next(iter(self._failed.values())).until <= now:
+            self._failed.popitem(last=False)
+        self._failed.pop(model, None)
+        self._failed[model] = _RememberedFailure(
+            now + FAILED_ATTESTATION_BACKOFF_SECONDS, exc.code, exc.message,
+            isinstance(exc, VerificationIncomplete))
+        while len(self._failed) > MAX_REMEMBERED_FAILURES:
+            self._failed.popitem(last=False)
 
     async def _attest_once(self, model: str, started: float,
                            signing_address: str | None = None) -> CachedAttestation:

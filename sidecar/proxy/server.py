@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import structlog
@@ -20,6 +21,8 @@ from sidecar.config import Settings
 from sidecar.errors import VerificationFailed
 from sidecar.pins import log_identity_modes
 from sidecar.proxy.app import STATE, build_proxy_app
+from sidecar.proxy.connections import GatedAppRunner
+from sidecar.proxy.local_origin import LocalCallerPolicy
 from sidecar.proxy.state import client_session, load_policies, state_factory
 from sidecar.verify.policy import PolicySet
 
@@ -35,7 +38,10 @@ def admin_and_warmup(settings: Settings) -> Callable[[web.Application], AsyncIte
     async def context(app: web.Application) -> AsyncIterator[None]:
         runner: web.AppRunner | None = None
         if settings.admin.enabled:
-            runner = web.AppRunner(build_admin_app(lambda: app.get(STATE)), access_log=None)
+            callers = LocalCallerPolicy.for_listener(settings.admin.host,
+                                                     settings.admin.allowed_hosts)
+            runner = GatedAppRunner(build_admin_app(lambda: app.get(STATE), callers),
+                                    settings.limits, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.admin.host, settings.admin.port).start()
             log.info("admin_listening", host=settings.admin.host, port=settings.admin.port)
@@ -99,7 +105,23 @@ def serve(settings: Settings) -> int:
              provider=str(settings.upstream.provider),
              upstream=public_url(settings.upstream.base_url),
              mode=str(settings.verification.mode), stream=str(settings.verification.stream))
-    web.run_app(app, host=settings.listen.host, port=settings.listen.port, print=None,
-                access_log=None, shutdown_timeout=settings.listen.shutdown_timeout)
+    asyncio.run(_serve_until_signal(app, settings))
     log.info("stopped")
     return 0
+
+
+async def _serve_until_signal(app: web.Application, settings: Settings) -> None:
+    """Serve ``app`` on the listen address (connections bounded by ``GatedAppRunner``) until
+    SIGTERM or SIGINT, then shut down gracefully (``listen.shutdown_timeout``)."""
+    runner = GatedAppRunner(app, settings.limits, access_log=None,
+                            shutdown_timeout=settings.listen.shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.listen.host, settings.listen.port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

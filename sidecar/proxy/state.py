@@ -17,12 +17,13 @@ from sidecar.admin import attestation_times
 from sidecar.proxy.app import ProxyState, StateFactory
 from sidecar.proxy.attester import AttestationCache, CachedAttestation, ModelAttester
 from sidecar.proxy.collateral import CollateralSource
+from sidecar.proxy.model_names import KnownModelNames, exact_names, provider_model_list
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.provenance_source import ProvenanceGate, ProvenanceSource
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.proxy.verdict import CompletionVerifier
 from sidecar.pins import IdentityGate, PinStore, pins_dir
-from sidecar.receipts import ReceiptLog
+from sidecar.receipts import ReceiptLog, RecentChatIds
 from sidecar.telemetry import Telemetry
 from sidecar.trust import load_anchors
 from sidecar.verify.policy import PolicySet, load_policy
@@ -50,7 +51,7 @@ def build_attester(settings: Settings, session: aiohttp.ClientSession,
                       attestation.timeout)
     attester = ModelAttester(upstream, collateral=collateral, nras=nras, roots=anchors.roots,
                              policies=policies, signing_algo=settings.verification.signing_algo,
-                             pinned_jwks=anchors.pinned_jwks)
+                             pinned_jwks=anchors.pinned_jwks, max_nodes=attestation.max_nodes)
     return upstream, attester
 
 
@@ -103,7 +104,9 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
     async def make_state(app: web.Application, session: aiohttp.ClientSession) -> ProxyState:
         telemetry = Telemetry()
         receipts = (ReceiptLog(settings.receipts_path(), max_bytes=settings.receipts.max_bytes,
-                               backups=settings.receipts.backups)
+                               backups=settings.receipts.backups,
+                               evidence_max_bytes=settings.receipts.evidence_max_bytes,
+                               evidence_max_age=settings.receipts.evidence_max_age_days * 86400)
                     if settings.receipts.enabled else None)
 
         async def archive(entry: CachedAttestation) -> None:
@@ -119,14 +122,20 @@ def state_factory(settings: Settings, policies: PolicySet) -> StateFactory:
                              archive_dir=settings.state.dir / "provenance",
                              timeout=provenance_settings.timeout, token=token),
             policies, provenance_settings.trusted_root)
+        known = KnownModelNames(
+            provider_model_list(upstream, settings.attestation.timeout),
+            exact_names(entry.pattern for entry in policies.models)
+            | frozenset(settings.attestation.warm_models))
         cache = AttestationCache(
             attester, lambda model: policies.for_model(model).attestation_ttl_seconds,
-            telemetry=telemetry, on_attested=archive, identity=identity, provenance=provenance)
+            telemetry=telemetry, on_attested=archive, identity=identity, provenance=provenance,
+            admit=known.admit if settings.attestation.only_known_models else None)
         telemetry.watch_attestations(lambda: attestation_times(cache))
         verifier = CompletionVerifier(upstream, cache, settings.verification.signing_algo,
                                       telemetry, signer_rules_for(settings))
         return ProxyState(settings, upstream, cache, verifier, policies, telemetry, receipts,
-                          identity)
+                          identity,
+                          receipts.recent_chat_ids if receipts is not None else RecentChatIds())
 
     return make_state
 

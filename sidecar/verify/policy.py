@@ -581,6 +581,20 @@ class PolicySet:
             code="policy.model_not_allowed",
         )
 
+    def may_pass_unattested(self, model: str) -> bool:
+        """Whether ``model`` may be used without TEE attestation (the provider has none).
+
+        Only with ``allow_unattested_models``, and only when the entry that applies requires no
+        attestation, with the usual precedence: a ``[models."…"]`` entry, else ``[defaults]``
+        (its own values, else the built-in ones, which require TDX and GPU evidence), else under
+        a strict set the unattested entry. An earlier rule let any model no entry named through
+        in a non-strict set, ignoring ``[defaults] require_tdx = true`` (issue 11, finding 5).
+
+        Raises:
+            VerificationFailed: ``policy.model_not_allowed`` as for ``for_model``.
+        """
+        return self.allow_unattested_models and not self.for_model(model).requires_attestation
+
 
 # --------------------------------------------------------------------------------------------
 # The policy file (pydantic at the edge)
