@@ -52,6 +52,13 @@ fi
 
 echo "build-image: $IMAGE on $base${ca:+ (pip trusts $ca, as a build secret)}"
 start=$SECONDS
-"$DOCKER" build --quiet "${secret[@]}" --build-arg "PYTHON_IMAGE=$base" -t "$IMAGE" . >/dev/null
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! "$DOCKER" build --progress=plain "${secret[@]}" --build-arg "PYTHON_IMAGE=$base" \
+        -t "$IMAGE" . >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "build-image: docker build failed" >&2
+    exit 1
+fi
 size=$("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE")
 echo "build-image: built $IMAGE in $((SECONDS - start)) s: $(awk -v s="$size" 'BEGIN { printf "%.0f MB", s / 1e6 }') uncompressed"

@@ -64,8 +64,9 @@ cp systemd/tee-sidecar.service systemd/tee-sidecar.toml scripts/deploy_check.py 
 ca="${BUILD_CA_BUNDLE-${PIP_CERT:-}}"
 secret=()
 [[ -z "$ca" ]] || secret=(--secret "id=ca_bundle,src=$ca")
-"$DOCKER" build --quiet "${secret[@]}" --build-arg "BASE_IMAGE=$BASE" -t "$TEST_IMAGE" \
-    "$work/context" >/dev/null || fail "docker build of the systemd test image"
+"$DOCKER" build --progress=plain "${secret[@]}" --build-arg "BASE_IMAGE=$BASE" \
+    -t "$TEST_IMAGE" "$work/context" >"$work/build.log" 2>&1 \
+    || { tail -n 40 "$work/build.log" >&2; fail "docker build of the systemd test image"; }
 echo "built $TEST_IMAGE with $(ls "$work/context"/*.whl | xargs -n1 basename)"
 
 # (2) Boot. SYS_ADMIN: systemd mounts the unit's namespaces. SYS_PTRACE: a host's PID 1 has
