@@ -8,9 +8,10 @@
 # scripts/build-base-image.sh builds with debootstrap, which it then builds or reuses.
 #
 # CA bundle for pip inside the build (a TLS-intercepting proxy in front of PyPI): the file
-# named by $BUILD_CA_BUNDLE, else by $PIP_CERT, else none. It is passed as the BuildKit secret
-# ca_bundle, mounted for the one RUN that installs, never written to a layer. Set
-# BUILD_CA_BUNDLE= (empty) to pass none.
+# named by $BUILD_CA_BUNDLE, else $PIP_CERT, else $SSL_CERT_FILE, else the system bundle
+# /etc/ssl/certs/ca-certificates.crt (scripts/docker-lib.sh, build_ca_bundle). It is passed as
+# the BuildKit secret ca_bundle, mounted for the one RUN that installs, never written to a
+# layer. Set BUILD_CA_BUNDLE= (empty) to pass none.
 #
 # Exits non-zero when Docker cannot run (`make image` is asked for explicitly; the deploy tests
 # skip instead).
@@ -43,7 +44,7 @@ if [[ -z "$base" ]]; then
     fi
 fi
 
-ca="${BUILD_CA_BUNDLE-${PIP_CERT:-}}"
+ca=$(build_ca_bundle)
 secret=()
 if [[ -n "$ca" ]]; then
     [[ -r "$ca" ]] || { echo "build-image: CA bundle $ca is not readable" >&2; exit 1; }

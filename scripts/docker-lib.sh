@@ -6,6 +6,7 @@
 # BuildKit built in behind DOCKER_BUILDKIT=1. So: the first client on PATH with buildx, else the
 # first one older than 23, each checked by what it reports, not by its path.
 # docker_engine_reason: print why the engine cannot be used, or nothing when it can.
+# build_ca_bundle: the CA bundle pip inside a build should trust, or nothing.
 
 docker_pick() {
     local candidate version
@@ -33,6 +34,28 @@ docker_engine_reason() {
     local err
     if ! err=$("$DOCKER" info --format '{{.ServerVersion}}' 2>&1 >/dev/null); then
         echo "the Docker engine does not answer (start dockerd as root): ${err%%$'\n'*}"; return
+    fi
+}
+
+# The first of $BUILD_CA_BUNDLE (set but empty: none), $PIP_CERT, $SSL_CERT_FILE, and Debian's
+# system bundle: the build trusts what this machine trusts, which is what a TLS-intercepting
+# proxy needs. It is passed as a BuildKit secret, so it never lands in an image.
+build_ca_bundle() {
+    if [[ -n "${BUILD_CA_BUNDLE+set}" ]]; then echo "$BUILD_CA_BUNDLE"; return; fi
+    local candidate
+    for candidate in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" /etc/ssl/certs/ca-certificates.crt; do
+        if [[ -n "$candidate" && -r "$candidate" ]]; then echo "$candidate"; return; fi
+    done
+}
+
+# local_base_reason TAG: why the local Debian base (scripts/build-base-image.sh) can be neither
+# reused nor built here, or nothing.
+local_base_reason() {
+    "$DOCKER" image inspect "$1" >/dev/null 2>&1 && return
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "the local Debian base $1 must be built, and debootstrap needs root"
+    elif ! command -v debootstrap >/dev/null 2>&1; then
+        echo "the local Debian base $1 must be built, and debootstrap is missing (apt-get install debootstrap)"
     fi
 }
 

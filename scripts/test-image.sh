@@ -26,6 +26,14 @@ PY=.venv/bin/python
 reason=$(docker_engine_reason)
 [[ -z "$reason" ]] || skip "make test-image: $reason"
 docker_pick
+# The image needs a base: the public one, or the local Debian one (debootstrap, as root).
+if [[ -z "${PYTHON_IMAGE:-}" ]]; then
+    reason=$(local_base_reason tee-sidecar-base:python3.11-bookworm)
+    if [[ -n "$reason" ]] && ! "$DOCKER" image inspect python:3.11-slim-bookworm >/dev/null 2>&1 \
+            && ! timeout 120 "$DOCKER" pull --quiet python:3.11-slim-bookworm >/dev/null 2>&1; then
+        skip "make test-image: python:3.11-slim-bookworm cannot be pulled and $reason"
+    fi
+fi
 
 version=$(sed -nE 's/^version = "([^"]+)"/\1/p' pyproject.toml | head -n1)
 export IMAGE="${IMAGE:-tee-sidecar:$version}"

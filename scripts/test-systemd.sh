@@ -34,7 +34,8 @@ PY=.venv/bin/python
 reason=$(docker_engine_reason)
 [[ -z "$reason" ]] || skip "make test-systemd: $reason"
 docker_pick
-[[ "$(id -u)" == 0 ]] || skip "make test-systemd: debootstrap (the base image) needs root"
+reason=$(local_base_reason "$BASE")
+[[ -z "$reason" ]] || skip "make test-systemd: $reason"
 
 name="tee-sidecar-test-systemd-$$"
 work=$(mktemp -d)
@@ -61,7 +62,7 @@ DOCKER=$DOCKER bash scripts/build-base-image.sh "$BASE"
     || fail "pip wheel ."
 cp systemd/tee-sidecar.service systemd/tee-sidecar.toml scripts/deploy_check.py \
     scripts/systemd-test/Dockerfile "$work/context/"
-ca="${BUILD_CA_BUNDLE-${PIP_CERT:-}}"
+ca=$(build_ca_bundle)
 secret=()
 [[ -z "$ca" ]] || secret=(--secret "id=ca_bundle,src=$ca")
 "$DOCKER" build --progress=plain "${secret[@]}" --build-arg "BASE_IMAGE=$BASE" \

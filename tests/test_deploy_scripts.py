@@ -103,3 +103,36 @@ def test_systemd_test_image_installs_the_shipped_unit_and_settings() -> None:
     assert "ln -s /opt/tee-sidecar/bin/tee-sidecar /usr/local/bin/tee-sidecar" in stage
     script = (ROOT / "scripts" / "test-systemd.sh").read_text()
     assert "cp systemd/tee-sidecar.service systemd/tee-sidecar.toml" in script
+
+
+def _build_ca_bundle(**env: str) -> str:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in {"BUILD_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE"}}
+    result = subprocess.run(["bash", "-c", "source scripts/docker-lib.sh && build_ca_bundle"],
+                            env={**clean, **env}, cwd=ROOT, capture_output=True, text=True,
+                            timeout=30, check=True)
+    return result.stdout.strip()
+
+
+def test_build_ca_bundle_order(tmp_path: Path) -> None:
+    """The build trusts what the machine trusts unless told otherwise; empty means none."""
+    mine, pips = tmp_path / "mine.pem", tmp_path / "pip.pem"
+    mine.write_text("x")
+    pips.write_text("x")
+    assert _build_ca_bundle(BUILD_CA_BUNDLE=str(mine), PIP_CERT=str(pips)) == str(mine)
+    assert _build_ca_bundle(BUILD_CA_BUNDLE="", PIP_CERT=str(pips)) == ""
+    assert _build_ca_bundle(PIP_CERT=str(pips)) == str(pips)
+    assert _build_ca_bundle(PIP_CERT=str(tmp_path / "missing.pem"),
+                            SSL_CERT_FILE=str(mine)) == str(mine)
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    assert _build_ca_bundle() == (str(system) if system.exists() else "")
+
+
+def test_local_base_reason_names_what_is_missing() -> None:
+    """No local base and no way to build one: the reason the deploy tests skip with."""
+    env = dict(os.environ, DOCKER="docker", PATH="/usr/bin:/bin",
+               DOCKER_HOST="unix:///nonexistent/tee-sidecar-test.sock")
+    result = subprocess.run(
+        ["bash", "-c", "source scripts/docker-lib.sh && local_base_reason no-such-base:tag"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=30, check=True)
+    assert "the local Debian base no-such-base:tag must be built, and debootstrap" in result.stdout
