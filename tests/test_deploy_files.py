@@ -204,7 +204,8 @@ def _pod_spec(overlay: str = "example") -> dict[str, Any]:
 
 
 def _sidecar(overlay: str = "example") -> dict[str, Any]:
-    (container,) = [c for c in _pod_spec(overlay)["initContainers"] if c["name"] == "tee-sidecar"]
+    containers: list[dict[str, Any]] = _pod_spec(overlay)["initContainers"]
+    (container,) = [c for c in containers if c["name"] == "tee-sidecar"]
     return container
 
 
@@ -214,7 +215,8 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
 
 def _volume_at(overlay: str, mount_path: str) -> dict[str, Any]:
     (mount,) = [m for m in _sidecar(overlay)["volumeMounts"] if m["mountPath"] == mount_path]
-    (volume,) = [v for v in _pod_spec(overlay)["volumes"] if v["name"] == mount["name"]]
+    volumes: list[dict[str, Any]] = _pod_spec(overlay)["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
     return volume
 
 
