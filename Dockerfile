@@ -1,16 +1,27 @@
-# tee-sidecar container image.
+# tee-sidecar container image. `make image` builds it (scripts/build-image.sh); by hand:
 #
-#   docker build -t tee-sidecar:0.1.0 .
+#   DOCKER_BUILDKIT=1 docker build -t tee-sidecar:0.1.0 .
 #   docker run --rm --read-only --cap-drop=ALL --security-opt=no-new-privileges \
 #     --tmpfs /var/lib/tee-sidecar:uid=10001,gid=10001,mode=0700 \
 #     -e TEE_SIDECAR_UPSTREAM__API_KEY_FILE=/run/secrets/api_key \
 #     -v "$PWD/api_key:/run/secrets/api_key:ro" -p 127.0.0.1:8788:8788 tee-sidecar:0.1.0
 #
-# Both stages use the same base image so the venv's interpreter path (/usr/local/bin/python3.11)
-# exists in the final stage. Every dependency ships binary wheels for linux/amd64 and
-# linux/arm64, so neither stage needs a compiler; the install refuses source builds
-# (--only-binary) so a missing wheel fails the build instead of silently needing one.
+# Needs BuildKit (the default builder since Docker 23; DOCKER_BUILDKIT=1 before that) for the
+# secret mount below.
+#
+# Base: python:3.11-slim-bookworm, or, where it cannot be pulled, the image that
+# scripts/build-base-image.sh builds from Debian's packages with debootstrap
+# (--build-arg PYTHON_IMAGE=tee-sidecar-base:python3.11-bookworm). Both keep python3.11 on the
+# same path in both stages, so the venv's interpreter link (/usr/local/bin/python) resolves in
+# the final stage. Every dependency ships binary wheels for linux/amd64 and linux/arm64, so
+# neither stage needs a compiler; the install refuses source builds (--only-binary) so a
+# missing wheel fails the build instead of silently needing one.
 # Pin the base by digest (python:3.11-slim-bookworm@sha256:…) in your registry mirror.
+#
+# A TLS-intercepting proxy between the build and PyPI: hand pip its CA bundle as a BuildKit
+# secret, `--secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt`. A secret is mounted
+# for the one RUN that needs it and is never written to a layer, so the bundle stays out of
+# both stages and out of the image's history.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- builder: build the wheel, install it and its dependencies into /opt/tee-sidecar --------
@@ -21,11 +32,16 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml ./
 COPY sidecar ./sidecar
-RUN python -m venv /opt/tee-sidecar \
+RUN --mount=type=secret,id=ca_bundle,required=false \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && python -m venv /opt/tee-sidecar \
  && /opt/tee-sidecar/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
- && /opt/tee-sidecar/bin/pip install --no-cache-dir --only-binary=:all: /wheels/tee_sidecar-*.whl
+ && /opt/tee-sidecar/bin/pip install --no-cache-dir --only-binary=:all: /wheels/tee_sidecar-*.whl \
+ && /opt/tee-sidecar/bin/pip uninstall --yes --quiet pip setuptools
 
 # ---- final: the venv and the example config, nothing else ----------------------------------
+# (pip and setuptools were uninstalled from the venv above: the service installs nothing at run
+# time, and they were a quarter of its size.)
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="tee-sidecar" \
       org.opencontainers.image.description="Local proxy that verifies confidential-AI providers" \

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env near-env typecheck lint-deploy bench soak clean
+.PHONY: demo test env near-env typecheck lint-deploy image test-image test-systemd bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,19 @@ typecheck: $(STAMP)
 lint-deploy: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lint]'
 	bash scripts/lint-deploy.sh
+
+# The container image (docs/deploy.md). Falls back to a Debian base built with debootstrap
+# (scripts/build-base-image.sh) when python:3.11-slim-bookworm cannot be pulled.
+image:
+	bash scripts/build-image.sh
+
+# The image built and run read-only against the simulator; the systemd unit under a live systemd.
+# Both need a Docker engine (and root for debootstrap) and print "SKIPPED: why" without one.
+test-image: $(STAMP)
+	bash scripts/test-image.sh
+
+test-systemd: $(STAMP)
+	bash scripts/test-systemd.sh
 
 # Side-by-side benchmark (under 10 minutes): results in docs/benchmarks.md and .svg.
 bench: $(STAMP)

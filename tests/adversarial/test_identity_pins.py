@@ -171,7 +171,9 @@ def test_accepted_from_a_saved_report_verified_again_offline(pinned: Pinned, tmp
     base = ["pins", "accept", TEE_MODEL, "--config", str(config)]
     # A report of the genuine deployment tampered with does not verify: nothing is accepted.
     forged = tmp_path / "forged.json"
-    forged.write_bytes(evidence.read_bytes().replace(b'"intel_quote": "04', b'"intel_quote": "05'))
+    tampered = json.loads(evidence.read_bytes())
+    tampered["intel_quote"] = "05" + tampered["intel_quote"][2:]
+    forged.write_text(json.dumps(tampered))
     assert main([*base, "--report", str(forged), "--context", str(context)]) == 1
     assert "does not verify offline" in capsys.readouterr().err
     assert main([*base, "--report", str(evidence), "--context", str(context)]) == 0
