@@ -353,14 +353,16 @@ async def test_redpill_signature_is_aci_two_part_by_the_gateway(
 
 # -- nanogpt and private-ml-sdk -------------------------------------------------------------------
 
-async def test_nanogpt_renames_the_model_when_asked(sim: tuple[Client, SimulatedProvider]) -> None:
+async def test_nanogpt_renames_the_model_by_default(sim: tuple[Client, SimulatedProvider]) -> None:
     client, provider = sim
     body = {"model": TEE_MODEL, "messages": [{"role": "user", "content": f"say {TEE_MODEL}"}]}
+    provider.faults.rename_model = False  # the knob turns the rename off
     sent, received, _ = await complete(client, "/api", body)
     plain = await (await client.get(f"/api/v1/tee/signature/{chat_id_of(received)}?model={TEE_MODEL}",
                                     headers=AUTH)).json()
     assert plain["text"] == f"{sha(sent)}:{sha(received)}"
-    provider.faults.rename_model = True
+    provider.faults.reset()
+    assert provider.faults.rename_model
     sent, received, _ = await complete(client, "/api", body)
     renamed = sent.replace(b'"model":"' + TEE_MODEL.encode(), b'"model":"' + NANOGPT_UPSTREAM_MODEL.encode(), 1)
     assert renamed != sent and renamed.count(TEE_MODEL.encode()) == 1  # the prompt keeps its text

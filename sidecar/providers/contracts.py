@@ -119,10 +119,11 @@ class SignerRules:
 def signer_rules(kind: ProviderKind) -> SignerRules:
     """The signer rules of a provider profile (spec 0.1, 0.2).
 
-    NEAR (cloud and direct) and private-ml-sdk nodes sign with the model node's key when a record
-    has no kind; RedPill/Phala ACI's legacy record is signed by the gateway's key (the report's
-    top-level key). Only NanoGPT renames the model (``TEE/x`` → the upstream id) on the way in.
+    A record without ``signature_kind`` is signed by a key the report attests as a model-serving
+    node: NEAR's and private-ml-sdk's model nodes, and RedPill/Phala ACI's legacy key, which the
+    report's flat top-level entry carries together with the GPU evidence of the node it fronts
+    (Dstack-TEE/private-ai-gateway ``src/http/app/handlers.rs``), so it is attested, GPU
+    requirement included, like a node. Only NEAR Cloud's gateway-kind records name its separate
+    gateway attestation. Only NanoGPT renames the model (``TEE/x`` → the upstream id) on the way in.
     """
-    if kind is ProviderKind.REDPILL:
-        return SignerRules(frozenset({"gateway"}), accept_model_renamed=False)
     return SignerRules(frozenset({"model"}), accept_model_renamed=kind is ProviderKind.NANOGPT)

@@ -196,7 +196,10 @@ class CompletionVerifier:
                                  evidence_sha256=attested.report.evidence_sha256,
                                  nonce=attested.report.nonce,
                                  request_binding=report.request_binding,
-                                 served_model=signer.model_name if signer else None)
+                                 # A gateway's attestation names no model: it served the one
+                                 # the report resolved (whose node it routes to).
+                                 served_model=(signer.model_name if signer and signer.model_name
+                                               else attested.canonical_model))
 
     def _check(self, signed: CompletionSignature, request_body: bytes, request_sha256: str,
                response_sha256: str, attested: CachedAttestation) -> CompletionSignatureReport:

@@ -206,8 +206,10 @@ def _legacy_routes(app: web.Application, provider: SimulatedProvider, profile: s
         bound_nonce = hashlib.sha256(b"an old nonce").digest() if faults.stale_nonce else raw
         report = provider.evidence(provider.nodes, algo, nonce_hex, bound_nonce, faults)
         if nanogpt and faults.rename_model:
-            # The upstream node names the model it serves (spec 0.4 ``model_name``).
-            report["model_name"] = NANOGPT_UPSTREAM_MODEL
+            # The upstream nodes name the model they serve (spec 0.4 ``model_name``).
+            for entry in (report, *report.get("all_attestations", ()),
+                          *report.get("model_attestations", ())):
+                entry["model_name"] = NANOGPT_UPSTREAM_MODEL
         return web.json_response(report)
 
     attestation_path, signature_path = (

@@ -99,9 +99,8 @@ class Faults:
     rotate_key: bool = False  # sign with a fresh key that only a new attestation reveals
     token_delay: float = 0.0  # seconds between streamed tokens
     # nanogpt: rename TEE/x to the upstream id in the forwarded body (as NanoGPT does, spec 0.1);
-    # the signed request hash then covers the renamed bytes and the text is 3-part. Off until
-    # the sidecar knows ``model_renamed``; flip the default here to make it the nanogpt default.
-    rename_model: bool = False
+    # the signed request hash then covers the renamed bytes and the text is 3-part.
+    rename_model: bool = True
     # near-cloud stores records late (first fetch of an id answers 404, spec 0.3); this stores
     # them at once instead.
     signature_immediate: bool = False

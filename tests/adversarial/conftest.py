@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.simulator.provider import NANOGPT_UPSTREAM_MODEL, TEE_MODEL
 from tests.adversarial.harness import EXPECTED_TEXT, AdversarialStack
 from tests.adversarial.mitm import split_events
 
@@ -57,8 +58,15 @@ def assert_no_unverified_delivery(adv: AdversarialStack, request_body: bytes, st
         return  # relay: checked by the caller (the stream's last events carry the verdict)
     chat_id = chat_id_of(body)
     assert chat_id is not None, body[:300]
-    expected = f"{hashlib.sha256(request_body).hexdigest()}:{hashlib.sha256(body).hexdigest()}"
-    assert signed_text(adv, chat_id) == expected, "a 200 whose bytes the enclave did not sign"
+    # NanoGPT renames the model on the way in (spec 0.1): the upstream node signs the renamed
+    # request bytes and names its model in a 3-part text. Computed here with plain byte
+    # replacement, independently of the verifier's span walker.
+    renamed = request_body.replace(json.dumps(TEE_MODEL).encode(),
+                                   json.dumps(NANOGPT_UPSTREAM_MODEL).encode(), 1)
+    response = hashlib.sha256(body).hexdigest()
+    expected = {f"{hashlib.sha256(request_body).hexdigest()}:{response}",
+                f"{NANOGPT_UPSTREAM_MODEL}:{hashlib.sha256(renamed).hexdigest()}:{response}"}
+    assert signed_text(adv, chat_id) in expected, "a 200 whose bytes the enclave did not sign"
 
 
 def assert_blocked(status: int, headers: dict[str, str], body: bytes,
