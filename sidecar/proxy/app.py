@@ -53,6 +53,7 @@ from sidecar.receipts import ReceiptLog, ReceiptLogError, RecentChatIds
 from sidecar.telemetry import Telemetry
 from sidecar.proxy.verdict import (
     HEADER_FAILURE,
+    HEADER_REQUEST_BINDING,
     HEADER_REQUEST_ID,
     HEADER_SHOULD_RETRY,
     HEADER_VERIFIED,
@@ -560,7 +561,9 @@ def _deliver_or_block(completion: _Completion, verdict: CompletionVerdict, body:
     """(6) Enforce blocks what did not verify; flag and monitor deliver it, marked."""
     if not verdict.verified and completion.mode is Mode.ENFORCE:
         assert verdict.failure is not None
-        return _error_response(verdict.failure, completion.request_id)
+        blocked = _error_response(verdict.failure, completion.request_id)
+        blocked.headers[HEADER_REQUEST_BINDING] = verdict.request_binding_label()
+        return blocked
     headers = verdict.headers(completion.mode)
     headers[HEADER_REQUEST_ID] = completion.request_id
     headers[hdrs.CONTENT_TYPE] = content_type

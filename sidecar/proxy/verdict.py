@@ -73,10 +73,10 @@ class CompletionVerdict:
     def request_binding_label(self) -> str:
         """``exact``, ``model_renamed``, the failure code when binding the request failed, or
         ``unchecked`` when the check was not reached (spec 0.1: every verdict says which)."""
-        if self.request_binding is not None:
-            return str(self.request_binding)
         if self.failure is not None and self.failure.code in _REQUEST_BINDING_CODES:
             return self.failure.code
+        if self.request_binding is not None:
+            return str(self.request_binding)
         return "unchecked"
 
     def headers(self, mode: Mode) -> dict[str, str]:
@@ -123,8 +123,7 @@ class CompletionVerdict:
             served_model=self.served_model if self.verified else None,
             signature_kind=(str(record.signature_kind)
                             if record is not None and record.signature_kind else None),
-            request_binding=str(self.request_binding) if self.verified and self.request_binding
-            else None)
+            request_binding=str(self.request_binding) if self.request_binding else None)
 
 
 # The failure codes of the request-binding step (verify_completion_signature's step 2).

@@ -205,7 +205,10 @@ class SimulatedProvider:
                 self._rotated = SigningNode()
                 self.nodes.append(self._rotated)
             return self._rotated
-        return self.nodes[self.completions_served % len(self.nodes)]
+        # Once the rotation fault is off, the serving nodes take turns again without the rotated
+        # key: it stays attestable (a later report may list it), but no longer signs.
+        serving = [node for node in self.nodes if node is not self._rotated] or self.nodes
+        return serving[self.completions_served % len(serving)]
 
     def record_signature(self, chat_id: str, request_body: bytes, response_body: bytes, *,
                          model: str | None = None, signer: SigningNode | None = None,
