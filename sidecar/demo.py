@@ -1,9 +1,11 @@
-"""``make demo``: the main job on the built-in simulated provider, as a user would run it.
+"""``make demo``: the main job on the built-in simulated providers, as a user would run it.
 
-Starts ``tee-sidecar simulate`` and ``tee-sidecar serve`` as separate processes, prints the full
-attestation report of the simulated model (``tee-sidecar attest``), sends one streamed and one
-plain chat completion through the official ``openai`` package, shows a tampered answer being
-blocked, and stops everything.
+Starts ``tee-sidecar simulate`` and two ``tee-sidecar serve`` processes (one for the NanoGPT
+profile, one for NEAR AI Cloud), prints the full attestation report of the simulated model
+(``tee-sidecar attest``), sends plain and streamed chat completions through the official
+``openai`` package to each (NanoGPT renames the model on the way in; NEAR Cloud's node signs
+plain answers and its gateway signs streams; an alias goes out as the attested canonical id),
+shows a tampered answer being blocked, and stops everything.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 MODEL = "TEE/simulated-llama-3.3-70b"
+# The simulator's NEAR model: its canonical id and an alias (sidecar.simulator.provider).
+NEAR_MODEL = "simulated-org/Simulated-Llama-3.3-70B-Instruct"
+NEAR_ALIAS = "simulated-llama-3.3-70b"
 
 
 def _free_port() -> int:
@@ -40,9 +46,10 @@ def _wait_for(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
     raise SystemExit(f"demo: {what} did not start listening on port {port}")
 
 
-def _config(directory: Path, sim_port: int, port: int, admin_port: int) -> Path:
+def _config(directory: Path, sim_port: int, port: int, admin_port: int, *,
+            provider: str = "nanogpt", prefix: str = "/api") -> Path:
     sim = f"http://127.0.0.1:{sim_port}"
-    path = directory / "tee-sidecar.toml"
+    path = directory / f"{provider}.toml"
     path.write_text(f"""\
 [listen]
 port = {port}
@@ -51,14 +58,16 @@ port = {port}
 port = {admin_port}
 
 [upstream]
-provider = "nanogpt"
-base_url = "{sim}/api"
+provider = "{provider}"
+base_url = "{sim}{prefix}"
 api_key = "sk-simulated-demo-key"
 
 [attestation]
 pccs_url = "{sim}/pcs"
 nras_url = "{sim}/nras/v3/attest/gpu"
 nvidia_jwks_url = "{sim}/nras/.well-known/jwks.json"
+# The simulator's aliases are not in its model list; attest every name asked for.
+only_known_models = false
 
 [trust]
 anchors = "simulator"
@@ -67,13 +76,40 @@ anchors = "simulator"
 format = "json"
 
 [state]
-dir = "{directory / 'state'}"
+dir = "{directory / provider / 'state'}"
 """)
     return path
 
 
 def _banner(text: str) -> None:
     print(f"\n=== {text} " + "=" * max(0, 72 - len(text)), flush=True)
+
+
+def _headers_line(headers: Any) -> str:
+    """The verdict headers worth showing: verified, signer, kind, binding, served model."""
+    shown = [f"x-tee-verified: {headers.get('x-tee-verified')}"]
+    for name, label in (("x-tee-signature-kind", "kind"), ("x-tee-request-binding", "request"),
+                        ("x-tee-served-model", "served model"),
+                        ("x-tee-signing-address", "signed by")):
+        if headers.get(name):
+            shown.append(f"{label}: {headers[name]}")
+    return "   ".join(shown)
+
+
+def _exchanges(client: Any, model: str, messages: list[Any], what: str) -> None:
+    """One plain and one streamed completion through the SDK, with their verdict headers."""
+    _banner(f"{what}: plain chat completion ({model})")
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages)
+    print(f"answer:  {raw.parse().choices[0].message.content}")
+    print(_headers_line(raw.headers))
+    _banner(f"{what}: streamed chat completion (buffer mode: held until verified)")
+    with client.chat.completions.with_streaming_response.create(
+        model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+    ) as response:
+        text = "".join(chunk.choices[0].delta.content or ""
+                       for chunk in response.parse() if chunk.choices)
+        print(f"answer:  {text}")
+        print(_headers_line(response.headers))
 
 
 def main() -> int:
@@ -84,7 +120,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tee-sidecar-demo-") as tmp:
         directory = Path(tmp)
         sim_port, port, admin_port = _free_port(), _free_port(), _free_port()
+        near_port, near_admin_port = _free_port(), _free_port()
         config = _config(directory, sim_port, port, admin_port)
+        near_config = _config(directory, sim_port, near_port, near_admin_port,
+                              provider="near-cloud", prefix="/near-cloud")
         log_file = (directory / "sidecar.log").open("wb")
         python = sys.executable
         env = dict(os.environ)
@@ -94,11 +133,14 @@ def main() -> int:
                 [python, "-m", "sidecar", "simulate", "--port", str(sim_port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             _wait_for(sim_port, procs[-1], "the simulator")
-            procs.append(subprocess.Popen([python, "-m", "sidecar", "serve", "--config", str(config)],
-                                          stdout=log_file, stderr=log_file, env=env))
-            _wait_for(port, procs[-1], "the sidecar")
-            print(f"simulated provider: http://127.0.0.1:{sim_port}  "
-                  f"tee-sidecar: http://127.0.0.1:{port}/v1  (trusting the SIMULATOR's test roots)")
+            for cfg, listen in ((config, port), (near_config, near_port)):
+                procs.append(subprocess.Popen(
+                    [python, "-m", "sidecar", "serve", "--config", str(cfg)],
+                    stdout=log_file, stderr=log_file, env=env))
+                _wait_for(listen, procs[-1], "the sidecar")
+            print(f"simulated providers: http://127.0.0.1:{sim_port}  (trusting the SIMULATOR's "
+                  f"test roots)\ntee-sidecar for NanoGPT:       http://127.0.0.1:{port}/v1"
+                  f"\ntee-sidecar for NEAR AI Cloud: http://127.0.0.1:{near_port}/v1")
 
             _banner(f"tee-sidecar attest {MODEL}")
             attest = subprocess.run([python, "-m", "sidecar", "attest", MODEL, "--config", str(config)],
@@ -109,25 +151,22 @@ def main() -> int:
 
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1",
                                    api_key="the-app-needs-no-real-key", max_retries=0)
+            near = openai.OpenAI(base_url=f"http://127.0.0.1:{near_port}/v1",
+                                 api_key="the-app-needs-no-real-key", max_retries=0)
             messages: list[ChatCompletionMessageParam] = [
                 {"role": "user", "content": "What protects this conversation?"}]
 
-            _banner("plain chat completion through the openai SDK")
-            raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages)
-            completion = raw.parse()
-            print(f"answer:  {completion.choices[0].message.content}")
-            print(f"x-tee-verified: {raw.headers['x-tee-verified']}   "
-                  f"signed by {raw.headers.get('x-tee-signing-address')}")
-
-            _banner("streamed chat completion (buffer mode: held until verified)")
-            with client.chat.completions.with_streaming_response.create(
-                model=MODEL, messages=messages, stream=True, stream_options={"include_usage": True}
-            ) as response:
-                text = "".join(chunk.choices[0].delta.content or ""
-                               for chunk in response.parse() if chunk.choices)
-                print(f"answer:  {text}")
-                print(f"x-tee-verified: {response.headers['x-tee-verified']}   "
-                      f"signed by {response.headers.get('x-tee-signing-address')}")
+            # NanoGPT renames TEE/... to the upstream id: the node signed the renamed bytes.
+            _exchanges(client, MODEL, messages, "NanoGPT")
+            # NEAR Cloud: the model node signs plain answers (provider_tee, 3-part text naming the
+            # model), the gateway signs streams (gateway kind); both keys are attested.
+            _exchanges(near, NEAR_MODEL, messages, "NEAR AI Cloud")
+            _banner(f"NEAR AI Cloud: the app names the alias {NEAR_ALIAS}")
+            raw = near.chat.completions.with_raw_response.create(model=NEAR_ALIAS,
+                                                                 messages=messages)
+            print(f"answer:  {raw.parse().choices[0].message.content}")
+            print(_headers_line(raw.headers))
+            print("(sent upstream as the attested canonical id, with x-no-aliasing: true)")
 
             _banner("a man in the middle alters one byte of the answer")
             request = urllib.request.Request(
@@ -144,7 +183,7 @@ def main() -> int:
                 print(f"blocked: HTTP {exc.status_code} {error['code']}: {error['message']}")
 
             _banner("done")
-            print("Both genuine completions were verified against the attested enclave key; "
+            print("Every genuine completion was verified against an attested enclave key; "
                   "the altered one never reached the app.")
             return 0
         finally:

@@ -744,3 +744,73 @@ def test_old_unnamed_evidence_is_pruned_on_restart(
     with ReceiptLog(path, evidence_max_age=30 * 86400, clock=later) as log:
         assert [p.name for p in log.evidence_dir.iterdir()] == [f"{named.digest}.json"]
     assert verify_receipts(path).ok
+
+
+def _near_receipt(node: SigningNode, attestation: Attestation, *, served_model: str | None,
+                  kind: str | None, three_part: bool = True,
+                  renamed_request: bytes | None = None) -> Receipt:
+    """A verified format-2 receipt for a 3-part (or 2-part) text by ``node``."""
+    request = json.dumps({"model": MODEL, "messages": []}).encode()
+    response = json.dumps({"id": "chatcmpl-near"}).encode()
+    signed_request = renamed_request if renamed_request is not None else request
+    text = f"{hashlib.sha256(signed_request).hexdigest()}:{hashlib.sha256(response).hexdigest()}"
+    if three_part:
+        text = f"simulated:{text}"
+    return Receipt(
+        time=receipt_time(), model=MODEL, request_sha256=hashlib.sha256(request).hexdigest(),
+        response_sha256=hashlib.sha256(response).hexdigest(), chat_id="chatcmpl-near", text=text,
+        signature=node.sign(text, "ecdsa"), signing_address=node.address("ecdsa"),
+        signing_algo="ecdsa", evidence_sha256=attestation.digest, nonce=attestation.nonce,
+        verdict="verified", failure_code=None, served_model=served_model, signature_kind=kind,
+        request_binding="model_renamed" if renamed_request is not None else "exact")
+
+
+def _verify_one(tmp_path: Path, attestation: Attestation, receipt: Receipt) -> Any:
+    tmp_path.mkdir(exist_ok=True)
+    path = tmp_path / "receipts.jsonl"
+    with ReceiptLog(path) as log:
+        log.archive_evidence(attestation.digest, attestation.body)
+        log.append(receipt)
+    (result,) = verify_receipts(path).lines
+    return result
+
+
+def test_three_part_receipt_of_an_attested_model_verifies(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    near = attest(evidence, [node], faults=Faults(evidence={"shape": "near"}))  # model "simulated"
+    result = _verify_one(tmp_path, near, _near_receipt(node, near, served_model="simulated",
+                                                       kind="provider_tee"))
+    assert result.outcome is ReceiptOutcome.VERIFIED, result.failures
+
+
+def test_receipt_naming_another_model_than_the_evidence_is_invalid(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    near = attest(evidence, [node], faults=Faults(evidence={"shape": "near"}))
+    receipt = _near_receipt(node, near, served_model="other-model", kind="provider_tee",
+                            three_part=False)
+    result = _verify_one(tmp_path, near, receipt)
+    assert [c.code for c in result.failures] == ["receipt.served_model_mismatch"]
+
+
+def test_gateway_kind_receipt_by_a_model_node_is_invalid(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    near = attest(evidence, [node], faults=Faults(evidence={"shape": "near"}))
+    receipt = _near_receipt(node, near, served_model="simulated", kind="gateway",
+                            three_part=False)
+    result = _verify_one(tmp_path, near, receipt)
+    assert [c.code for c in result.failures] == ["receipt.signer_role_mismatch"]
+
+
+def test_renamed_request_receipt_verifies_as_recorded(
+        tmp_path: Path, evidence: SimulatedEvidence, node: SigningNode) -> None:
+    """NanoGPT's renamed request cannot be re-hashed without its bytes: the receipt's text is
+    checked over the hash it names, and the check says the binding was taken as recorded."""
+    near = attest(evidence, [node], faults=Faults(evidence={"shape": "near"}))
+    receipt = _near_receipt(node, near, served_model="simulated", kind=None,
+                            renamed_request=b'{"model":"upstream/model","messages":[]}')
+    result = _verify_one(tmp_path, near, receipt)
+    assert result.outcome is ReceiptOutcome.VERIFIED, result.failures
+    # The same receipt claiming an exact binding fails: the hashes differ.
+    exact = replace(receipt, request_binding="exact")
+    assert [c.code for c in _verify_one(tmp_path / "x", near, exact).failures] == [
+        "signature.request_hash_mismatch"]

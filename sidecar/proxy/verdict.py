@@ -39,6 +39,7 @@ HEADER_REQUEST_ID = "x-request-id"
 HEADER_SHOULD_RETRY = "x-should-retry"
 HEADER_REQUEST_BINDING = "x-tee-request-binding"
 HEADER_SERVED_MODEL = "x-tee-served-model"
+HEADER_SIGNATURE_KIND = "x-tee-signature-kind"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ class CompletionVerdict:
             headers[HEADER_EVIDENCE] = self.evidence_sha256
         if self.served_model and self.served_model.isascii() and self.served_model.isprintable():
             headers[HEADER_SERVED_MODEL] = self.served_model
+        if self.record is not None and self.record.signature_kind is not None:
+            headers[HEADER_SIGNATURE_KIND] = str(self.record.signature_kind)
         if self.failure is not None:
             headers[HEADER_FAILURE] = self.failure.code
         return headers
