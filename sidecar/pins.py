@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -34,6 +33,7 @@ from typing import Any, Final
 
 import structlog
 
+from sidecar.durable import replace_durably
 from sidecar.errors import ConfigError, SidecarError, VerificationFailed
 from sidecar.providers.wire import parse_attestation_document
 from sidecar.verify.attestation import (
@@ -318,25 +318,8 @@ class PinStore:
             os.close(lock)  # closing releases the flock
 
     def _write(self, entries: Mapping[str, ModelPins]) -> None:
-        data = _encode(entries)
         try:
-            fd, temporary = tempfile.mkstemp(prefix=f"{PINS_FILE}.", suffix=".tmp",
-                                             dir=self.directory)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)  # the rename itself survives a crash
-            finally:
-                os.close(directory)
+            replace_durably(self.path, _encode(entries))
         except OSError as exc:
             raise PinStoreError(f"cannot write pin store {self.path}: {exc.strerror}",
                                 code=UNWRITABLE) from None

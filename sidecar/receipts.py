@@ -38,7 +38,6 @@ import itertools
 import json
 import os
 import re
-import secrets
 import stat
 import sys
 import threading
@@ -54,6 +53,7 @@ from typing import Any, BinaryIO, Literal, NoReturn, Self
 
 import structlog
 
+from sidecar.durable import fsync_directory, replace_durably, write_all
 from sidecar.errors import SidecarError, VerificationFailed
 from sidecar.providers.wire import (
     MAX_REPORT_BYTES,
@@ -317,20 +317,6 @@ def rotated_paths(path: Path) -> list[Path]:
     return [p for _, p in sorted(numbered, reverse=True)]
 
 
-def _fsync_dir(directory: Path) -> None:
-    # A rename or a new file is durable only once its directory entry is (POSIX fsync on the dir).
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _last_line(path: Path) -> bytes | None:
@@ -385,7 +371,7 @@ def _repair_torn_tail(path: Path, torn_path: Path) -> int:
         # Forensics first: the torn bytes reach the disk before they leave the log.
         torn_fd = os.open(torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(torn_fd, torn + b"\n")
+            write_all(torn_fd, torn + b"\n")
             os.fsync(torn_fd)
         finally:
             os.close(torn_fd)
@@ -554,7 +540,7 @@ class ReceiptLog:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
         if not existed:
-            _fsync_dir(self.path.parent)
+            fsync_directory(self.path.parent)
 
     def _release(self) -> None:
         for fd in (self._fd, self._lock_fd):
@@ -680,7 +666,7 @@ class ReceiptLog:
                 if older.exists():
                     os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        _fsync_dir(self.path.parent)
+        fsync_directory(self.path.parent)
         self._open_current()
 
     def archive_evidence(self, evidence_sha256: str, body: bytes) -> Path:
@@ -837,22 +823,9 @@ class ReceiptLog:
         return refs
 
     def _write_whole(self, target: Path, data: bytes) -> None:
-        """Write ``target`` whole or not at all (temporary file, ``fsync``, ``rename``)."""
+        """Write ``target`` whole or not at all (``sidecar.durable``)."""
         self.evidence_dir.mkdir(parents=True, exist_ok=True)
-        # A unique temporary name: concurrent writers of one file each rename a whole file.
-        tmp = self.evidence_dir / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.evidence_dir)
+        replace_durably(target, data)
 
     async def archive_evidence_async(self, evidence_sha256: str, body: bytes) -> Path:
         """``archive_evidence`` in a worker thread, for asyncio code.

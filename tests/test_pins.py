@@ -207,7 +207,7 @@ def test_a_first_use_pin_that_cannot_be_written_fails_closed(
         store: PinStore, monkeypatch: pytest.MonkeyPatch) -> None:
     def full(*_: Any, **__: Any) -> Any:
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("tempfile.mkstemp", full)
+    monkeypatch.setattr("sidecar.durable.write_all", full)
     with pytest.raises(VerificationFailed, match="No space left") as info:
         IdentityGate(store, policies()).enforce(MODEL, report(node()))
     assert info.value.code == "pins.store_unwritable"

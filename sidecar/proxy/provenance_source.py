@@ -13,11 +13,8 @@ for policy entries with a ``provenance`` table: every attested node's compose mu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +24,7 @@ import aiohttp
 import structlog
 from aiohttp import hdrs
 
+from sidecar.durable import replace_durably
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.verify.attestation import AttestationReport
 from sidecar.verify.checks import Check, Status
@@ -168,22 +166,7 @@ class ProvenanceSource:
         """Write the bundles atomically (temporary file, fsync, rename, directory fsync)."""
         try:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(json.dumps(items, indent=1).encode())
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-            directory = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            replace_durably(target, json.dumps(items, indent=1).encode())
         except OSError as exc:  # the check still runs on what was fetched; the archive is lost
             log.error("provenance_not_archived", path=str(target), error=exc.strerror)
 
