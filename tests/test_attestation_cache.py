@@ -275,7 +275,7 @@ def test_the_canonical_report_keeps_every_node_field_and_drops_only_the_unknown(
     import json
 
     from sidecar.providers.wire import parse_attestation_document
-    from sidecar.proxy.attester import canonical_report
+    from sidecar.providers.wire import canonical_report
     from sidecar.simulator.evidence import SimulatedEvidence
     from sidecar.simulator.provider import Faults, SigningNode
 

@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 import structlog
-from pydantic import BaseModel
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.pins import IdentityGate
-from sidecar.providers.wire import (  # the report models: canonical_report keeps what they declare
+from sidecar.providers.wire import (
     MAX_NODES,
     AttestationDocument,
-    _FlatReport,
-    _NearReport,
+    canonical_report,
     parse_attestation_document,
 )
 from sidecar.proxy.collateral import CollateralSource
@@ -69,72 +66,6 @@ FAILED_ATTESTATION_BACKOFF_SECONDS = 5.0
 # goes first), and as code and message, never the exception with its traceback and frames: a
 # flood of made-up model names must not grow the process (issue 11, finding 6).
 MAX_REMEMBERED_FAILURES = 1024
-
-
-def canonical_report(body: bytes) -> bytes:
-    """The report as verification reads it: only the fields the wire contract declares, each
-    list of nodes without repeats, as sorted compact JSON (so equal reports archive once).
-
-    The kept fields are those of the wire parser's own models (``sidecar.providers.wire``: the
-    flat or NEAR report, and the node models inside them, recursively), so a field the parser
-    learns is kept without a change here; values of fields it does not model (``info``,
-    ``event_log``) are kept whole. The result parses to the same nodes (less duplicates) as
-    ``body``; its sha256 is the report's evidence digest, and it is what the evidence archive
-    keeps, so a gateway's unknown fields cost neither verification nor disk (issue 11,
-    finding 3).
-
-    Raises:
-        VerificationFailed: ``attestation.malformed`` when ``body`` is not a JSON object.
-    """
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
-        raise VerificationFailed("attestation report is not JSON",
-                                 code="attestation.malformed") from None
-    if not isinstance(obj, dict):
-        raise VerificationFailed("attestation report is not a JSON object",
-                                 code="attestation.malformed")
-    # The same choice of shape as parse_attestation_document.
-    shape: type[BaseModel] = _NearReport if "model_attestations" in obj else _FlatReport
-    return json.dumps(_declared(obj, shape), sort_keys=True, separators=(",", ":")).encode()
-
-
-def _declared(value: Any, model: type[BaseModel]) -> Any:
-    """``value`` reduced to what ``model`` declares; lists without repeats. Anything not of
-    the expected JSON type is left as it is, for the wire parser to refuse with its message."""
-    if isinstance(value, list):
-        return _distinct([_declared(item, model) for item in value])
-    if not isinstance(value, dict):
-        return value
-    kept: dict[str, Any] = {}
-    for name, field in model.model_fields.items():
-        key = field.alias or name
-        if key in value:
-            inner = _model_inside(field.annotation)
-            kept[key] = value[key] if inner is None else _declared(value[key], inner)
-    return kept
-
-
-def _model_inside(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (``X``, ``X | None``, ``list[X]``), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in get_args(annotation):
-        found = _model_inside(argument)
-        if found is not None:
-            return found
-    return None
-
-
-def _distinct(nodes: list[Any]) -> list[Any]:
-    seen: set[str] = set()
-    distinct = []
-    for node in nodes:
-        key = json.dumps(node, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            distinct.append(node)
-    return distinct
 
 
 def _refresh_interval(failures: int) -> float:
