@@ -471,7 +471,8 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
         # (2b) Sealed to the attested node's key, or said why not; `required` never sends
         # a prompt in plaintext, whatever the mode.
         try:
-            sealing = _plan_e2ee(state, model, None if pre_failure is not None else attested)
+            sealing = _plan_e2ee(state, path, model,
+                                 None if pre_failure is not None else attested)
         except VerificationFailed as exc:
             request[E2EE_STATUS] = "false"
             state.telemetry.observe_blocked(exc.code)
@@ -550,22 +551,31 @@ def _e2ee_setting(state: ProxyState, model: str) -> str:
     return "preferred" if state.upstream.contract.profile.e2ee else "off"
 
 
-def _plan_e2ee(state: ProxyState, model: str, attested: CachedAttestation | None) -> _Sealing:
+def _plan_e2ee(state: ProxyState, path: str, model: str,
+               attested: CachedAttestation | None) -> _Sealing:
     """Whether this exchange is sealed, and to which attested key.
 
     The key is the first attested model node's ``signing_public_key`` that
     ``binding.public_key`` proved to be the key of the attested address
     (``AttestationReport.e2ee_keys``); nothing else is ever sealed to. ``preferred`` without
-    such a key sends plaintext (logged, ``x-tee-e2ee: false``).
+    such a key sends plaintext (logged, ``x-tee-e2ee: false``). Spec 0.5 lists chat fields
+    only: a legacy ``/v1/completions`` prompt cannot be sealed.
 
     Raises:
         VerificationFailed: ``e2ee.required_unavailable`` when ``required`` and the profile
-            has no E2EE or no attested node offers a bound key: nothing is sent.
+            has no E2EE, the path is not chat completions, or no attested node offers a bound
+            key: nothing is sent.
     """
     setting = _e2ee_setting(state, model)
     available = state.upstream.contract.profile.e2ee
     if setting == "off":
         return _Sealing("false" if available else "unavailable")
+    if available and path != "/v1/chat/completions":
+        if setting == "required":
+            raise VerificationFailed(f"e2ee = \"required\" and {path} has no end-to-end "
+                                     "encryption (only chat completions do): the prompt was "
+                                     "not sent", code="e2ee.required_unavailable")
+        return _Sealing("false")
     keys = attested.report.e2ee_keys if available and attested is not None else {}
     if not keys:
         if setting == "required":
