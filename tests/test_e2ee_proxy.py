@@ -341,3 +341,27 @@ def test_e2ee_signer_must_be_the_node_sealed_to() -> None:
         with pytest.raises(VerificationFailed) as exc:
             check_e2ee_signer(record, signer, attested, "node_a")
         assert exc.value.code == code
+
+
+def test_hostile_nesting_is_a_verification_failure_not_a_crash() -> None:
+    from sidecar import e2ee
+    from sidecar.errors import BadRequest, VerificationFailed
+    from sidecar.proxy import app
+    from sidecar.verify.sse import SseEvent
+
+    pair = e2ee.ClientKeyPair.generate("ed25519")
+    deep = b"[" * 900 + b"]" * 900
+    answer = b'{"id":"x","choices":[{"message":{"content":"","extra":' + deep + b"}}]}"
+    with pytest.raises(VerificationFailed) as exc:
+        app._open_body(answer, pair)
+    assert exc.value.code == "response.malformed"
+    with pytest.raises(VerificationFailed) as exc:
+        app._open_event(SseEvent(raw=b"", data=answer.replace(b"message", b"delta")), pair)
+    assert exc.value.code == "response.malformed"
+    sealing = app._Sealing("true", pair, e2ee.ClientKeyPair.generate("ed25519").public_hex, "k",
+                           "ed25519")
+    with pytest.raises((BadRequest, VerificationFailed)):
+        app._sealed_body(None, b'{"model":"m","messages":[],"x":' + deep + b"}", sealing)  # type: ignore[arg-type]
+    with pytest.raises(BadRequest) as bad:
+        app._sealed_body(None, b'{"model":"m","messages":[],"temperature":NaN}', sealing)  # type: ignore[arg-type]
+    assert bad.value.code == "request.invalid_json"

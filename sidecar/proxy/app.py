@@ -607,13 +607,20 @@ def _sealed_body(state: ProxyState, body: bytes, sealing: _Sealing) -> bytes:
         payload = json.loads(body)
     except (ValueError, RecursionError):
         raise BadRequest("request body is not valid JSON", code="request.invalid_json") from None
-    sealed = e2ee.encrypt_request(payload, model_public_key=sealing.model_key,
-                                  scheme=sealing.scheme)
-    return _json_bytes(sealed)
+    try:
+        sealed = e2ee.encrypt_request(payload, model_public_key=sealing.model_key,
+                                      scheme=sealing.scheme)
+        return _json_bytes(sealed, allow_nan=False)
+    except (RecursionError, ValueError):
+        # Nesting deeper than the copy recurses, or NaN/Infinity (not JSON) outside the
+        # sealed fields: refused rather than sent as bytes the app did not write.
+        raise BadRequest("request body cannot be re-encoded as JSON for E2EE",
+                         code="request.invalid_json") from None
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+def _json_bytes(obj: Any, *, allow_nan: bool = True) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=allow_nan).encode()
 
 
 def _open_body(body: bytes, pair: e2ee.ClientKeyPair) -> bytes:
@@ -629,7 +636,11 @@ def _open_body(body: bytes, pair: e2ee.ClientKeyPair) -> bytes:
         raise VerificationFailed("response is not JSON", code="response.malformed") from None
     if not isinstance(obj, dict):
         raise VerificationFailed("response is not a JSON object", code="response.malformed")
-    return _json_bytes(e2ee.decrypt_response(obj, pair))
+    try:
+        return _json_bytes(e2ee.decrypt_response(obj, pair))
+    except RecursionError:  # nesting the parser took but the copy does not
+        raise VerificationFailed("response is nested too deeply",
+                                 code="response.malformed") from None
 
 
 def _open_event(event: SseEvent, pair: e2ee.ClientKeyPair) -> bytes:
@@ -647,7 +658,11 @@ def _open_event(event: SseEvent, pair: e2ee.ClientKeyPair) -> bytes:
         raise VerificationFailed("a stream event is not JSON", code="response.malformed") from None
     if not isinstance(obj, dict):
         raise VerificationFailed("a stream event is not a JSON object", code="response.malformed")
-    return b"data: " + _json_bytes(e2ee.decrypt_chunk(obj, pair)) + b"\n\n"
+    try:
+        return b"data: " + _json_bytes(e2ee.decrypt_chunk(obj, pair)) + b"\n\n"
+    except RecursionError:  # nesting the parser took but the copy does not
+        raise VerificationFailed("a stream event is nested too deeply",
+                                 code="response.malformed") from None
 
 
 def _undeliverable(verdict: CompletionVerdict) -> bool:
