@@ -365,3 +365,16 @@ def test_hostile_nesting_is_a_verification_failure_not_a_crash() -> None:
     with pytest.raises(BadRequest) as bad:
         app._sealed_body(None, b'{"model":"m","messages":[],"temperature":NaN}', sealing)  # type: ignore[arg-type]
     assert bad.value.code == "request.invalid_json"
+
+
+def test_status_page_lists_each_exchange_and_its_key(stack: Stack) -> None:
+    from sidecar.admin import render_status_html, status_document
+
+    url = near(stack, "near-cloud", "ecdsa")
+    client(url).chat.completions.create(model=CANONICAL_MODEL, messages=MESSAGES)
+    document = stack.call(lambda: status_document(stack.sidecar_state(url)))
+    exchange = document["telemetry"]["exchanges"][0]
+    assert (exchange["e2ee"], exchange["model_key"]) == ("true", node_public_key(stack, "ecdsa"))
+    html = render_status_html(document)
+    assert "Last exchanges" in html and node_public_key(stack, "ecdsa") in html
+    assert PROMPT not in json.dumps(document) and EXPECTED_TEXT not in html
