@@ -218,7 +218,7 @@ def test_required_on_nanogpt_blocks_before_sending(stack: Stack, mode: str) -> N
     with pytest.raises(openai.APIStatusError) as exc:
         client(url).chat.completions.create(model=TEE_MODEL, messages=MESSAGES)
     assert exc.value.response.headers["x-tee-failure"] == "e2ee.required_unavailable"
-    assert exc.value.response.headers["x-tee-e2ee"] == "false"
+    assert exc.value.response.headers["x-tee-e2ee"] == "unavailable"
     assert stack.call(lambda: stack.simulator.completions_served) == before
 
 

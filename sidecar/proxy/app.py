@@ -474,7 +474,7 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             sealing = _plan_e2ee(state, path, model,
                                  None if pre_failure is not None else attested)
         except VerificationFailed as exc:
-            request[E2EE_STATUS] = "false"
+            request[E2EE_STATUS] = "false" if state.upstream.contract.profile.e2ee else "unavailable"
             state.telemetry.observe_blocked(exc.code)
             state.telemetry.record_failure(model, exc.code, exc.message)
             raise

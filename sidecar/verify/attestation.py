@@ -325,7 +325,10 @@ def verify_node(
                                                signing_address=wire.signing_address, algo=algo)
         checks.append(key_binding)
         if key_binding.ok:
-            extra["public_key"] = wire.signing_public_key.strip().removeprefix("0x").lower()
+            public_key = wire.signing_public_key.strip().removeprefix("0x").lower()
+            if algo == "ecdsa" and len(public_key) == 130:
+                public_key = public_key[2:]  # ACI's 04-prefixed form of the same point
+            extra["public_key"] = public_key
 
     # (3) The TLS key of the connection is the attested one.
     if tls_fingerprint is not None:
