@@ -135,6 +135,9 @@ def test_tool_calls_and_logprobs_are_sealed_and_opened(stack: Stack, algo: str,
 
 def test_receipts_status_and_logs_say_e2ee_and_hold_no_secret(
         stack: Stack, capfd: pytest.CaptureFixture[str]) -> None:
+    from sidecar.logs import configure_logging
+
+    configure_logging("json", "info")  # as conftest does: an earlier test may have changed it
     url = near(stack, "near-cloud", "ed25519", receipts={"enabled": True})
     state = stack.sidecar_state(url)
     capfd.readouterr()
