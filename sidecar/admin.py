@@ -236,6 +236,7 @@ def status_document(view: AdminView | None, *,
         "upstream": public_url(settings.upstream.base_url),
         "trust_anchors": str(settings.trust.anchors),
         "warm_models": list(settings.attestation.warm_models),
+        "e2ee": settings.upstream.e2ee or "profile default",
     }
     times = attestation_times(view.cache, monotonic=monotonic, wall=wall)
     for model, entry in sorted(view.cache.entries().items()):
@@ -411,6 +412,19 @@ def render_status_html(document: Mapping[str, Any]) -> str:
     parts.append(_rows((name.replace("_", " "), _e(value))
                        for name, value in telemetry["counters"].items()))
     parts.append("</table>")
+
+    exchanges: list[Mapping[str, Any]] = telemetry.get("exchanges", [])
+    parts.append(f'<h2 id="e2ee">Last exchanges: end-to-end encryption ({len(exchanges)})</h2>')
+    if not exchanges:
+        parts.append("<p>No exchange yet.</p>")
+    else:
+        parts.append("<table><thead><tr><th>Time</th><th>Model</th><th>E2EE</th>"
+                     "<th>Sealed to model key</th></tr></thead><tbody>")
+        for exchange in exchanges:
+            parts.append(f"<tr><td>{_e(_utc(exchange['time']))}</td><td>{_e(exchange['model'])}"
+                         f"</td><td>{_e(exchange['e2ee'])}</td>"
+                         f"<td><code>{_e(exchange['model_key'] or '')}</code></td></tr>")
+        parts.append("</tbody></table>")
 
     failures: list[Mapping[str, Any]] = telemetry["failures"]
     parts.append(f'<h2 id="failures">Last failures ({len(failures)})</h2>')

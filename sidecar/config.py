@@ -121,6 +121,14 @@ class UpstreamSettings(_Section):
     signature_retries: int = Field(default=10, ge=0, le=50)
     signature_retry_delay: float = Field(default=0.05, ge=0)
     signature_deadline: float = Field(default=15.0, gt=0)
+    # End-to-end encryption of the prompt and answer fields to the attested model node (spec
+    # 0.5, docs/e2ee.md): "off", "preferred" (encrypt when the attested node offers a key) or
+    # "required" (no key, no request). Unset: "preferred" on profiles with E2EE (near-cloud,
+    # near-direct), "off" elsewhere. A policy entry's ``e2ee`` overrides it per model.
+    e2ee: str | None = Field(default=None, pattern="^(off|preferred|required)$")
+    # The client key pair answers are sealed to lives in memory only, one per scheme, and is
+    # replaced after this many seconds (0: a fresh pair per request, as NEAR's SDK does).
+    e2ee_key_max_age: float = Field(default=3600.0, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,8 @@ profile, one for NEAR AI Cloud), prints the full attestation report of the simul
 (``tee-sidecar attest``), sends plain and streamed chat completions through the official
 ``openai`` package to each (NanoGPT renames the model on the way in; NEAR Cloud's node signs
 plain answers and its gateway signs streams; an alias goes out as the attested canonical id),
-shows a tampered answer being blocked, and stops everything.
+shows a tampered answer being blocked, one end-to-end encrypted exchange on the simulated NEAR
+gateway with what that gateway saw (``_e2ee_exchange``), and stops everything.
 """
 
 from __future__ import annotations
@@ -112,6 +113,41 @@ def _exchanges(client: Any, model: str, messages: list[Any], what: str) -> None:
         print(_headers_line(response.headers))
 
 
+def _e2ee_exchange() -> bool:
+    """One end-to-end encrypted exchange through a sidecar on the simulated NEAR cloud gateway
+    (in this process: ``sidecar.simulator.stack.Stack``), and what that gateway relayed.
+
+    Returns whether the answer verified, was encrypted and the gateway saw no prompt text.
+    """
+    import openai
+
+    from sidecar.simulator.provider import CANONICAL_MODEL
+    from sidecar.simulator.stack import Stack
+
+    _banner("end-to-end encryption through NEAR's (simulated) cloud gateway")
+    prompt = "My account number is 7731-ZX; which plan suits me?"
+    with tempfile.TemporaryDirectory(prefix="tee-sidecar-e2ee-demo-") as tmp:
+        stack = Stack(Path(tmp), profile="near-cloud")
+        try:
+            client = openai.OpenAI(base_url=stack.sidecar(), api_key="unused", max_retries=0)
+            raw = client.chat.completions.with_raw_response.create(
+                model=CANONICAL_MODEL, messages=[{"role": "user", "content": prompt}])
+            print(f"answer:  {raw.parse().choices[0].message.content}")
+            print(f"x-tee-verified: {raw.headers['x-tee-verified']}   "
+                  f"x-tee-e2ee: {raw.headers['x-tee-e2ee']}")
+            seen = stack.call(lambda: list(stack.simulator.gateway_seen))
+            request = json.loads(seen[0])
+            print("what the gateway relayed (request, then answer):")
+            print(f"  messages[0].content = {request['messages'][0]['content'][:72]}…")
+            answer = json.loads(seen[1])
+            print(f"  choices[0].message.content = "
+                  f"{answer['choices'][0]['message']['content'][:72]}…")
+            return (raw.headers["x-tee-verified"] == "true" and raw.headers["x-tee-e2ee"] == "true"
+                    and not any(prompt.encode() in blob for blob in seen))
+        finally:
+            stack.close()
+
+
 def main() -> int:
     """Run the demo; returns the process exit status."""
     import openai
@@ -181,6 +217,10 @@ def main() -> int:
             except openai.APIStatusError as exc:
                 error = exc.response.json()["error"]
                 print(f"blocked: HTTP {exc.status_code} {error['code']}: {error['message']}")
+
+            if not _e2ee_exchange():
+                print("demo: the E2EE exchange did not verify or leaked the prompt; this is a bug")
+                return 1
 
             _banner("done")
             print("Every genuine completion was verified against an attested enclave key; "

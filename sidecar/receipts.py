@@ -76,12 +76,13 @@ from sidecar.verify.tdx import parse_quote_measurements
 
 log = structlog.get_logger("tee_sidecar.receipts")
 
-RECEIPT_FORMAT = 2
+RECEIPT_FORMAT = 3
 """The ``v`` of every line written; a reader refuses versions it does not know rather than guess.
 
 Format 1 lines (before ``served_model``, ``signature_kind`` and ``request_binding``) still read:
-those three are then ``None``."""
-READABLE_FORMATS = (1, 2)
+those three are then ``None``; format 2 lines (before ``e2ee`` and ``e2ee_model_key``) read
+with those two ``None`` (the exchange's encryption was not recorded)."""
+READABLE_FORMATS = (1, 2, 3)
 GENESIS_PREV_SHA256 = "0" * 64
 """``prev_sha256`` of the first line ever written to a log."""
 EVIDENCE_DIRNAME = "evidence"
@@ -114,6 +115,8 @@ _EVIDENCE_FILE = re.compile(r"([0-9a-f]{64})(?:\.context)?\.json")
 _EVIDENCE_REF = re.compile(rb'"evidence_sha256":"([0-9a-f]{64})"')
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# An E2EE model key: ed25519 32 bytes, ecdsa 64 bytes (spec 0.5), lower-case hex.
+_E2EE_KEY_HEX = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 
 ReceiptVerdict = Literal["verified", "failed"]
@@ -172,6 +175,9 @@ class Receipt:
         signature_kind: the record's ``signature_kind`` (``gateway``, ``provider_tee``) if any.
         request_binding: how the signed request hash bound the bytes sent: ``exact``, or
             ``model_renamed`` (the provider renamed the model on the way in, spec 0.1).
+        e2ee: whether the exchange was end-to-end encrypted (docs/e2ee.md): ``true``,
+            ``false`` (sent in plaintext) or ``unavailable`` (the profile has no E2EE).
+        e2ee_model_key: the attested model key the prompt fields were sealed to (when ``true``).
 
     ``text``, ``signature``, ``signing_address``, ``signing_algo``, ``evidence_sha256``, ``nonce``
     and ``chat_id`` may be ``None`` on a failed receipt (the completion failed before they were had);
@@ -198,6 +204,8 @@ class Receipt:
     served_model: str | None = None
     signature_kind: str | None = None
     request_binding: str | None = None
+    e2ee: str | None = None
+    e2ee_model_key: str | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.time, str) and _RFC3339_UTC.fullmatch(self.time)):
@@ -226,6 +234,13 @@ class Receipt:
             raise ReceiptFormatError("signature_kind must be null, 'gateway' or 'provider_tee'")
         if self.request_binding not in (None, "exact", "model_renamed"):
             raise ReceiptFormatError("request_binding must be null, 'exact' or 'model_renamed'")
+        if self.e2ee not in (None, "true", "false", "unavailable"):
+            raise ReceiptFormatError("e2ee must be null, 'true', 'false' or 'unavailable'")
+        if self.e2ee_model_key is not None and not (
+                isinstance(self.e2ee_model_key, str) and _E2EE_KEY_HEX.fullmatch(self.e2ee_model_key)
+                and self.e2ee == "true"):
+            raise ReceiptFormatError("e2ee_model_key must be 64 or 128 lower-case hex chars, "
+                                     "on an e2ee 'true' receipt only")
         if self.verdict == "verified":
             missing = [name for name in ("chat_id", "text", "signature", "signing_address",
                                          "signing_algo", "evidence_sha256", "nonce")
@@ -242,9 +257,10 @@ class Receipt:
 
 
 _RECEIPT_FIELDS = tuple(f.name for f in fields(Receipt))
-_LINE_KEYS = {2: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS}),
+_LINE_KEYS = {3: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS}),
+              2: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS}) - {"e2ee", "e2ee_model_key"},
               1: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS})
-              - {"served_model", "signature_kind", "request_binding"}}
+              - {"served_model", "signature_kind", "request_binding", "e2ee", "e2ee_model_key"}}
 
 
 def encode_receipt_line(receipt: Receipt, prev_sha256: str) -> bytes:

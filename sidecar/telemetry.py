@@ -188,6 +188,7 @@ class Telemetry:
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._tally: _Tally[str] = _Tally()
         self._failures: deque[FailureRecord] = deque(maxlen=failure_history)
+        self._exchanges: deque[dict[str, Any]] = deque(maxlen=failure_history)
 
     def watch_attestations(self, attestation_times: Callable[[], AttestationTimes]) -> None:
         """Set (or replace) the callback the attestation gauges read at scrape time."""
@@ -253,6 +254,18 @@ class Telemetry:
             code=code[:MAX_CODE_LENGTH],
             message=message[:MAX_FAILURE_MESSAGE_CHARS]))
 
+    def record_exchange(self, model: str, e2ee: str, model_key: str | None) -> None:
+        """Remember whether one completion exchange was end-to-end encrypted and to which
+        attested model key (a public key; the client's keys never come here), for the status
+        page. ``e2ee``: ``true``, ``false`` or ``unavailable``."""
+        self._tally[f"e2ee_{e2ee}"] += 1
+        self._exchanges.append({"time": self._clock(), "model": model[:MAX_FAILURE_MODEL_CHARS],
+                                "e2ee": e2ee, "model_key": model_key})
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        """The recent exchanges' E2EE status, newest first."""
+        return [dict(entry) for entry in reversed(self._exchanges)]
+
     def failures(self) -> list[FailureRecord]:
         """The recent failures, newest first."""
         return list(reversed(self._failures))
@@ -281,6 +294,10 @@ class Telemetry:
                 "signatures_failed": tally["signature_fail"],
                 "signatures_incomplete": tally["signature_incomplete"],
                 "identity_changes": tally["identity_changes"],
+                "exchanges_e2ee": tally["e2ee_true"],
+                "exchanges_plaintext": tally["e2ee_false"],
+                "exchanges_e2ee_unavailable": tally["e2ee_unavailable"],
             },
             "failures": [asdict(record) for record in self.failures()],
+            "exchanges": self.exchanges(),
         }

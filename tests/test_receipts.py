@@ -163,8 +163,9 @@ def test_line_format(tmp_path: Path, evidence: SimulatedEvidence, node: SigningN
     assert list(obj) == ["v", "time", "model", "request_sha256", "response_sha256", "chat_id",
                          "text", "signature", "signing_address", "signing_algo",
                          "evidence_sha256", "nonce", "verdict", "failure_code", "served_model",
-                         "signature_kind", "request_binding", "prev_sha256"]
-    assert obj["v"] == 2
+                         "signature_kind", "request_binding", "e2ee", "e2ee_model_key",
+                         "prev_sha256"]
+    assert obj["v"] == 3
     assert obj["prev_sha256"] == GENESIS_PREV_SHA256
     assert obj["time"].endswith("Z")
     assert decode_receipt_line(encode_receipt_line(receipt, GENESIS_PREV_SHA256)) == (
@@ -665,7 +666,7 @@ def test_format_1_lines_still_read(tmp_path: Path, evidence: SimulatedEvidence,
     """Logs written before format 2 verify as they are: the new fields read as null."""
     receipt = signed_receipt(node, attest(evidence, [node]))
     obj = json.loads(encode_receipt_line(receipt, GENESIS_PREV_SHA256))
-    for name in ("served_model", "signature_kind", "request_binding"):
+    for name in ("served_model", "signature_kind", "request_binding", "e2ee", "e2ee_model_key"):
         del obj[name]
     obj["v"] = 1
     line = json.dumps(obj, separators=(",", ":")).encode()
@@ -673,6 +674,35 @@ def test_format_1_lines_still_read(tmp_path: Path, evidence: SimulatedEvidence,
     obj["served_model"] = "m"  # a format 1 line with a format 2 field is doctored
     with pytest.raises(ReceiptFormatError, match="unknown field"):
         decode_receipt_line(json.dumps(obj).encode())
+def test_format_2_lines_still_read(tmp_path: Path, evidence: SimulatedEvidence,
+                                   node: SigningNode) -> None:
+    """Logs written before format 3 verify as they are: ``e2ee`` and its key read as null."""
+    receipt = signed_receipt(node, attest(evidence, [node]))
+    obj = json.loads(encode_receipt_line(receipt, GENESIS_PREV_SHA256))
+    for name in ("e2ee", "e2ee_model_key"):
+        del obj[name]
+    obj["v"] = 2
+    line = json.dumps(obj, separators=(",", ":")).encode()
+    assert decode_receipt_line(line) == (receipt, GENESIS_PREV_SHA256)
+    obj["e2ee"] = "true"  # a format 2 line with a format 3 field is doctored
+    with pytest.raises(ReceiptFormatError, match="unknown field"):
+        decode_receipt_line(json.dumps(obj).encode())
+
+
+def test_e2ee_fields_are_checked(tmp_path: Path, evidence: SimulatedEvidence,
+                                 node: SigningNode) -> None:
+    receipt = signed_receipt(node, attest(evidence, [node]))
+    from dataclasses import replace
+    ok = replace(receipt, e2ee="true", e2ee_model_key="ab" * 32)
+    assert decode_receipt_line(encode_receipt_line(ok, GENESIS_PREV_SHA256))[0] == ok
+    with pytest.raises(ReceiptFormatError, match="e2ee must be"):
+        replace(receipt, e2ee="yes")
+    with pytest.raises(ReceiptFormatError, match="e2ee_model_key"):
+        replace(receipt, e2ee="false", e2ee_model_key="ab" * 32)
+    with pytest.raises(ReceiptFormatError, match="e2ee_model_key"):
+        replace(receipt, e2ee="true", e2ee_model_key="AB" * 32)
+
+
 # --- replay memory (issue 11, finding 7) ---------------------------------------------------------
 
 

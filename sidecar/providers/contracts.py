@@ -35,6 +35,8 @@ class ProviderProfile:
             signature by a key the cache lacks can be attested by that key.
         canonical_model: the provider resolves aliases by rewriting the answer (NEAR, spec 0.2):
             the sidecar sends the attested canonical id with ``x-no-aliasing: true`` instead.
+        e2ee: the model nodes accept field-level end-to-end encryption to their attested
+            ``signing_public_key`` (NEAR, spec 0.5); elsewhere ``e2ee`` is ``unavailable``.
     """
 
     kind: ProviderKind
@@ -43,6 +45,7 @@ class ProviderProfile:
     attestation_query: tuple[tuple[str, str], ...] = ()
     selects_signer: bool = False
     canonical_model: bool = False
+    e2ee: bool = False
 
 
 PROFILES: dict[ProviderKind, ProviderProfile] = {
@@ -51,9 +54,11 @@ PROFILES: dict[ProviderKind, ProviderProfile] = {
     ProviderKind.PRIVATE_ML_SDK: ProviderProfile(
         ProviderKind.PRIVATE_ML_SDK, "/v1/attestation/report", "/v1/signature/"),
     ProviderKind.NEAR_CLOUD: ProviderProfile(
-        ProviderKind.NEAR_CLOUD, "/v1/attestation/report", "/v1/signature/", selects_signer=True, canonical_model=True),
+        ProviderKind.NEAR_CLOUD, "/v1/attestation/report", "/v1/signature/", selects_signer=True, canonical_model=True,
+        e2ee=True),
     ProviderKind.NEAR_DIRECT: ProviderProfile(
-        ProviderKind.NEAR_DIRECT, "/v1/attestation/report", "/v1/signature/", selects_signer=True, canonical_model=True),
+        ProviderKind.NEAR_DIRECT, "/v1/attestation/report", "/v1/signature/", selects_signer=True, canonical_model=True,
+        e2ee=True),
     ProviderKind.REDPILL: ProviderProfile(
         ProviderKind.REDPILL, "/v1/attestation/report", "/v1/signature/", attestation_query=(("version", "1"),)),
 }

@@ -13,6 +13,16 @@ Request flow for ``POST /v1/chat/completions`` and ``POST /v1/completions``:
       deliver with ``x-tee-*`` headers. Streams are held until verified (``buffer``) or relayed
       with the verdict closing the stream (``relay``).
 
+End-to-end encryption (docs/e2ee.md, spec 0.5), where the profile and the ``e2ee`` setting
+ask for it: after (2) the request fields are sealed to the attested model node's bound
+``signing_public_key`` and (3) sends, hashes and has signed those encrypted bytes; (4)-(5)
+hash and verify the encrypted answer as received, accepting only that node's own signature;
+the answer fields are opened for the app just before delivery (relay: each event before it is
+re-emitted). An answer field that does not open is never delivered, in any mode: neither
+ciphertext nor injected plaintext is an answer. ``x-tee-e2ee`` says on every answer whether
+the exchange was encrypted (``true``), sent in plaintext (``false``) or could not be
+(``unavailable``: the profile has no E2EE).
+
 Upstream errors that carry no completion (status >= 400: 401, 429, 5xx) reach the app with
 their status, a body rebuilt from the upstream's error message, and ``x-tee-verified: false``;
 any other status but 200 is refused (``upstream.unexpected_status``).
@@ -35,6 +45,7 @@ import aiohttp
 import structlog
 from aiohttp import hdrs, web
 
+from sidecar import e2ee
 from sidecar.config import LimitsSettings, Mode, Settings, StreamMode
 from sidecar.errors import (
     BadRequest,
@@ -46,12 +57,13 @@ from sidecar.errors import (
     openai_error_body,
 )
 from sidecar.pins import IdentityGate
-from sidecar.proxy.attester import AttestationCache
+from sidecar.proxy.attester import AttestationCache, CachedAttestation
 from sidecar.proxy.local_origin import LocalCallerPolicy, check_json_content_type, cors_headers
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import ReceiptLog, ReceiptLogError, RecentChatIds
 from sidecar.telemetry import Telemetry
 from sidecar.proxy.verdict import (
+    HEADER_E2EE,
     HEADER_FAILURE,
     HEADER_REQUEST_BINDING,
     HEADER_REQUEST_ID,
@@ -62,7 +74,7 @@ from sidecar.proxy.verdict import (
 )
 from sidecar.verify.policy import PolicySet
 from sidecar.verify.signature import top_level_model_span
-from sidecar.verify.sse import SseFramer, chat_id_of
+from sidecar.verify.sse import SseEvent, SseFramer, chat_id_of
 
 log = structlog.get_logger("tee_sidecar.proxy")
 
@@ -104,12 +116,20 @@ class ProxyState:
     # Verified completion ids per model (restored from the receipts on start): a repeat is a
     # whole-completion replay.
     chat_ids: RecentChatIds = dataclasses.field(default_factory=RecentChatIds)
+    # This process's E2EE client key pairs (in memory only), rotated after
+    # ``upstream.e2ee_key_max_age`` seconds; None: made from the settings.
+    e2ee_ring: e2ee.ClientKeyRing | None = None
+
+    def __post_init__(self) -> None:
+        if self.e2ee_ring is None:
+            self.e2ee_ring = e2ee.ClientKeyRing(self.settings.upstream.e2ee_key_max_age)
 
 
 STATE: web.AppKey[ProxyState] = web.AppKey("state", ProxyState)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 MODEL: web.RequestKey[str] = web.RequestKey("model", str)
 VERDICT: web.RequestKey[CompletionVerdict] = web.RequestKey("verdict", CompletionVerdict)
+E2EE_STATUS: web.RequestKey[str] = web.RequestKey("e2ee_status", str)
 IN_FLIGHT: web.AppKey[dict[str, int]] = web.AppKey("in_flight", dict)
 CALLERS: web.AppKey[LocalCallerPolicy] = web.AppKey("callers", LocalCallerPolicy)
 StateFactory = Callable[[web.Application, aiohttp.ClientSession], Awaitable[ProxyState]]
@@ -133,6 +153,7 @@ def build_proxy_app(settings: Settings, make_state: StateFactory,
                                                   settings.listen.allowed_hosts,
                                                   settings.listen.allowed_origins)
     app.on_response_prepare.append(_cors_for_configured_origins)
+    app.on_response_prepare.append(_e2ee_header)
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         async with make_session() as session:
@@ -202,6 +223,7 @@ async def _errors_and_logs(request: web.Request,
                  failure=(relayed.failure.code if relayed is not None and relayed.failure
                           else headers.get(HEADER_FAILURE)),
                  request_binding=relayed.request_binding_label() if relayed is not None else None,
+                 e2ee=request.get(E2EE_STATUS),
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         structlog.contextvars.unbind_contextvars("request_id")
     if HEADER_REQUEST_ID not in response.headers and not response.prepared:
@@ -239,6 +261,17 @@ async def _cors_for_configured_origins(request: web.Request,
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and request.app[CALLERS].origin_allowed(origin):
         response.headers.update(cors_headers(origin))
+
+
+async def _e2ee_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``x-tee-e2ee`` on every answer (streams too: this runs as the headers are sent): what
+    the completion handler decided, else what this profile can do at all."""
+    status = request.get(E2EE_STATUS)
+    if status is None:
+        state = request.app.get(STATE)
+        status = ("false" if state is not None and state.upstream.contract.profile.e2ee
+                  else "unavailable")
+    response.headers[HEADER_E2EE] = status
 
 
 @web.middleware
@@ -339,14 +372,29 @@ class _Completion:
     request_sha256: str
     pre_failure: SidecarError | None
     upstream_started: float
+    sealing: _Sealing = dataclasses.field(default_factory=lambda: _Sealing("false"))
+    # E2EE: the answer as opened for the app, and whether its sealed fields failed to open (such
+    # an answer is withheld in every mode: what would reach the app is ciphertext or text a
+    # gateway injected where ciphertext belonged).
+    opened: bytes | None = None
+    unopened: bool = False
 
     @property
     def request_id(self) -> str:
         return self.request[REQUEST_ID]
 
+    def withheld(self, verdict: CompletionVerdict) -> bool:
+        """Whether even flag and monitor mode must not deliver this answer."""
+        return self.unopened and not verdict.verified
+
     async def judge(self, chat_id: str | None, response_sha256: str,
-                    failure: SidecarError | None) -> CompletionVerdict:
+                    failure: SidecarError | None,
+                    open_answer: Callable[[], bytes] | None = None) -> CompletionVerdict:
         """(5) Verify, then record: telemetry, and the receipt, before anything is delivered.
+
+        ``open_answer`` (E2EE) runs after the signature was checked over the sealed bytes, so a
+        change in transit reports as what it is (the hash), and an answer its signer sealed
+        wrong fails with its own code (``e2ee.decrypt_failed``, ``e2ee.plaintext_field``).
 
         In enforce mode a completion whose receipt cannot be written is not delivered: the
         receipt is the audit trail the delivery promises.
@@ -365,11 +413,23 @@ class _Completion:
             verdict = await state.verifier.verify(model=self.model, chat_id=chat_id,
                                                   request_body=self.request_body,
                                                   request_sha256=self.request_sha256,
-                                                  response_sha256=response_sha256)
-            if verdict.verified and not state.chat_ids.first_use(self.model, chat_id):
+                                                  response_sha256=response_sha256,
+                                                  e2ee_recipient=self.sealing.recipient)
+        if open_answer is not None:
+            try:
+                self.opened = open_answer()
+            except VerificationFailed as exc:
+                self.unopened = True
+                if verdict.verified:
+                    verdict = dataclasses.replace(verdict, verified=False, failure=exc)
+        if verdict.verified and chat_id is not None:
+            if not state.chat_ids.first_use(self.model, chat_id):
                 # A genuine signature over an earlier answer to the same bytes: a replay.
                 verdict = dataclasses.replace(verdict, verified=False, failure=VerificationFailed(
                     f"completion {chat_id} was already delivered", code="response.replayed"))
+        verdict = dataclasses.replace(verdict, e2ee=self.sealing.status,
+                                      e2ee_model_key=self.sealing.model_key)
+        state.telemetry.record_exchange(self.model, self.sealing.status, self.sealing.model_key)
         if state.receipts is not None:
             try:
                 await state.receipts.append_async(verdict.receipt(self.model))
@@ -382,7 +442,7 @@ class _Completion:
         if verdict.failure is not None:
             state.telemetry.record_failure(self.model, verdict.failure.code,
                                            verdict.failure.message)
-            if self.mode is Mode.ENFORCE:
+            if self.mode is Mode.ENFORCE or self.withheld(verdict):
                 state.telemetry.observe_blocked(verdict.failure.code)
         self.request[VERDICT] = verdict
         return verdict
@@ -431,12 +491,27 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             state.telemetry.record_failure(model, pre_failure.code, pre_failure.message)
             return _error_response(pre_failure, request[REQUEST_ID])
 
+        # (2b) Sealed to the attested node's key, or said why not; `required` never sends
+        # a prompt in plaintext, whatever the mode.
+        try:
+            sealing = _plan_e2ee(state, path, model,
+                                 None if pre_failure is not None else attested)
+        except VerificationFailed as exc:
+            request[E2EE_STATUS] = "false" if state.upstream.contract.profile.e2ee else "unavailable"
+            state.telemetry.observe_blocked(exc.code)
+            state.telemetry.record_failure(model, exc.code, exc.message)
+            raise
+        request[E2EE_STATUS] = sealing.status
+        if sealing.pair is not None:
+            body = _sealed_body(state, body, sealing)
+
         # (3) Forward the exact bytes.
         completion = _Completion(state, request, model, mode, body,
-                                 hashlib.sha256(body).hexdigest(), pre_failure, time.perf_counter())
+                                 hashlib.sha256(body).hexdigest(), pre_failure, time.perf_counter(),
+                                 sealing)
         timeout = aiohttp.ClientTimeout(sock_connect=state.settings.upstream.connect_timeout,
                                         sock_read=state.settings.upstream.read_timeout)
-        resp = await state.upstream.open("POST", path, body, timeout)
+        resp = await state.upstream.open("POST", path, body, timeout, sealing.headers())
         async with resp:
             if resp.status >= 400:
                 return await _upstream_error(resp, request[REQUEST_ID])
@@ -453,6 +528,166 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             return await _plain(completion, resp)
 
     return handler
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealing:
+    """How one exchange is end-to-end encrypted (``pair`` set) or why not.
+
+    Attributes:
+        status: the ``x-tee-e2ee`` value: ``true``, ``false`` or ``unavailable``.
+        pair: the client key pair the answer is sealed to (kept for this exchange, so a
+            rotation mid-flight cannot break its decryption).
+        model_key: the attested, bound ``signing_public_key`` the prompt is sealed to.
+        recipient: that node's normalised signing key (only its signature is accepted).
+        scheme: ``ed25519`` or ``ecdsa`` (the verified signing algorithm).
+    """
+
+    status: str
+    pair: e2ee.ClientKeyPair | None = None
+    model_key: str | None = None
+    recipient: str | None = None
+    scheme: str = "ecdsa"
+
+    def headers(self) -> dict[str, str] | None:
+        """NEAR's E2EE request headers (spec 0.5), or None for a plaintext exchange.
+
+        Raises:
+            VerificationFailed: ``e2ee.model_key_invalid``.
+        """
+        if self.pair is None or self.model_key is None:
+            return None
+        return e2ee.request_headers(self.pair, model_public_key=self.model_key)
+
+
+def _e2ee_setting(state: ProxyState, model: str) -> str:
+    """The ``e2ee`` setting for ``model``: its policy entry's, else ``[upstream] e2ee``, else
+    ``preferred`` on profiles with E2EE and ``off`` elsewhere."""
+    try:
+        per_model = state.policies.for_model(model).e2ee
+    except VerificationFailed:
+        per_model = None  # no policy entry: the request fails on its own path
+    if per_model is not None:
+        return per_model
+    if state.settings.upstream.e2ee is not None:
+        return state.settings.upstream.e2ee
+    return "preferred" if state.upstream.contract.profile.e2ee else "off"
+
+
+def _plan_e2ee(state: ProxyState, path: str, model: str,
+               attested: CachedAttestation | None) -> _Sealing:
+    """Whether this exchange is sealed, and to which attested key.
+
+    The key is the first attested model node's ``signing_public_key`` that
+    ``binding.public_key`` proved to be the key of the attested address
+    (``AttestationReport.e2ee_keys``); nothing else is ever sealed to. ``preferred`` without
+    such a key sends plaintext (logged, ``x-tee-e2ee: false``). Spec 0.5 lists chat fields
+    only: a legacy ``/v1/completions`` prompt cannot be sealed.
+
+    Raises:
+        VerificationFailed: ``e2ee.required_unavailable`` when ``required`` and the profile
+            has no E2EE, the path is not chat completions, or no attested node offers a bound
+            key: nothing is sent.
+    """
+    setting = _e2ee_setting(state, model)
+    available = state.upstream.contract.profile.e2ee
+    if setting == "off":
+        return _Sealing("false" if available else "unavailable")
+    if available and path != "/v1/chat/completions":
+        if setting == "required":
+            raise VerificationFailed(f"e2ee = \"required\" and {path} has no end-to-end "
+                                     "encryption (only chat completions do): the prompt was "
+                                     "not sent", code="e2ee.required_unavailable")
+        return _Sealing("false")
+    keys = attested.report.e2ee_keys if available and attested is not None else {}
+    if not keys:
+        if setting == "required":
+            why = (f"provider profile {state.upstream.contract.kind} has no end-to-end "
+                   "encryption" if not available else
+                   "no attested model node offers a signing_public_key bound to its address")
+            raise VerificationFailed(f"e2ee = \"required\" and {why}: the prompt was not sent",
+                                     code="e2ee.required_unavailable")
+        if available:
+            log.warning("e2ee_not_used", model=model,
+                        reason="no attested model node offers a bound signing_public_key")
+        return _Sealing("false" if available else "unavailable")
+    recipient, model_key = next(iter(keys.items()))
+    scheme = state.settings.verification.signing_algo
+    assert state.e2ee_ring is not None
+    pair = state.e2ee_ring.current(scheme, now=time.monotonic())
+    return _Sealing("true", pair, model_key, recipient, scheme)
+
+
+def _sealed_body(state: ProxyState, body: bytes, sealing: _Sealing) -> bytes:
+    """The request with every field 0.5 lists sealed to ``sealing.model_key``, as sent.
+
+    Raises:
+        VerificationFailed: ``e2ee.model_key_invalid``.
+        BadRequest: ``e2ee.request_unencryptable``, ``request.invalid_json``.
+    """
+    assert sealing.model_key is not None
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON", code="request.invalid_json") from None
+    try:
+        sealed = e2ee.encrypt_request(payload, model_public_key=sealing.model_key,
+                                      scheme=sealing.scheme)
+        return _json_bytes(sealed, allow_nan=False)
+    except (RecursionError, ValueError):
+        # Nesting deeper than the copy recurses, or NaN/Infinity (not JSON) outside the
+        # sealed fields: refused rather than sent as bytes the app did not write.
+        raise BadRequest("request body cannot be re-encoded as JSON for E2EE",
+                         code="request.invalid_json") from None
+
+
+def _json_bytes(obj: Any, *, allow_nan: bool = True) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=allow_nan).encode()
+
+
+def _open_body(body: bytes, pair: e2ee.ClientKeyPair) -> bytes:
+    """A non-streamed answer with its sealed fields opened for the app.
+
+    Raises:
+        VerificationFailed: ``e2ee.plaintext_field``, ``e2ee.decrypt_failed``,
+            ``response.malformed``.
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        raise VerificationFailed("response is not JSON", code="response.malformed") from None
+    if not isinstance(obj, dict):
+        raise VerificationFailed("response is not a JSON object", code="response.malformed")
+    try:
+        return _json_bytes(e2ee.decrypt_response(obj, pair))
+    except RecursionError:  # nesting the parser took but the copy does not
+        raise VerificationFailed("response is nested too deeply",
+                                 code="response.malformed") from None
+
+
+def _open_event(event: SseEvent, pair: e2ee.ClientKeyPair) -> bytes:
+    """One stream event re-emitted with its sealed fields opened (empty for a comment).
+
+    Raises:
+        VerificationFailed: ``e2ee.plaintext_field``, ``e2ee.decrypt_failed``,
+            ``response.malformed``.
+    """
+    if event.data is None:
+        return b""
+    try:
+        obj = json.loads(event.data)
+    except (ValueError, RecursionError):
+        raise VerificationFailed("a stream event is not JSON", code="response.malformed") from None
+    if not isinstance(obj, dict):
+        raise VerificationFailed("a stream event is not a JSON object", code="response.malformed")
+    try:
+        return b"data: " + _json_bytes(e2ee.decrypt_chunk(obj, pair)) + b"\n\n"
+    except RecursionError:  # nesting the parser took but the copy does not
+        raise VerificationFailed("a stream event is nested too deeply",
+                                 code="response.malformed") from None
+
+
 
 
 def _with_canonical_model(state: ProxyState, body: bytes, model: str,
@@ -558,8 +793,9 @@ async def _read_upstream_error(resp: aiohttp.ClientResponse) -> bytes:
 
 def _deliver_or_block(completion: _Completion, verdict: CompletionVerdict, body: bytes,
                       content_type: str) -> web.Response:
-    """(6) Enforce blocks what did not verify; flag and monitor deliver it, marked."""
-    if not verdict.verified and completion.mode is Mode.ENFORCE:
+    """(6) Enforce blocks what did not verify; flag and monitor deliver it, marked (but never
+    an answer whose sealed fields did not open)."""
+    if not verdict.verified and (completion.mode is Mode.ENFORCE or completion.withheld(verdict)):
         assert verdict.failure is not None
         blocked = _error_response(verdict.failure, completion.request_id)
         blocked.headers[HEADER_REQUEST_BINDING] = verdict.request_binding_label()
@@ -579,22 +815,37 @@ async def _plain(completion: _Completion, resp: aiohttp.ClientResponse) -> web.R
             chat_id = chat_id_of(body)
         except VerificationFailed as exc:
             failure = exc
-    verdict = await completion.judge(chat_id, hashlib.sha256(body).hexdigest(), failure)
+    pair = completion.sealing.pair
+    # E2EE: opened from the very bytes hashed (and so signature-checked) by judge.
+    verdict = await completion.judge(chat_id, hashlib.sha256(body).hexdigest(), failure,
+                                     None if pair is None else lambda: _open_body(body, pair))
+    delivered = body if completion.opened is None else completion.opened
     # The content type is ours, not upstream's: no signature covers upstream's headers.
-    return _deliver_or_block(completion, verdict, body, "application/json")
+    return _deliver_or_block(completion, verdict, delivered, "application/json")
 
 
 async def _buffer_stream(completion: _Completion, resp: aiohttp.ClientResponse) -> web.Response:
     body, failure = await _read_upstream(resp, completion.state.settings.limits)
     framer = SseFramer()
+    events: list[SseEvent] = []
     try:
-        framer.feed(body)
-        framer.finish()
+        events = framer.feed(body)
+        events += framer.finish()
         failure = failure or _stream_shape_failure(framer)
     except VerificationFailed as exc:
         failure = failure or exc
-    verdict = await completion.judge(framer.chat_id, hashlib.sha256(body).hexdigest(), failure)
-    return _deliver_or_block(completion, verdict, body, "text/event-stream")
+    pair = completion.sealing.pair
+
+    def open_events() -> bytes:
+        # E2EE: the app gets the events the framer read, each opened, and the sidecar's own end.
+        assert pair is not None
+        return b"".join(_open_event(event, pair) for event in events
+                        if not event.is_done) + DONE_EVENT
+
+    verdict = await completion.judge(framer.chat_id, hashlib.sha256(body).hexdigest(), failure,
+                                     None if pair is None else open_events)
+    delivered = body if completion.opened is None else completion.opened
+    return _deliver_or_block(completion, verdict, delivered, "text/event-stream")
 
 
 def _stream_shape_failure(framer: SseFramer) -> VerificationFailed | None:
@@ -631,6 +882,7 @@ async def _relay_stream(completion: _Completion,
     client_gone = False
     failure: SidecarError | None = None
     limits = completion.state.settings.limits
+    pair = completion.sealing.pair
     deadline = asyncio.timeout(limits.stream_timeout)
     try:
         async with deadline:
@@ -651,7 +903,10 @@ async def _relay_stream(completion: _Completion,
                     if event.is_done:
                         done_seen = True
                     elif not done_seen:
-                        ready.append(event.canonical())
+                        # E2EE: each event opened before it leaves; one that does not open ends
+                        # the stream with the error event (it is never forwarded).
+                        ready.append(event.canonical() if pair is None
+                                     else _open_relayed(completion, event, pair))
                 if ready and not client_gone:
                     client_gone = not await _write(out, b"".join(ready))
         framer.finish()  # what a final lone \r completes is judged, never forwarded
@@ -676,7 +931,7 @@ async def _relay_stream(completion: _Completion,
         return out
     if verdict.verified:
         ending = VERIFIED_COMMENT + DONE_EVENT
-    elif completion.mode is Mode.MONITOR:
+    elif completion.mode is Mode.MONITOR and not completion.withheld(verdict):
         ending = b": x-tee-verified false\n\n" + DONE_EVENT
     else:
         assert verdict.failure is not None
@@ -684,6 +939,20 @@ async def _relay_stream(completion: _Completion,
     if await _write(out, ending):
         await out.write_eof()
     return out
+
+
+def _open_relayed(completion: _Completion, event: SseEvent, pair: e2ee.ClientKeyPair) -> bytes:
+    """A relayed event, opened before it leaves: one that does not open ends the stream with
+    the error event and is never forwarded (relay delivers before the verdict by design).
+
+    Raises:
+        VerificationFailed: the event's sealed fields did not open.
+    """
+    try:
+        return _open_event(event, pair)
+    except VerificationFailed:
+        completion.unopened = True
+        raise
 
 
 async def _write(out: web.StreamResponse, data: bytes) -> bool:

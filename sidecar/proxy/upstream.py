@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -93,8 +93,12 @@ class UpstreamClient:
         return headers
 
     async def open(self, method: str, path: str, body: bytes | None,
-                   timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+                   timeout: aiohttp.ClientTimeout,
+                   extra_headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         """Send an OpenAI request upstream and return the response with its body unread.
+
+        ``extra_headers`` are the sidecar's own (E2EE, spec 0.5); no header of the app's is
+        ever forwarded, so an app cannot choose the key its prompt is sealed to.
 
         Raises:
             UpstreamError: ``upstream.timeout`` or ``upstream.unavailable``.
@@ -105,6 +109,7 @@ class UpstreamClient:
             # no node signature then covers; with this header it refuses aliases instead, and
             # the sidecar sends the attested canonical id (spec 0.2).
             headers[NO_ALIASING_HEADER] = "true"
+        headers.update(extra_headers or {})
         try:
             return await self._session.request(
                 method, self.contract.openai_url(path), data=body, headers=headers,

@@ -40,6 +40,7 @@ HEADER_SHOULD_RETRY = "x-should-retry"
 HEADER_REQUEST_BINDING = "x-tee-request-binding"
 HEADER_SERVED_MODEL = "x-tee-served-model"
 HEADER_SIGNATURE_KIND = "x-tee-signature-kind"
+HEADER_E2EE = "x-tee-e2ee"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,9 @@ class CompletionVerdict:
         request_binding: how the signed request hash covered the bytes sent (``exact``,
             ``model_renamed``), when the signature check got that far.
         served_model: the model the signer is attested to serve (its report's ``model_name``).
+        e2ee: whether the exchange was end-to-end encrypted: ``true``, ``false``,
+            ``unavailable`` (``None`` before the proxy decided).
+        e2ee_model_key: the attested model key the prompt was sealed to (when ``true``).
     """
 
     verified: bool
@@ -70,6 +74,8 @@ class CompletionVerdict:
     failure: SidecarError | None = None
     request_binding: RequestBinding | None = None
     served_model: str | None = None
+    e2ee: str | None = None
+    e2ee_model_key: str | None = None
 
     def request_binding_label(self) -> str:
         """``exact``, ``model_renamed``, the failure code when binding the request failed, or
@@ -126,7 +132,34 @@ class CompletionVerdict:
             served_model=self.served_model if self.verified else None,
             signature_kind=(str(record.signature_kind)
                             if record is not None and record.signature_kind else None),
-            request_binding=str(self.request_binding) if self.request_binding else None)
+            request_binding=str(self.request_binding) if self.request_binding else None,
+            e2ee=self.e2ee,
+            e2ee_model_key=self.e2ee_model_key if self.e2ee == "true" else None)
+
+
+def check_e2ee_signer(record: SignatureRecordWire, signer: str | None,
+                      attested: CachedAttestation, recipient: str) -> None:
+    """An end-to-end encrypted exchange is only genuine when signed by the node it was sealed to.
+
+    Nothing the node signs covers ``x-client-pub-key``, so a gateway can swap in its own client
+    key, read the answer and re-seal it to ours; only the node's signature over the bytes it
+    sent exposes that. A gateway-kind signature (over what the gateway sent) would hide it,
+    which is why spec 0.5 says E2EE streams stay ``provider_tee`` (docs/e2ee.md).
+
+    Raises:
+        VerificationFailed: ``e2ee.gateway_signature`` for a gateway-kind record or a signer
+            that is not an attested model node; ``e2ee.signer_not_recipient`` for a model node
+            other than the one the prompt was sealed to.
+    """
+    role = attested.report.attested_signers.get(signer or "")
+    gateway_kind = record.signature_kind is not None and str(record.signature_kind) == "gateway"
+    if gateway_kind or role is None or role.role != "model":
+        raise VerificationFailed("an end-to-end encrypted exchange must be signed by the model "
+                                 "node itself (provider_tee), not a gateway",
+                                 code="e2ee.gateway_signature")
+    if signer != recipient:
+        raise VerificationFailed("the exchange was signed by another model node than the one "
+                                 "its prompt was sealed to", code="e2ee.signer_not_recipient")
 
 
 # The failure codes of the request-binding step (verify_completion_signature's step 2).
@@ -155,7 +188,8 @@ class CompletionVerifier:
         self._rules = rules
 
     async def verify(self, *, model: str, chat_id: str, request_body: bytes, request_sha256: str,
-                     response_sha256: str) -> CompletionVerdict:
+                     response_sha256: str, e2ee_recipient: str | None = None
+                     ) -> CompletionVerdict:
         """Verify one completion; never raises for bad evidence (it becomes the verdict).
 
         Args:
@@ -163,6 +197,10 @@ class CompletionVerifier:
             chat_id: the completion id the answer carried.
             request_body, request_sha256: the exact bytes sent upstream and their hash.
             response_sha256: the hash of the exact bytes received.
+            e2ee_recipient: for an end-to-end encrypted exchange, the normalised signing key
+                of the model node the prompt was sealed to: only that node's own
+                (``provider_tee`` or unkinded, model role) signature is then accepted
+                (``check_e2ee_signer``).
         """
         started = time.perf_counter()
         record: SignatureRecordWire | None = None
@@ -180,6 +218,8 @@ class CompletionVerifier:
                 report = self._check(signed, request_body, request_sha256, response_sha256,
                                      attested)
             report.raise_for_failure()
+            if e2ee_recipient is not None:
+                check_e2ee_signer(record, report.signer, attested, e2ee_recipient)
         except Exception as exc:  # VerificationFailed is the verdict; anything else fails closed
             error = exc if isinstance(exc, VerificationFailed) else VerificationFailed(
                 f"verification raised {type(exc).__name__}", code="verification.internal_error")

@@ -25,8 +25,17 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from sidecar.simulator import answers
+from sidecar.simulator.e2ee_node import (
+    NodeEncryption,
+    NodeEncryptionError,
+    decrypt_request_fields,
+    encrypt_answer_fields,
+    encrypt_chunk,
+    parse_encryption_headers,
+)
 from sidecar.simulator.provider import (
     CANONICAL_MODEL,
     MODEL_ALIAS,
@@ -55,11 +64,18 @@ def _error(status: int, message: str, code: str) -> web.Response:
 
 
 def _tamper(data: bytes) -> bytes:
-    """Alter one byte of the answer text (a letter's case), keeping the JSON well formed, as a
-    man in the middle rewriting the answer would."""
+    """Alter one byte of the answer text, keeping the JSON well formed, as a man in the middle
+    rewriting the answer would: a letter's case in readable text; in sealed (E2EE, hex) content,
+    one hex digit for another."""
     position = data.find(b"inference")
-    if position < 0:
-        position = len(data) // 2
+    if position >= 0:
+        return data[:position] + bytes([data[position] ^ 0x20]) + data[position + 1:]
+    sealed = data.find(b'"content":"')
+    if sealed >= 0 and len(data) > sealed + 24:
+        position = sealed + 24
+        digit = b"1" if data[position:position + 1] == b"0" else b"0"
+        return data[:position] + digit + data[position + 1:]
+    position = len(data) // 2
     return data[:position] + bytes([data[position] ^ 0x20]) + data[position + 1:]
 
 
@@ -88,7 +104,10 @@ async def _send_stream(request: web.Request, faults: Faults, events: list[bytes]
                                            hdrs.CACHE_CONTROL: "no-cache", **(headers or {})})
     await response.prepare(request)
     if faults.tamper_response:
-        events = [_tamper(e) if b"inference" in e else e for e in events]
+        # The answer's text where it is readable; a sealed (E2EE) stream has none, so there one
+        # byte in the middle event changes, as a man in the middle without the key would.
+        plain = [i for i, e in enumerate(events) if b"inference" in e] or [len(events) // 2]
+        events = [_tamper(e) if i in plain else e for i, e in enumerate(events)]
     if faults.cut_stream:
         events = events[: len(events) // 2]
     for event in events:
@@ -294,6 +313,9 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
         tls = request.query.get("include_tls_fingerprint", "").lower() == "true"
         entry = provider_evidence(provider).near_model_entry(
             index, node, algo, nonce_hex, raw, faults, model_name=CANONICAL_MODEL, tls=tls)
+        if faults.serve_other_public_key:
+            # A key the attested address does not own: E2EE to it would hand the prompt over.
+            entry = {**entry, "signing_public_key": SigningNode().public_key_hex(algo)}
         if not cloud:
             report = dict(entry)
             report["all_attestations"] = [entry]
@@ -309,10 +331,29 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
             if faults.completion_status:
                 return _error(faults.completion_status, "simulated upstream failure", "simulated")
             body = await request.read()
-            parsed = _parse(body, kind, "near")
+            if cloud:
+                provider.gateway_seen.append(body)
+            sealed = _node_encryption(provider, request, kind, strip=cloud and faults.e2ee_strip_headers)
+            if isinstance(sealed, web.Response):
+                return sealed
+            plain_body = body
+            if sealed is not None:
+                # The node opens the sealed fields with its key (spec 0.5); the signature still
+                # covers the bytes received, ciphertext and all.
+                try:
+                    plain = decrypt_request_fields(json.loads(body), _node_key(sealed[1], sealed[0]),
+                                                   sealed[0].scheme)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    return _error(400, f"failed to decrypt the request: {type(exc).__name__}",
+                                  "e2ee_decryption_failed")
+                plain_body = json.dumps(plain).encode()
+            parsed = _parse(plain_body, kind, "near")
             if isinstance(parsed, web.Response):
                 return parsed
             payload, plan = parsed
+            if sealed is not None:
+                return await _near_sealed_answer(request, provider, cloud, body, payload, plan,
+                                                 *sealed)
             headers: dict[str, str] = {}
             aliased = False
             if cloud and payload["model"] == MODEL_ALIAS:
@@ -348,6 +389,8 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
                     provider.record_signature(chat_id, body, b"".join(events),
                                               model=CANONICAL_MODEL, extra=node_extra,
                                               stored_late=cloud)
+                if cloud:
+                    provider.gateway_seen.append(b"".join(events))
                 return await _send_stream(request, faults, events, headers)
             node_body = answers.serialise(
                 answers.completion_object(plan, "near", CANONICAL_MODEL, chat_id, created), "near")
@@ -361,6 +404,8 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
                 answer = json.loads(node_body)
                 answer["warning"] = ALIAS_WARNING
                 client_body = answers.serialise(answer, "near")
+            if cloud:
+                provider.gateway_seen.append(client_body)
             return _body_response(faults, client_body, headers)
         return handler
 
@@ -373,6 +418,109 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
     app.router.add_get(prefix + "/v1/attestation/report", attestation_handler)
     app.router.add_get(prefix + "/v1/signature/{chat_id}",
                        _authorised(provider, _signature_handler(provider, "ecdsa")))
+
+
+_E2EE_HEADERS = ("x-signing-algo", "x-client-pub-key", "x-model-pub-key", "x-encryption-version",
+                 "x-encrypt-all-fields")
+
+
+def _node_key(node: SigningNode, encryption: NodeEncryption) -> Any:
+    return node.ed25519 if encryption.scheme == "ed25519" else node.ecdsa
+
+
+def _node_encryption(provider: SimulatedProvider, request: web.Request, kind: Kind, *,
+                     strip: bool) -> tuple[NodeEncryption, SigningNode] | None | web.Response:
+    """The E2EE context of a request and the node it is sealed to (routed by
+    ``x-model-pub-key``, spec 0.5), ``None`` for plaintext, or the 400 the node answers.
+    ``strip``: the gateway dropped the E2EE headers on the way (a downgrade)."""
+    headers: CIMultiDict[str] = CIMultiDict(request.headers)
+    if strip:
+        for name in _E2EE_HEADERS:
+            headers.popall(name, None)
+    try:
+        encryption = parse_encryption_headers(headers)
+    except NodeEncryptionError as exc:
+        return _error(400, str(exc), "e2ee_invalid_headers")
+    if encryption is None:
+        return None
+    if kind != "chat" or encryption.version != 2 and encryption.scheme == "ed25519":
+        return _error(400, "E2EE: chat completions with encryption version 2 only (simulated)",
+                      "e2ee_unsupported")
+    wanted = (headers.get("x-model-pub-key") or "").lower()
+    for node in provider.nodes:
+        if node.public_key_hex(encryption.scheme).lower() == wanted:
+            return encryption, node
+    return _error(400, "x-model-pub-key names no model node of this gateway",
+                  "e2ee_unknown_model_key")
+
+
+def _tamper_sealed(objs: list[dict[str, Any]], member: str) -> list[dict[str, Any]]:
+    """The first sealed ``content`` with one hex digit changed (still lower-case hex, so only
+    the tag check can tell), as a gateway editing ciphertext would."""
+    out: list[dict[str, Any]] = json.loads(json.dumps(objs))
+    for obj in out:
+        for choice in obj.get("choices") or []:
+            message = choice.get(member) or {}
+            content = message.get("content")
+            if isinstance(content, str) and content:
+                middle = len(content) // 2
+                digit = "1" if content[middle] == "0" else "0"
+                message["content"] = content[:middle] + digit + content[middle + 1:]
+                return out
+    return out
+
+
+async def _near_sealed_answer(request: web.Request, provider: SimulatedProvider, cloud: bool,
+                              body: bytes, payload: dict[str, Any], plan: answers.Plan,
+                              encryption: NodeEncryption, node: SigningNode
+                              ) -> web.StreamResponse:
+    """The node's answer to an E2EE request: every answer field sealed to the client key it
+    saw, signed by that node over its own bytes (E2EE streams stay provider_tee, spec 0.5),
+    with the gateway's misbehaviours of ``Faults`` applied on the way back."""
+    faults = provider.faults
+    scheme = encryption.scheme
+    client_key: str | bytes = encryption.client_public_key
+    swap = cloud and faults.e2ee_swap_client_key
+    if swap:  # the gateway put its own key in x-client-pub-key
+        client_key = provider.gateway.public_key_hex(scheme)
+    chat_id = uuid.uuid4().hex
+    created = int(time.time())
+    stream = bool(payload.get("stream"))
+    if stream:
+        options = payload.get("stream_options") or {}
+        plain = answers.stream_chunks(plan, "near", CANONICAL_MODEL, chat_id, created,
+                                      include_usage=True,
+                                      continuous_usage=options.get("continuous_usage_stats") is True)
+        seal = encrypt_chunk
+    else:
+        plain = [answers.completion_object(plan, "near", CANONICAL_MODEL, chat_id, created)]
+        seal = encrypt_answer_fields
+    node_objs = [seal(obj, client_key, scheme) for obj in plain]
+    # With its own key swapped in the gateway reads each field and re-seals it to the client.
+    client_objs = ([seal(obj, encryption.client_public_key, scheme) for obj in plain]
+                   if swap else node_objs)
+    if cloud and faults.e2ee_tamper_field:
+        client_objs = _tamper_sealed(client_objs, "delta" if stream else "message")
+
+    def wire(objs: list[dict[str, Any]]) -> bytes:
+        if stream:
+            return b"".join([_sse(obj, "near") for obj in objs] + [_DONE])
+        return answers.serialise(objs[0], "near")
+
+    node_bytes, client_bytes = wire(node_objs), wire(client_objs)
+    if cloud and faults.e2ee_gateway_signs:
+        provider.record_signature(chat_id, body, client_bytes, signer=provider.gateway,
+                                  extra={"signature_kind": "gateway"}, stored_late=True)
+    else:
+        provider.record_signature(chat_id, body, node_bytes, model=CANONICAL_MODEL, signer=node,
+                                  extra={"signature_kind": "provider_tee"} if cloud else {},
+                                  stored_late=cloud)
+    if cloud:
+        provider.gateway_seen.append(client_bytes)
+    if stream:
+        events = [_sse(obj, "near") for obj in client_objs] + [_DONE]
+        return await _send_stream(request, faults, events)
+    return _body_response(faults, client_bytes)
 
 
 def _gateway_order(chunk: dict[str, Any]) -> dict[str, Any]:

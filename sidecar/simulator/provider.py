@@ -112,6 +112,18 @@ class Faults:
     # near-cloud: label provider_tee records "gateway" and gateway records "provider_tee" (the
     # signature itself unchanged), so a verifier that trusts the label picks the wrong key.
     swap_signature_kind: bool = False
+    # NEAR E2EE (spec 0.5), each an attack by the gateway or a lying report:
+    # the gateway drops the E2EE headers (the node then answers in plaintext);
+    e2ee_strip_headers: bool = False
+    # the gateway swaps x-client-pub-key for its own, reads the answer and re-seals it to the
+    # client (docs/e2ee.md "An active gateway swapping the client key");
+    e2ee_swap_client_key: bool = False
+    # the gateway flips one hex digit of a sealed answer field after the node signed it;
+    e2ee_tamper_field: bool = False
+    # near-cloud signs an E2EE exchange with its gateway key (signature_kind gateway);
+    e2ee_gateway_signs: bool = False
+    # the report serves a signing_public_key that is not the key of the attested address.
+    serve_other_public_key: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)  # knobs passed to the evidence factory
 
     def validate(self) -> None:
@@ -196,6 +208,9 @@ class SimulatedProvider:
         self._stored_late: set[str] = set()
         self._rotated: SigningNode | None = None
         self.completions_served = 0
+        # What NEAR's cloud gateway relayed (request bodies as received, answers as sent), so
+        # tests can show it only ever held ciphertext under E2EE.
+        self.gateway_seen: list[bytes] = []
 
     # -- signing -------------------------------------------------------------------------
 

@@ -115,6 +115,9 @@ class NodeReport:
     # Facts only verified evidence gives (bound compose, replayed runtime events): what
     # sidecar.verify.identity reads to pin the deployment. None when not established.
     deployment: DeploymentFacts | None = None
+    # The node's ``signing_public_key`` (lower-case hex), only when ``binding.public_key``
+    # proved it is the key of the attested address: the one key E2EE may seal prompts to.
+    public_key: str | None = None
 
     @property
     def status(self) -> Status:
@@ -165,6 +168,14 @@ class AttestationReport:
         return {n.signing_key: AttestedSigner(n.signing_key, n.algo, n.role,  # type: ignore[arg-type]
                                               n.model_name)
                 for n in self.nodes if n.status is Status.PASS}
+
+    @property
+    def e2ee_keys(self) -> dict[str, str]:
+        """The keys E2EE may seal to: per attested model node (normalised signing key, in
+        report order), its ``signing_public_key`` proved to belong to the attested address
+        (``binding.public_key``). Nodes that served no such key are left out."""
+        return {n.signing_key: n.public_key for n in self.nodes
+                if n.role == "model" and n.status is Status.PASS and n.public_key is not None}
 
     @property
     def failure(self) -> Check | None:
@@ -310,8 +321,14 @@ def verify_node(
             checks.append(_check_nonce_echo(f"binding.nonce_echo.{echo_field}", echo_field,
                                             echoed, nonce_bytes))
     if wire.signing_public_key is not None:
-        checks.append(check_public_key_binding(wire.signing_public_key,
-                                               signing_address=wire.signing_address, algo=algo))
+        key_binding = check_public_key_binding(wire.signing_public_key,
+                                               signing_address=wire.signing_address, algo=algo)
+        checks.append(key_binding)
+        if key_binding.ok:
+            public_key = wire.signing_public_key.strip().removeprefix("0x").lower()
+            if algo == "ecdsa" and len(public_key) == 130:
+                public_key = public_key[2:]  # ACI's 04-prefixed form of the same point
+            extra["public_key"] = public_key
 
     # (3) The TLS key of the connection is the attested one.
     if tls_fingerprint is not None:

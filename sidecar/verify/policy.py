@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 OnFailure = Literal["block", "flag"]
+# End-to-end encryption to the model node (docs/e2ee.md), per model.
+E2EESetting = Literal["off", "preferred", "required"]
 
 # Facts that an allow-list can pin.
 FactField = Literal["mrtd", "rtmr0", "rtmr1", "rtmr2", "compose_hash", "app_id", "os_image_hash"]
@@ -417,6 +419,8 @@ class ModelPolicy:
         identity_pins: deployment identities the policy file lists for the model.
         provenance: who must have built every image of the attested compose
             (``sidecar.verify.provenance``); ``None``: not required.
+        e2ee: end-to-end encryption for the model (``off``, ``preferred``, ``required``;
+            docs/e2ee.md); ``None``: the ``[upstream] e2ee`` setting decides.
     """
 
     pattern: str
@@ -430,6 +434,7 @@ class ModelPolicy:
     identity: IdentityMode = "tofu"
     identity_pins: tuple[DeploymentIdentity, ...] = ()
     provenance: ProvenanceRequirement | None = None
+    e2ee: E2EESetting | None = None
 
     def evaluate(self, facts: NodeFacts) -> tuple[Check, ...]:
         """Evaluate ``rule`` (so a ``ModelPolicy`` is itself a :class:`Policy`).
@@ -462,6 +467,7 @@ def build_model_policy(
     identity: IdentityMode | None = None,
     identity_pins: Sequence[DeploymentIdentity] = (),
     provenance: ProvenanceRequirement | None = None,
+    e2ee: E2EESetting | None = None,
 ) -> ModelPolicy:
     """Compose a :class:`ModelPolicy` from plain settings.
 
@@ -515,6 +521,7 @@ def build_model_policy(
         gpu=gpu if gpu is not None else GpuRequirements(),
         accepted_tcb_statuses=statuses,
         tolerated_advisories=advisories,
+        e2ee=e2ee,
         requires_attestation=require_tdx or require_nvidia,
         identity=identity,
         identity_pins=tuple(identity_pins),
@@ -674,6 +681,7 @@ class _ProvenanceFile(_FileModel):
 
 
 class _EntryFile(_FileModel):
+    e2ee: E2EESetting | None = None
     require_tdx: bool | None = None
     require_nvidia: bool | None = None
     accepted_tcb_statuses: Annotated[list[TcbStatus], Field(min_length=1)] | None = None
@@ -828,6 +836,7 @@ def _build_entry(
         ),
         on_failure=_pick(entry.on_failure, defaults.on_failure, fallback="block"),
         gpu=_merge_gpu(entry.gpu, defaults.gpu),
+        e2ee=_pick(entry.e2ee, defaults.e2ee, fallback=None),
     )
 
 

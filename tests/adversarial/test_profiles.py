@@ -100,16 +100,18 @@ def test_async_sdk_streams_through_near(adv: AdversarialStack, profile: str) -> 
 # -- NEAR Cloud: both signature kinds, aliases, late storage, "unavailable" --------------------
 
 
-@pytest.mark.parametrize("stream, options, kind", [
-    (False, None, "provider_tee"),  # plain answers: the model node signs (spec 0.2)
-    (True, None, "gateway"),  # streams: NEAR Cloud's gateway signs by default since 2026-07
-    (True, {"continuous_usage_stats": True}, "provider_tee"),  # ... unless usage is streamed
+@pytest.mark.parametrize("stream, options, e2ee, kind", [
+    (False, None, "off", "provider_tee"),  # plain answers: the model node signs (spec 0.2)
+    (True, None, "off", "gateway"),  # streams: NEAR Cloud's gateway signs by default since 2026-07
+    (True, {"continuous_usage_stats": True}, "off", "provider_tee"),  # ... unless usage streams
+    (True, None, "preferred", "provider_tee"),  # ... or the exchange is E2EE (spec 0.5)
 ])
 @pytest.mark.parametrize("stream_mode", ["buffer", "relay"])
 def test_near_cloud_signature_kinds_verify(adv: AdversarialStack, stream: bool,
-                                           options: dict[str, Any] | None, kind: str,
+                                           options: dict[str, Any] | None, e2ee: str, kind: str,
                                            stream_mode: str) -> None:
-    url = sidecar(adv, "near-cloud", verification={"stream": stream_mode}, fresh=True)
+    url = sidecar(adv, "near-cloud", verification={"stream": stream_mode},
+                  upstream={"e2ee": e2ee}, fresh=True)
     body: dict[str, Any] = {"model": CANONICAL_MODEL, "messages": MESSAGES, "stream": stream}
     if options:
         body["stream_options"] = options
@@ -165,7 +167,8 @@ def test_near_signature_stored_late_is_fetched_again(adv: AdversarialStack) -> N
 def test_unknown_signer_is_attested_by_its_key(adv: AdversarialStack) -> None:
     """A genuine signature by a key the cache lacks (another node, a rotation): one attestation
     that asks for that very key (``signing_address=``, spec 0.4), then the verdict."""
-    url = sidecar(adv, "near-direct", fresh=True)
+    # Without E2EE: a sealed request is routed to the node whose key it was sealed to.
+    url = sidecar(adv, "near-direct", upstream={"e2ee": "off"}, fresh=True)
     assert post(url + "/chat/completions",
                 {"model": CANONICAL_MODEL, "messages": MESSAGES})[1]["x-tee-verified"] == "true"
     adv.simulator.faults.rotate_key = True
