@@ -48,7 +48,7 @@ def _wait_for(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 def _config(directory: Path, sim_port: int, port: int, admin_port: int, *,
-            provider: str = "nanogpt", prefix: str = "/api") -> Path:
+            provider: str = "nanogpt", prefix: str = "/api", e2ee: str = "off") -> Path:
     sim = f"http://127.0.0.1:{sim_port}"
     path = directory / f"{provider}.toml"
     path.write_text(f"""\
@@ -62,6 +62,8 @@ port = {admin_port}
 provider = "{provider}"
 base_url = "{sim}{prefix}"
 api_key = "sk-simulated-demo-key"
+# Shown on its own at the end of the demo; off here, so NEAR Cloud's gateway-signed streams show.
+e2ee = "{e2ee}"
 
 [attestation]
 pccs_url = "{sim}/pcs"
@@ -126,6 +128,9 @@ def _e2ee_exchange() -> bool:
 
     _banner("end-to-end encryption through NEAR's (simulated) cloud gateway")
     prompt = "My account number is 7731-ZX; which plan suits me?"
+    from sidecar.logs import configure_logging
+
+    configure_logging("console", "warning")  # this in-process stack's request lines stay quiet
     with tempfile.TemporaryDirectory(prefix="tee-sidecar-e2ee-demo-") as tmp:
         stack = Stack(Path(tmp), profile="near-cloud")
         try:
@@ -195,7 +200,8 @@ def main() -> int:
             # NanoGPT renames TEE/... to the upstream id: the node signed the renamed bytes.
             _exchanges(client, MODEL, messages, "NanoGPT")
             # NEAR Cloud: the model node signs plain answers (provider_tee, 3-part text naming the
-            # model), the gateway signs streams (gateway kind); both keys are attested.
+            # model), the gateway signs streams (gateway kind; E2EE streams stay provider_tee, see
+            # the end); both keys are attested.
             _exchanges(near, NEAR_MODEL, messages, "NEAR AI Cloud")
             _banner(f"NEAR AI Cloud: the app names the alias {NEAR_ALIAS}")
             raw = near.chat.completions.with_raw_response.create(model=NEAR_ALIAS,
