@@ -16,7 +16,8 @@ tamper marker with probability ``--tamper-share``. Every answer is classified:
 
   verified     200, ``x-tee-verified: true``, and the body is byte for byte what the simulator
                signed (checked here independently: the simulator's own signature record for the
-               chat id, fetched directly, names sha256(request):sha256(body))
+               chat id, fetched directly, names sha256(request):sha256(body), or NanoGPT's
+               3-part text over the request with the model renamed)
   blocked      a tampered request answered 502 with ``x-tee-verified: false``
   unverified   a 200 whose body differs from what the simulator signed, or a tampered request
   delivery     that got a 200: the failure this run exists to find (must be 0)
@@ -50,6 +51,8 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 TEE_MODEL = "TEE/simulated-llama-3.3-70b"
+# The id NanoGPT renames it to on the way in (the simulator's NANOGPT_UPSTREAM_MODEL).
+NANOGPT_UPSTREAM_MODEL = "simulated-org/Simulated-Llama-3.3-70B-Instruct"
 MARKERS = ("tamper-response", "tamper-request", "tamper-drop-event", "tamper-signature")
 # Start-up of the three processes (the first attestation included) must not take longer.
 READY_TIMEOUT = 60.0
@@ -115,6 +118,17 @@ class Tally:
             self.examples.append(f"{outcome}: {detail}")
 
 
+def signed_texts_for(request: bytes, answer: bytes) -> set[str]:
+    """The texts a genuine signature over exactly these bytes may have: the request as sent, or
+    as NanoGPT forwards it (only the model renamed to the upstream id, a 3-part text; spec 0.1).
+    The rename is computed here by plain byte replacement, independently of the sidecar."""
+    response = hashlib.sha256(answer).hexdigest()
+    renamed = request.replace(json.dumps(TEE_MODEL).encode(),
+                              json.dumps(NANOGPT_UPSTREAM_MODEL).encode(), 1)
+    return {f"{hashlib.sha256(request).hexdigest()}:{response}",
+            f"{NANOGPT_UPSTREAM_MODEL}:{hashlib.sha256(renamed).hexdigest()}:{response}"}
+
+
 async def signed_text(session: aiohttp.ClientSession, simulator: str, chat_id: str) -> str | None:
     """The text the simulator signed for ``chat_id``, fetched directly (not through the MITM)."""
     async with session.get(f"{simulator}/api/v1/tee/signature/{chat_id}",
@@ -159,8 +173,7 @@ async def one_request(session: aiohttp.ClientSession, sidecar: str, simulator: s
     if status == 200:
         chat_id = chat_id_of(answer, stream)
         signed = await signed_text(session, simulator, chat_id) if chat_id else None
-        expected = f"{hashlib.sha256(body).hexdigest()}:{hashlib.sha256(answer).hexdigest()}"
-        if marker is not None or signed != expected or verified != "true":
+        if marker is not None or signed not in signed_texts_for(body, answer) or verified != "true":
             tally.note("unverified_delivery",
                        f"marker={marker} stream={stream} verified={verified} id={chat_id}")
             return
