@@ -123,7 +123,8 @@ class LocalCallerPolicy:
 # the verdict headers must be readable by the page, or it cannot tell verified from not.
 CORS_ALLOWED_METHODS = "GET, POST"
 CORS_EXPOSED_HEADERS = ("x-tee-verified, x-tee-failure, x-tee-signing-address, "
-                        "x-tee-evidence-sha256, x-tee-e2ee, x-request-id, x-should-retry")
+                        "x-tee-evidence-sha256, x-tee-e2ee, x-tee-request-binding, "
+                        "x-tee-served-model, x-tee-signature-kind, x-request-id, x-should-retry")
 CORS_MAX_AGE_SECONDS = "600"
 _HEADER_LIST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_, ")
 
