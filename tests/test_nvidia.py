@@ -86,7 +86,7 @@ def verify(
 
 
 def failures(report: GpuEvidenceReport) -> list[Check]:
-    return list(report.failures())
+    return list(report.failures)
 
 
 def only_failure(report: GpuEvidenceReport) -> Check:

@@ -94,7 +94,7 @@ def test_real_quote_verifies_up_to_date_and_measurements_come_from_the_quote() -
     assert m.rtmr3 == REAL_QUOTE[BODY + 472 : BODY + 520]
     assert m.report_data == REAL_QUOTE[BODY + 520 : BODY + 584]
     assert m.report_data.hex().startswith("9a9d48e7f6799642d3d1")
-    assert report.raise_for_failure() == m
+    assert report.verified_measurements() == m
 
 
 def test_outdated_real_quote_is_rejected() -> None:

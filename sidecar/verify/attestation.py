@@ -36,7 +36,7 @@ import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim, compose_manager_label
 from sidecar.verify.binding import (
@@ -44,7 +44,7 @@ from sidecar.verify.binding import (
     check_public_key_binding,
     check_report_data_binding,
 )
-from sidecar.verify.checks import Check, Status
+from sidecar.verify.checks import Check, CheckedReport, Status, Verdict, combine
 from sidecar.errors import VerificationFailed
 from sidecar.verify.compose import (
     NodeInfo,
@@ -64,9 +64,6 @@ from sidecar.verify.tdx import (
     parse_quote_measurements,
     verify_tdx_quote,
 )
-
-Verdict = Literal["verified", "failed", "incomplete"]
-
 
 @dataclass(frozen=True, slots=True)
 class TrustRoots:
@@ -99,7 +96,7 @@ class NodeEvidence:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeReport:
+class NodeReport(CheckedReport):
     """Everything checked about one node."""
 
     label: str
@@ -116,19 +113,9 @@ class NodeReport:
     # sidecar.verify.identity reads to pin the deployment. None when not established.
     deployment: DeploymentFacts | None = None
 
-    @property
-    def status(self) -> Status:
-        """fail if any check failed, else incomplete if any was undecided, else pass."""
-        return _combine(check.status for check in self.checks)
-
-    @property
-    def failure(self) -> Check | None:
-        """The first check that did not pass."""
-        return next((c for c in self.checks if not c.ok), None)
-
 
 @dataclass(frozen=True, slots=True)
-class AttestationReport:
+class AttestationReport(CheckedReport):
     """The verdict on a model's report: one ``NodeReport`` per node."""
 
     model: str
@@ -137,12 +124,27 @@ class AttestationReport:
     nodes: tuple[NodeReport, ...]
     verified_at: int
 
+    empty_code: ClassVar[str] = "attestation.failed"
+
+    @property
+    def checks(self) -> tuple[Check, ...]:  # type: ignore[override]
+        """Every node's checks, node by node."""
+        return tuple(check for node in self.nodes for check in node.checks)
+
+    @property
+    def status(self) -> Status:
+        """Every node's status combined: a report with no node, or a node with no check, fails."""
+        return combine(node.status for node in self.nodes)
+
+    @property
+    def ok(self) -> bool:
+        """True only when every node passed every check."""
+        return self.status is Status.PASS
+
     @property
     def verdict(self) -> Verdict:
         """``verified`` only when every node passed every check."""
-        status = _combine(node.status for node in self.nodes)
-        return {Status.PASS: "verified", Status.FAIL: "failed",
-                Status.INCOMPLETE: "incomplete"}[status]  # type: ignore[return-value]
+        return Verdict.of(self.status)
 
     @property
     def attested_keys(self) -> frozenset[str]:
@@ -166,19 +168,28 @@ class AttestationReport:
                                               n.model_name)
                 for n in self.nodes if n.status is Status.PASS}
 
-    @property
-    def failure(self) -> Check | None:
-        """The first failing (else undecided) check across nodes."""
-        checks = [c for node in self.nodes for c in node.checks if not c.ok]
-        failed = [c for c in checks if c.status is Status.FAIL]
-        return failed[0] if failed else (checks[0] if checks else None)
+    def failure_message(self, check: Check | None) -> str:
+        """``attestation of <model> failed|undecided: <check>: <detail>``."""
+        if check is None:
+            return f"attestation of {self.model} failed: no node attested"
+        outcome = "undecided" if check.status is Status.INCOMPLETE else "failed"
+        return f"attestation of {self.model} {outcome}: {check.name}: {check.detail}"
 
+    def raise_unless_attested(self) -> None:
+        """Return when some model node is attested (its key may sign); else raise.
 
-def _combine(statuses: Iterable[Status]) -> Status:
-    seen = set(statuses)
-    if not seen or Status.FAIL in seen:
-        return Status.FAIL
-    return Status.INCOMPLETE if Status.INCOMPLETE in seen else Status.PASS
+        Nodes that failed beside an attested one do not raise: their keys are simply not
+        admitted (``attested_keys``).
+
+        Raises:
+            VerificationIncomplete: no model node attested and the first reason is undecided.
+            VerificationFailed: no model node attested (``attestation.failed`` when every node
+                passed but none is a model node).
+        """
+        if self.attested_keys:
+            return
+        self.raise_for_failure()
+        raise VerificationFailed(self.failure_message(None), code=self.empty_code)
 
 
 def verify_attestation(
@@ -368,11 +379,11 @@ def verify_node(
                                                "NRAS answer verified no GPU"))
             gpus = gpu.gpus
     checks.extend(gpu_checks)
-    gpu_status = _combine(c.status for c in gpu_checks)
+    gpu_status = combine(c.status for c in gpu_checks)
     extra["gpus"] = gpus
 
     # (7) The user's policy over what was measured.
-    tdx_status = _combine(c.status for c in tdx.checks)
+    tdx_status = combine(c.status for c in tdx.checks)
     facts = NodeFacts(
         has_tdx=True,
         has_nvidia=payload is not None,

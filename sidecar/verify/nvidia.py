@@ -44,7 +44,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import jwt
 from cryptography import x509
@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.verify.checks import Check, Status
+from sidecar.verify.checks import Check, CheckedReport, Status
 
 __all__ = [
     "ALLOWED_JWT_ALGORITHMS",
@@ -133,7 +133,7 @@ class GpuPolicy:
 
 
 @dataclass(frozen=True)
-class GpuVerdict:
+class GpuVerdict(CheckedReport):
     """The checks and claims of one GPU's detached NRAS token.
 
     Attributes:
@@ -146,14 +146,9 @@ class GpuVerdict:
     checks: tuple[Check, ...]
     claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
-    @property
-    def ok(self) -> bool:
-        """True only when every check on this GPU passed."""
-        return bool(self.checks) and all(check.ok for check in self.checks)
-
 
 @dataclass(frozen=True)
-class GpuEvidenceReport:
+class GpuEvidenceReport(CheckedReport):
     """Everything the sidecar checked about one NRAS answer.
 
     Attributes:
@@ -164,15 +159,13 @@ class GpuEvidenceReport:
     checks: tuple[Check, ...]
     gpus: tuple[GpuVerdict, ...]
 
+    # An answer that names no GPU verified nothing, whatever its overall checks say.
+    empty_code: ClassVar[str] = "gpu.nras_response_malformed"
+
     @property
     def ok(self) -> bool:
         """True only when every check passed and at least one GPU was verified."""
-        return (
-            bool(self.checks)
-            and bool(self.gpus)
-            and all(check.ok for check in self.checks)
-            and all(gpu.ok for gpu in self.gpus)
-        )
+        return super().ok and bool(self.gpus) and all(gpu.ok for gpu in self.gpus)
 
     def all_checks(self) -> Iterator[Check]:
         """Every check, overall ones first, then per GPU."""
@@ -180,8 +173,9 @@ class GpuEvidenceReport:
         for gpu in self.gpus:
             yield from gpu.checks
 
+    @property
     def failures(self) -> tuple[Check, ...]:
-        """The checks that did not pass."""
+        """The checks that did not pass, overall ones first, then per GPU."""
         return tuple(check for check in self.all_checks() if not check.ok)
 
     @property
@@ -189,25 +183,9 @@ class GpuEvidenceReport:
         """True when some token named a ``kid`` absent from the JWKS (worth one JWKS refetch)."""
         return any(check.code == "gpu.jwt_unknown_kid" for check in self.all_checks())
 
-    def raise_for_failure(self) -> None:
-        """Raise for the first check that did not pass; return if the report is ok.
-
-        Raises:
-            VerificationFailed: for the first failed check, or when no GPU was verified.
-            VerificationIncomplete: for the first incomplete check, when none failed.
-        """
-        # A failed check outranks an undecided one: bad evidence is reported as bad.
-        ranked: tuple[tuple[Status, type[VerificationFailed]], ...] = (
-            (Status.FAIL, VerificationFailed),
-            (Status.INCOMPLETE, VerificationIncomplete),
-        )
-        for status, error in ranked:
-            for check in self.all_checks():
-                if check.status is status:
-                    code = check.code or "gpu.verification_failed"
-                    raise error(f"{check.name}: {check.detail}", code=code)
-        if not self.ok:
-            raise VerificationFailed("NRAS answer named no GPU", code="gpu.nras_response_malformed")
+    def failure_message(self, check: Check | None) -> str:
+        """``<check>: <detail>``; with no failing check, that the answer named no GPU."""
+        return f"{check.name}: {check.detail}" if check else "NRAS answer named no GPU"
 
 
 # --- Request-nonce binding of the payload ---------------------------------------------------------

@@ -21,12 +21,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Final, Literal, Protocol, TypeVar, get_args
+from typing import Annotated, ClassVar, Final, Literal, Protocol, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from sidecar.errors import ConfigError, VerificationFailed
-from sidecar.verify.checks import Check
+from sidecar.verify.checks import Check, CheckedReport
 from sidecar.verify.identity import DeploymentIdentity, IdentityMode
 from sidecar.verify.provenance import GITHUB_ACTIONS_ISSUER, ProvenanceRequirement
 from sidecar.verify.nvidia import GpuPolicy
@@ -360,7 +360,7 @@ GpuRequirements = GpuPolicy
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyReport:
+class PolicyReport(CheckedReport):
     """A model policy's verdict on one node.
 
     Attributes:
@@ -373,27 +373,11 @@ class PolicyReport:
     checks: tuple[Check, ...]
     on_failure: OnFailure
 
-    @property
-    def ok(self) -> bool:
-        """True when there were checks and all passed."""
-        return bool(self.checks) and all(check.ok for check in self.checks)
+    empty_code: ClassVar[str] = "policy.empty"
 
-    @property
-    def failures(self) -> tuple[Check, ...]:
-        """The checks that did not pass."""
-        return tuple(check for check in self.checks if not check.ok)
-
-    def raise_for_failure(self) -> None:
-        """Raise on the first failing check.
-
-        Raises:
-            VerificationFailed: with that check's code (``policy.empty`` if there were no checks).
-        """
-        for check in self.checks:
-            if not check.ok:
-                raise VerificationFailed(check.detail, code=check.code)
-        if not self.checks:
-            raise VerificationFailed("policy returned no checks", code="policy.empty")
+    def failure_message(self, check: Check | None) -> str:
+        """The failing check's detail; for no checks, that the policy returned none."""
+        return check.detail if check is not None else "policy returned no checks"
 
 
 @dataclass(frozen=True, slots=True)

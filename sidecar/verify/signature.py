@@ -124,14 +124,6 @@ class CompletionSignatureReport(CheckedReport):
     signature_valid: bool = False
     signer_attested: bool = False
 
-    def raise_for_failure(self) -> None:
-        """Raise the first failure.
-
-        Raises:
-            VerificationFailed: with the failing check's code and detail.
-        """
-        if (failed := self.failure) is not None:
-            raise VerificationFailed(failed.detail, code=failed.code)
 
 
 def normalise_key(key: str, algo: str) -> str:

@@ -41,7 +41,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import dcap_qvl
 from cryptography import x509
@@ -161,23 +161,23 @@ class TdxQuoteReport(CheckedReport):
     advisory_ids: tuple[str, ...]
     measurements: TdxMeasurements | None
 
-    def raise_for_failure(self) -> TdxMeasurements:
-        """Return the verified measurements, or raise for the first failing check.
+    empty_code: ClassVar[str] = "tdx.quote_invalid"
+
+    def failure_message(self, check: Check | None) -> str:
+        """``<check>: <detail>``; for no checks, that the quote was not verified."""
+        return f"{check.name}: {check.detail}" if check else "TDX quote was not verified"
+
+    def verified_measurements(self) -> TdxMeasurements:
+        """The verified measurements, or raise for the first failing check.
 
         Raises:
             VerificationIncomplete: a check could not be decided (e.g. no collateral).
             VerificationFailed: the quote, its collateral or the TCB policy failed.
         """
-        failure = self.failure
-        if failure is None and self.measurements is not None:
-            return self.measurements
-        if failure is None:
-            raise VerificationFailed("TDX quote was not verified", code="tdx.quote_invalid")
-        message = f"{failure.name}: {failure.detail}"
-        code = failure.code or "tdx.quote_invalid"
-        if failure.status is Status.INCOMPLETE:
-            raise VerificationIncomplete(message, code=code)
-        raise VerificationFailed(message, code=code)
+        self.raise_for_failure()
+        if self.measurements is None:
+            raise VerificationFailed(self.failure_message(None), code=self.empty_code)
+        return self.measurements
 
 
 class _Malformed(ValueError):
