@@ -51,8 +51,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.verify.checks import Check, CheckedReport, Status
+from sidecar.verify.checks import Check, CheckedReport
 
 __all__ = [
     "ALLOWED_JWT_ALGORITHMS",

@@ -46,8 +46,8 @@ from typing import Any, ClassVar
 import dcap_qvl
 from cryptography import x509
 
-from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.verify.checks import Check, CheckedReport, Status
+from sidecar.errors import VerificationFailed
+from sidecar.verify.checks import Check, CheckedReport
 
 __all__ = [
     "MAX_COLLATERAL_BYTES",
