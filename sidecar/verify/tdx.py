@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import dcap_qvl
 from cryptography import x509
 
-from sidecar.errors import VerificationFailed
+from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.verify.checks import Check, CheckedReport
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "TdxTcbPolicy",
     "collateral_next_update",
     "parse_quote_measurements",
+    "quote_platform",
     "td_attributes",
     "verify_tdx_quote",
 ]
@@ -454,6 +455,40 @@ def verify_tdx_quote(
 
     # (6) Measurements, from the bytes that just verified.
     return TdxQuoteReport(tuple(checks), tcb_status, advisories, _measurements(parsed.report))
+
+
+def quote_platform(quote: bytes) -> tuple[str, str]:
+    """The FMSPC (12 upper-case hex digits) and PCK CA type (``platform``/``processor``) of a quote.
+
+    Read from the PCK leaf certificate embedded in the quote; nothing here is verified
+    (:func:`verify_tdx_quote` does that), it only selects which collateral to fetch, so a quote
+    whose platform cannot be read leaves the collateral, and the verdict, undecided.
+
+    Raises:
+        VerificationIncomplete: if the quote carries no readable PCK certificate.
+    """
+    if len(quote) > MAX_QUOTE_BYTES:
+        raise _platform_unreadable(f"quote is {len(quote)} bytes, more than the {MAX_QUOTE_BYTES} allowed")
+    try:
+        parsed = dcap_qvl.parse_quote(bytes(quote))
+        fmspc = str(parsed.fmspc()).upper()
+        ca = str(parsed.ca())
+    except BaseException as exc:
+        # dcap-qvl raises ValueError, and pyo3 turns a Rust panic into PanicException (a
+        # BaseException): neither may escape on a hostile quote. Interrupts still propagate.
+        if not (isinstance(exc, Exception) or type(exc).__name__ == "PanicException"):
+            raise
+        raise _platform_unreadable(f"cannot read the platform (FMSPC) from the quote: {exc}") from exc
+    if len(fmspc) != 12 or any(c not in "0123456789ABCDEF" for c in fmspc):
+        raise _platform_unreadable(f"quote names an invalid FMSPC {fmspc[:40]!r}")
+    if ca not in ("platform", "processor"):
+        raise _platform_unreadable(f"quote names an unknown PCK CA {ca[:40]!r}")
+    return fmspc, ca
+
+
+def _platform_unreadable(message: str) -> VerificationIncomplete:
+    # Without the platform no collateral can be fetched: the same code as a PCS that is down.
+    return VerificationIncomplete(message, code="tdx.collateral_unavailable")
 
 
 def td_attributes(quote: bytes) -> bytes:
