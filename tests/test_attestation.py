@@ -261,7 +261,7 @@ def test_a_verifier_that_raises_fails_the_node_closed(monkeypatch: pytest.Monkey
 ])
 def test_a_malformed_context_is_refused(data: bytes) -> None:
     from sidecar.errors import VerificationFailed
-    from sidecar.verify.attestation import decode_context
+    from sidecar.archive import decode_context
 
     with pytest.raises(VerificationFailed) as info:
         decode_context(data)

@@ -41,11 +41,11 @@ from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.provenance_source import ProvenanceGate
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.telemetry import Telemetry
+from sidecar.archive import encode_context
 from sidecar.verify.attestation import (
     AttestationReport,
     NodeEvidence,
     TrustRoots,
-    encode_context,
     verify_attestation,
 )
 from sidecar.verify.checks import Status
