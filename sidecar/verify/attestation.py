@@ -4,8 +4,9 @@ The I/O layer (``sidecar.proxy.attester``) fetches the report with a fresh nonce
 node, what must come from elsewhere (DCAP collateral, the NRAS answer, the NVIDIA JWKS, the TLS
 key of the connection). This module decides. For every node:
 
-  (1) verify the TDX quote locally against the root CA and collateral (dcap-qvl), apply the TCB
-      status/advisory policy, and read REPORTDATA, MRTD, RTMR0-3 and mr_config_id from it;
+  (1) verify the TDX quote locally against the root CA and collateral (dcap-qvl), and read its
+      TCB status and advisories (facts, judged in (7)), REPORTDATA, MRTD, RTMR0-3 and
+      mr_config_id from it;
   (2) REPORTDATA binds the node's signing key (or, with a TLS fingerprint, sha256(key ‖ fp))
       and the nonce this session sent; every nonce echo present (``request_nonce``, ``nonce``)
       names that nonce; ``signing_public_key``, when served, is the key of the address;
@@ -21,8 +22,9 @@ key of the connection). This module decides. For every node:
       then is ``actions_hash`` checked against ``actions``;
   (6) GPU evidence: ``nvidia_payload.nonce`` is our nonce, and the NRAS answer verifies (JWT
       signatures, issuer, expiry, eat_nonce, overall result, submods, per-GPU policy claims);
-  (7) the user's policy over the measured facts: the model's entry for model nodes, the
-      gateway entry for a gateway (a model's measurement pins never apply to the gateway).
+  (7) the user's policy over the measured facts, TCB status and advisories included (the one
+      TCB gate): the model's entry for model nodes, the gateway entry for a gateway (a model's
+      measurement pins never apply to the gateway).
 
 A node is attested only when every check passes. A check that could not be decided (no
 collateral, NRAS unreachable) is ``incomplete`` and never counts as passing. Only the keys of
@@ -57,12 +59,7 @@ from sidecar.verify.identity import DeploymentFacts
 from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import GATEWAY_DEFAULT, ModelPolicy, NodeFacts
 from sidecar.verify.signature import AttestedSigner, normalise_key
-from sidecar.verify.tdx import (
-    TdxMeasurements,
-    TdxTcbPolicy,
-    parse_quote_measurements,
-    verify_tdx_quote,
-)
+from sidecar.verify.tdx import TdxMeasurements, parse_quote_measurements, verify_tdx_quote
 
 @dataclass(frozen=True, slots=True)
 class TrustRoots:
@@ -280,9 +277,8 @@ def verify_node(
     except ValueError:
         checks.append(Check.failed("tdx.quote", "tdx.quote_malformed", "intel_quote is not hex"))
         return report()
-    tcb_policy = TdxTcbPolicy(policy.accepted_tcb_statuses, policy.tolerated_advisories)
     tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
-                           now=now, tcb_policy=tcb_policy)
+                           now=now)
     checks.extend(_explain_incomplete(tdx.checks, evidence.collateral_error))
     measurements: TdxMeasurements | None = tdx.measurements
     if measurements is None:
@@ -357,7 +353,7 @@ def verify_node(
         checks.extend(_verify_compose_manager(
             wire.compose_manager_attestation, app_compose=info.app_compose if info else None,
             nonce=nonce_bytes, evidence=compose_manager_evidence or NodeEvidence(),
-            roots=roots, tcb_policy=tcb_policy, now=now))
+            roots=roots, policy=policy, now=now))
 
     # (6) GPU evidence.
     gpus: tuple[GpuVerdict, ...] = ()
@@ -432,7 +428,7 @@ _CM = "compose_manager."
 
 
 def _verify_compose_manager(cma: Mapping[str, Any], *, app_compose: str | None, nonce: bytes,
-                            evidence: NodeEvidence, roots: TrustRoots, tcb_policy: TdxTcbPolicy,
+                            evidence: NodeEvidence, roots: TrustRoots, policy: ModelPolicy,
                             now: int) -> list[Check]:
     """Step (5b): NEAR's ``compose_manager_attestation`` verified in full (spec 0.4).
 
@@ -450,10 +446,13 @@ def _verify_compose_manager(cma: Mapping[str, Any], *, app_compose: str | None, 
     except ValueError:
         return [Check.failed(_CM + "tdx.quote", "tdx.quote_malformed",
                              "compose_manager_attestation quote is not hex")]
-    # (a) The quote: same collateral path and TCB policy as any node's.
+    # (a) The quote: same collateral path as any node's, and its TCB facts judged by the same
+    # policy (undecided without collateral: the quote's own check says so).
     tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
-                           now=now, tcb_policy=tcb_policy)
+                           now=now)
     checks.extend(_renamed(_explain_incomplete(tdx.checks, evidence.collateral_error)))
+    if tdx.ok:
+        checks.extend(_renamed(policy.tcb_checks(tdx.tcb_status, tdx.advisory_ids)))
     measurements = tdx.measurements
     if measurements is None:
         if any(c.status is Status.FAIL for c in tdx.checks):
