@@ -35,7 +35,7 @@ from typing import Protocol
 from sidecar.errors import VerificationFailed
 from sidecar.providers.wire import AttestationDocument, parse_attestation_document
 from sidecar.verify.binding import NONCE_LENGTH, check_report_data_binding
-from sidecar.verify.checks import Check, CheckedReport
+from sidecar.verify.checks import Check, CheckedReport, Verdict
 from sidecar.verify.signature import (
     AttestedSigner,
     CompletionSignature,
@@ -429,7 +429,7 @@ def _verify_line(read: ReceiptLine, decode: ReceiptDecoder, archive: _EvidenceCa
         return line
     line.receipt = receipt
     line.checks.append(Check.passed("receipt.format", "a receipt of a known format"))
-    if receipt.verdict == "verified":
+    if receipt.verdict == Verdict.VERIFIED:
         # (2), (3): the enclave's signature; (4), (5): the key's attestation from the archive.
         line.checks.extend(_check_signature(receipt))
         line.checks.extend(_check_evidence(receipt, archive))
@@ -439,7 +439,7 @@ def _verify_line(read: ReceiptLine, decode: ReceiptDecoder, archive: _EvidenceCa
 def _result(line: _Line) -> ReceiptLineResult:
     if any(not check.ok for check in line.checks) or line.receipt is None:
         outcome = ReceiptOutcome.INVALID
-    elif line.receipt.verdict == "verified":
+    elif line.receipt.verdict == Verdict.VERIFIED:
         outcome = ReceiptOutcome.VERIFIED
     else:
         outcome = ReceiptOutcome.RECORDED_FAILED
