@@ -56,7 +56,7 @@ from sidecar.verify.compose import (
 )
 from sidecar.verify.eventlog import verify_event_log
 from sidecar.verify.identity import DeploymentFacts
-from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
+from sidecar.verify.nvidia import GpuReport, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import GATEWAY_DEFAULT, ModelPolicy, NodeFacts
 from sidecar.verify.signature import AttestedSigner, normalise_key
 from sidecar.verify.tdx import TdxMeasurements, parse_quote_measurements, verify_tdx_quote
@@ -103,7 +103,7 @@ class NodeReport(CheckedReport):
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     measurements: Mapping[str, str] = field(default_factory=dict)
-    gpus: tuple[GpuVerdict, ...] = ()
+    gpus: tuple[GpuReport, ...] = ()
     model_name: str | None = None
     # Facts only verified evidence gives (bound compose, replayed runtime events): what
     # sidecar.verify.identity reads to pin the deployment. None when not established.
@@ -356,7 +356,7 @@ def verify_node(
             roots=roots, policy=policy, now=now))
 
     # (6) GPU evidence.
-    gpus: tuple[GpuVerdict, ...] = ()
+    gpus: tuple[GpuReport, ...] = ()
     payload = wire.nvidia_payload_text()
     gpu_checks: list[Check] = []
     if payload is not None:

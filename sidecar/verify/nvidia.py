@@ -63,7 +63,7 @@ __all__ = [
     "MAX_NVIDIA_PAYLOAD_BYTES",
     "GpuEvidenceReport",
     "GpuPolicy",
-    "GpuVerdict",
+    "GpuReport",
     "check_gpu_payload_nonce",
     "token_kids",
     "verify_nras_result",
@@ -94,7 +94,7 @@ _GPU_ID = re.compile(r"GPU-[0-9]{1,4}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
-# Per-GPU claims copied into ``GpuVerdict.claims`` for reports and receipts.
+# Per-GPU claims copied into ``GpuReport.claims`` for reports and receipts.
 _REPORTED_CLAIMS: Final[tuple[str, ...]] = (
     "measres",
     "secboot",
@@ -132,7 +132,7 @@ class GpuPolicy:
 
 
 @dataclass(frozen=True)
-class GpuVerdict(CheckedReport):
+class GpuReport(CheckedReport):
     """The checks and claims of one GPU's detached NRAS token.
 
     Attributes:
@@ -152,11 +152,11 @@ class GpuEvidenceReport(CheckedReport):
 
     Attributes:
         checks: checks on the answer as a whole (shape, overall token, submods).
-        gpus: one verdict per detached GPU token that was examined.
+        gpus: one report per detached GPU token that was examined.
     """
 
     checks: tuple[Check, ...]
-    gpus: tuple[GpuVerdict, ...]
+    gpus: tuple[GpuReport, ...]
 
     # An answer that names no GPU verified nothing, whatever its overall checks say.
     empty_code: ClassVar[str] = "gpu.nras_response_malformed"
@@ -363,9 +363,9 @@ def verify_nras_result(
                 )
 
     # (5) Each GPU token.
-    verdicts: list[GpuVerdict] = []
+    gpu_reports: list[GpuReport] = []
     for gpu_id in sorted(detached):
-        verdicts.append(
+        gpu_reports.append(
             _verify_gpu(
                 gpu_id,
                 detached[gpu_id],
@@ -378,7 +378,7 @@ def verify_nras_result(
                 policy,
             )
         )
-    return GpuEvidenceReport(tuple(checks), tuple(verdicts))
+    return GpuEvidenceReport(tuple(checks), tuple(gpu_reports))
 
 
 # --- Internals ---------------------------------------------------------------------------------
@@ -643,7 +643,7 @@ def _verify_gpu(
     expected_nonce: str,
     now: int,
     policy: GpuPolicy,
-) -> GpuVerdict:
+) -> GpuReport:
     """All checks on one detached GPU token (recipe step 5, plus its submods digest).
 
     ``unbound`` says why the submods binding cannot be decided (``None`` when it can).
@@ -688,11 +688,11 @@ def _verify_gpu(
     )
     checks.extend(token_checks)
     if claims is None:
-        return GpuVerdict(gpu_id, tuple(checks))
+        return GpuReport(gpu_id, tuple(checks))
 
     checks.extend(_check_gpu_claims(gpu_id, claims, policy))
     reported = MappingProxyType({name: claims[name] for name in _REPORTED_CLAIMS if name in claims})
-    return GpuVerdict(gpu_id, tuple(checks), reported)
+    return GpuReport(gpu_id, tuple(checks), reported)
 
 
 # NRAS's own verdicts on the evidence it checked (GPU Claims guide v3.0), as a real NRAS answer
