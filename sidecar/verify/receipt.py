@@ -158,7 +158,8 @@ class ReceiptLineResult(CheckedReport):
 
 @dataclass(frozen=True, slots=True)
 class ReceiptsReport:
-    """The outcome of ``verify_receipts``: one result per line, and the counts.
+    """The outcome of ``verify_receipt_lines`` (and ``sidecar.receipts.verify_receipts``): one
+    result per line, and the counts.
 
     Attributes:
         files: the files read, oldest first.
