@@ -23,10 +23,10 @@ from sidecar.logs import configure_logging
 from sidecar.providers.wire import parse_attestation_document
 from sidecar.render import EXIT_STATUS, attestation_json, attestation_text
 from sidecar.trust import SIMULATOR_WARNING, load_anchors
+from sidecar.archive import decode_context
 from sidecar.verify.attestation import (
     AttestationReport,
     NodeEvidence,
-    decode_context,
     verify_attestation,
 )
 from sidecar.verify.checks import Status

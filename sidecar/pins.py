@@ -36,12 +36,12 @@ import structlog
 from sidecar.durable import replace_durably
 from sidecar.errors import ConfigError, SidecarError, VerificationFailed
 from sidecar.providers.wire import parse_attestation_document
+from sidecar.archive import decode_context
 from sidecar.verify.attestation import (
     AttestationReport,
     NodeEvidence,
     NodeReport,
     TrustRoots,
-    decode_context,
     verify_attestation,
 )
 from sidecar.verify.checks import Check, Status

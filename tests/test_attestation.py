@@ -261,7 +261,7 @@ def test_a_verifier_that_raises_fails_the_node_closed(monkeypatch: pytest.Monkey
 ])
 def test_a_malformed_context_is_refused(data: bytes) -> None:
     from sidecar.errors import VerificationFailed
-    from sidecar.verify.attestation import decode_context
+    from sidecar.archive import decode_context
 
     with pytest.raises(VerificationFailed) as info:
         decode_context(data)
@@ -338,3 +338,73 @@ def test_both_nonce_echoes_must_name_the_nonce() -> None:
     report = attest(edit=two_echoes)
     assert failure_codes(report) == {"binding.nonce_mismatch"}
     assert attest(edit=lambda r: r.update(request_nonce=r["nonce"])).verdict == "verified"
+
+
+# --- One TCB gate: the quote verifier reports TCB status and advisories, the policy judges ----
+
+
+def _failing(report: AttestationReport) -> dict[str, str | None]:
+    return {c.name: c.code for node in report.nodes for c in node.checks
+            if c.status is Status.FAIL}
+
+
+def test_tcb_status_is_judged_by_the_policy_not_the_quote_check() -> None:
+    report = attest(authority=TestTdxAuthority(tcb_status="OutOfDate"))
+
+    assert report.verdict == "failed"
+    assert _failing(report) == {"policy.tcb_status": "policy.tcb_status_not_allowed"}
+    checks = {c.name: c for c in report.nodes[0].checks}
+    assert checks["tdx.tcb_status"].ok  # a fact, reported
+    assert report.nodes[0].tcb_status == "OutOfDate"
+
+
+def test_advisory_not_tolerated_by_the_policy_fails_the_node() -> None:
+    authority = TestTdxAuthority(tcb_status="UpToDate", advisory_ids=["INTEL-SA-00837"])
+
+    refused = attest(authority=authority)
+    tolerated = attest(authority=authority,
+                       policy=build_model_policy("*", tolerated_advisories=["INTEL-SA-00837"]))
+
+    assert _failing(refused) == {"policy.advisories": "policy.advisory_not_tolerated"}
+    assert tolerated.verdict == "verified", tolerated.failure
+
+
+def test_tcb_is_gated_even_when_the_policy_does_not_require_tdx() -> None:
+    # Every node carries a quote the sidecar verifies; its TCB is judged whatever require_tdx says.
+    report = attest(authority=TestTdxAuthority(tcb_status="OutOfDate"),
+                    policy=build_model_policy("*", require_tdx=False))
+
+    assert _failing(report) == {"policy.tcb_status": "policy.tcb_status_not_allowed"}
+
+
+def test_the_compose_manager_quote_tcb_is_judged_by_the_same_policy() -> None:
+    from sidecar.providers.wire import compose_manager_label
+
+    nonce = secrets.token_hex(32)
+    evidence = SimulatedEvidence(authority=TestTdxAuthority(tcb_status="OutOfDate"),
+                                 nras=SimulatedNras(faults=NrasFaults()))
+    body = {"model_attestations": [evidence.near_model_entry(
+        0, SigningNode(), "ecdsa", nonce, bytes.fromhex(nonce), Faults(), model_name="TEE/m")]}
+    document = parse_attestation_document(json.dumps(body).encode())
+    gathered = {}
+    for claim in document.nodes:
+        payload = claim.wire.nvidia_payload_text()
+        gathered[claim.label] = NodeEvidence(
+            collateral_json=evidence.authority.collateral_json(NOW),
+            nras_response=evidence.nras.attest(payload, NOW) if payload else None,
+            jwks=ANCHORS.pinned_jwks)
+        gathered[compose_manager_label(claim.label)] = NodeEvidence(
+            collateral_json=evidence.authority.collateral_json(NOW))
+    assert all(c.wire.compose_manager_attestation is not None for c in document.nodes)
+
+    def verify(policy: ModelPolicy) -> AttestationReport:
+        return verify_attestation(document, model="TEE/m", nonce=nonce, evidence=gathered,
+                                  roots=ANCHORS.roots, policy=policy, now=NOW)
+
+    refused = verify(build_model_policy("*"))
+    accepted = verify(build_model_policy("*", accepted_tcb_statuses=["OutOfDate"]))
+
+    assert _failing(refused) == {"policy.tcb_status": "policy.tcb_status_not_allowed",
+                                 "compose_manager.policy.tcb_status":
+                                     "policy.tcb_status_not_allowed"}
+    assert accepted.verdict == "verified", accepted.failure

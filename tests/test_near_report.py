@@ -22,11 +22,10 @@ from sidecar.cli import main
 from sidecar.config import TrustAnchors
 from sidecar.providers.wire import compose_manager_label, parse_attestation_document
 from sidecar.trust import load_anchors
+from sidecar.archive import decode_context, encode_context
 from sidecar.verify.attestation import (
     AttestationReport,
     NodeEvidence,
-    decode_context,
-    encode_context,
     verify_attestation,
 )
 from sidecar.verify.checks import Status

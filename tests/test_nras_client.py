@@ -77,7 +77,7 @@ async def test_attest_and_jwks_round_trip_verifies(
         now=int(time.time()),
         policy=GpuPolicy(),
     )
-    assert report.ok, report.failures()
+    assert report.ok, report.failures
     assert len(report.gpus) == 2
 
 
@@ -237,4 +237,4 @@ async def test_simulator_faults_are_read_per_request(
         now=int(time.time()),
         policy=GpuPolicy(),
     )
-    assert [c.code for c in report.failures()] == ["gpu.overall_result_false"]
+    assert [c.code for c in report.failures] == ["gpu.overall_result_false"]

@@ -39,7 +39,7 @@ from sidecar.verify.nvidia import (
     MAX_NRAS_RESPONSE_BYTES,
     GpuEvidenceReport,
     GpuPolicy,
-    GpuVerdict,
+    GpuReport,
     check_gpu_payload_nonce,
     token_kids,
     verify_nras_result,
@@ -86,7 +86,7 @@ def verify(
 
 
 def failures(report: GpuEvidenceReport) -> list[Check]:
-    return list(report.failures())
+    return list(report.failures)
 
 
 def only_failure(report: GpuEvidenceReport) -> Check:
@@ -660,10 +660,10 @@ def test_raise_for_failure_ranks_failed_above_incomplete() -> None:
     bad = Check.failed("gpu.dbgstat", "gpu.debug_enabled", "GPU-0 dbgstat is on")
     passed = Check.passed("gpu.nras_response", "ok")
 
-    only_undecided = GpuEvidenceReport((passed,), (GpuVerdict("GPU-0", (undecided,)),))
+    only_undecided = GpuEvidenceReport((passed,), (GpuReport("GPU-0", (undecided,)),))
     with pytest.raises(VerificationIncomplete, match="gpu.submod_digest: GPU-0: why"):
         only_undecided.raise_for_failure()
-    both = GpuEvidenceReport((passed,), (GpuVerdict("GPU-0", (undecided, bad)),))
+    both = GpuEvidenceReport((passed,), (GpuReport("GPU-0", (undecided, bad)),))
     with pytest.raises(VerificationFailed, match="dbgstat is on") as raised:
         both.raise_for_failure()
     assert not isinstance(raised.value, VerificationIncomplete)

@@ -17,7 +17,7 @@ from sidecar.errors import VerificationIncomplete
 from sidecar.proxy.collateral import CollateralSource, _signed_document, quote_platform
 from sidecar.simulator.pcs import add_pcs_routes
 from sidecar.simulator.tdx_authority import TestTdxAuthority
-from sidecar.verify.tdx import TdxTcbPolicy, collateral_next_update, verify_tdx_quote
+from sidecar.verify.tdx import collateral_next_update, verify_tdx_quote
 
 ASSETS = Path(__file__).parent / "assets" / "tdx"
 NOW = 1_760_000_000
@@ -89,7 +89,7 @@ def pcs_url(server: TestServer) -> str:
 
 def verify(quote: bytes, collateral: str, authority: TestTdxAuthority, now: int = NOW) -> bool:
     report = verify_tdx_quote(
-        quote, collateral, root_ca_der=authority.root_ca_der, now=now, tcb_policy=TdxTcbPolicy()
+        quote, collateral, root_ca_der=authority.root_ca_der, now=now
     )
     return report.ok
 

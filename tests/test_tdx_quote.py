@@ -11,10 +11,10 @@ import pytest
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.simulator.tdx_authority import TestTdxAuthority
 from sidecar.verify.checks import Status
+from sidecar.verify.policy import build_model_policy
 from sidecar.verify.tdx import (
     MAX_QUOTE_BYTES,
     TdxQuoteReport,
-    TdxTcbPolicy,
     collateral_next_update,
     parse_quote_measurements,
     verify_tdx_quote,
@@ -29,7 +29,6 @@ REAL_QUOTE = (ASSETS / "tdx_quote").read_bytes()
 REAL_COLLATERAL = (ASSETS / "tdx_quote_collateral.json").read_text()
 # TCB info issueDate 2025-06-19T10:16:03Z + 1 h: inside every validity window of the collateral.
 REAL_NOW = 1750331763
-STRICT = TdxTcbPolicy()
 
 BODY = 48  # the TD report body starts after the 48-byte header
 SIG = BODY + 584 + 4  # ECDSA signature data starts after the body and its 4-byte length
@@ -39,9 +38,8 @@ SIM_NOW = 1_760_000_000
 
 def verify_real(quote: bytes, collateral: str | None = REAL_COLLATERAL, **kw: object) -> TdxQuoteReport:
     now = kw.pop("now", REAL_NOW)
-    policy = kw.pop("policy", STRICT)
     root = kw.pop("root", INTEL_ROOT)
-    return verify_tdx_quote(quote, collateral, root_ca_der=root, now=now, tcb_policy=policy)  # type: ignore[arg-type]
+    return verify_tdx_quote(quote, collateral, root_ca_der=root, now=now)  # type: ignore[arg-type]
 
 
 def flip(data: bytes, offset: int) -> bytes:
@@ -94,7 +92,7 @@ def test_real_quote_verifies_up_to_date_and_measurements_come_from_the_quote() -
     assert m.rtmr3 == REAL_QUOTE[BODY + 472 : BODY + 520]
     assert m.report_data == REAL_QUOTE[BODY + 520 : BODY + 584]
     assert m.report_data.hex().startswith("9a9d48e7f6799642d3d1")
-    assert report.raise_for_failure() == m
+    assert report.verified_measurements() == m
 
 
 def test_outdated_real_quote_is_rejected() -> None:
@@ -274,58 +272,49 @@ def test_collateral_next_update_refuses_unreadable_collateral(collateral: str) -
     assert info.value.code == "tdx.collateral_invalid"
 
 
-# --- TCB policy ----------------------------------------------------------------------------------
+# --- TCB facts (the policy judges them: tests/test_policy.py, tests/test_attestation.py) -------
 
 
-def _sim_report(authority: TestTdxAuthority, policy: TdxTcbPolicy) -> TdxQuoteReport:
+def _sim_report(authority: TestTdxAuthority) -> TdxQuoteReport:
     quote = authority.make_quote(**sim_measurements())
     return verify_tdx_quote(
         quote,
         authority.collateral_json(SIM_NOW),
         root_ca_der=authority.root_ca_der,
         now=SIM_NOW,
-        tcb_policy=policy,
     )
 
 
-def test_tcb_status_not_in_policy_is_rejected() -> None:
-    report = _sim_report(TestTdxAuthority(tcb_status="OutOfDate", advisory_ids=["INTEL-SA-00837"]), STRICT)
+def test_tcb_status_and_advisories_are_reported_not_judged() -> None:
+    report = _sim_report(TestTdxAuthority(tcb_status="OutOfDate", advisory_ids=["INTEL-SA-00837"]))
 
+    assert report.ok, report.checks
     assert report.tcb_status == "OutOfDate"
     assert report.advisory_ids == ("INTEL-SA-00837",)
-    assert report.measurements is None
+    assert report.measurements is not None
     assert report.checks[-1].name == "tdx.tcb_status"
-    with pytest.raises(VerificationFailed, match="TCB status OutOfDate is not accepted") as info:
-        report.raise_for_failure()
-    assert info.value.code == "policy.tcb_status_not_allowed"
-
-
-def test_tcb_status_in_policy_is_accepted() -> None:
-    policy = TdxTcbPolicy(accepted_statuses=frozenset({"UpToDate", "SWHardeningNeeded"}))
-    report = _sim_report(TestTdxAuthority(tcb_status="SWHardeningNeeded"), policy)
-
-    assert report.ok
-    assert report.tcb_status == "SWHardeningNeeded"
+    assert "TCB status OutOfDate (advisories: INTEL-SA-00837)" in report.checks[-1].detail
 
 
 @pytest.mark.parametrize(
     ("tolerated", "ok"),
     [
-        pytest.param(None, True, id="none_means_status_is_the_gate"),
         pytest.param(frozenset({"INTEL-SA-00837"}), True, id="listed"),
         pytest.param(frozenset(), False, id="empty_tolerates_none"),
         pytest.param(frozenset({"INTEL-SA-00615"}), False, id="other_listed"),
     ],
 )
-def test_advisories_are_checked_against_the_allow_list(tolerated: frozenset[str] | None, ok: bool) -> None:
+def test_reported_advisories_are_judged_by_the_policy(tolerated: frozenset[str], ok: bool) -> None:
     authority = TestTdxAuthority(tcb_status="UpToDate", advisory_ids=["INTEL-SA-00837"])
-    report = _sim_report(authority, TdxTcbPolicy(tolerated_advisories=tolerated))
+    report = _sim_report(authority)
+    policy = build_model_policy("*", tolerated_advisories=tolerated)
 
-    assert report.ok is ok
+    judged = policy.tcb_checks(report.tcb_status, report.advisory_ids)
+
+    assert report.ok
+    assert all(check.ok for check in judged) is ok
     if not ok:
-        with pytest.raises(VerificationFailed, match="advisories not tolerated: INTEL-SA-00837") as info:
-            report.raise_for_failure()
-        assert info.value.code == "policy.advisory_not_tolerated"
+        assert [c.code for c in judged if not c.ok] == ["policy.advisory_not_tolerated"]
 
 
 @pytest.mark.parametrize(
@@ -338,8 +327,7 @@ def test_advisories_are_checked_against_the_allow_list(tolerated: frozenset[str]
 def test_platforms_intel_would_not_certify_fail_even_a_permissive_policy(
     authority: TestTdxAuthority, code: str, message: str
 ) -> None:
-    everything = TdxTcbPolicy(accepted_statuses=frozenset(TestTdxAuthority.TCB_STATUSES))
-    report = _sim_report(authority, everything)
+    report = _sim_report(authority)
 
     with pytest.raises(VerificationFailed, match=message) as info:
         report.raise_for_failure()
@@ -351,7 +339,7 @@ def test_platforms_intel_would_not_certify_fail_even_a_permissive_policy(
 
 def test_simulator_quote_verifies_under_the_simulator_root(authority: TestTdxAuthority) -> None:
     asked = sim_measurements()
-    report = _sim_report(authority, STRICT)
+    report = _sim_report(authority)
 
     assert report.ok, report.checks
     assert report.tcb_status == "UpToDate"
@@ -373,7 +361,7 @@ def test_simulator_quote_verifies_under_the_simulator_root(authority: TestTdxAut
 def test_simulator_quote_is_rejected_under_the_intel_root(authority: TestTdxAuthority) -> None:
     quote = authority.make_quote(**sim_measurements())
     report = verify_tdx_quote(
-        quote, authority.collateral_json(SIM_NOW), root_ca_der=INTEL_ROOT, now=SIM_NOW, tcb_policy=STRICT
+        quote, authority.collateral_json(SIM_NOW), root_ca_der=INTEL_ROOT, now=SIM_NOW
     )
 
     assert not report.ok
@@ -397,7 +385,7 @@ def test_simulator_collateral_expires_after_thirty_days(authority: TestTdxAuthor
     collateral = authority.collateral_json(SIM_NOW)
     later = collateral_next_update(collateral) + 1
     report = verify_tdx_quote(
-        quote, collateral, root_ca_der=authority.root_ca_der, now=later, tcb_policy=STRICT
+        quote, collateral, root_ca_der=authority.root_ca_der, now=later
     )
 
     assert report.failure is not None and report.failure.code == "tdx.collateral_expired"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from sidecar.config import ProviderKind
-from sidecar.verify.signature import Role
+from sidecar.providers.wire import Role
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,52 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sidecar.errors import VerificationFailed
-from sidecar.verify.signature import MAX_TEXT_LENGTH, CompletionSignature, SignatureKind
+
+# --- The signature record's types, which the verifier (sidecar.verify.signature) takes ----------
+
+# The canonical model name in a 3-part text: the same bound as a receipt's model and the proxy's
+# request parser (a real name is tens of characters, e.g. "Qwen/Qwen3.5-122B-A10B").
+MAX_MODEL_LENGTH = 256
+# The longest text the contract produces: a model, then two digests each behind a colon. The
+# bound keeps a hostile gateway from making us hash or parse megabytes per completion.
+MAX_TEXT_LENGTH = MAX_MODEL_LENGTH + 2 * (1 + 64)
+
+Role = Literal["gateway", "model"]
+
+
+class SignatureKind(StrEnum):
+    """Which attested key a signature record says signed it (NEAR Cloud, spec 0.2)."""
+
+    GATEWAY = "gateway"  # the attested gateway key, 2-part text over the client's bytes
+    PROVIDER_TEE = "provider_tee"  # the attested model node key, 3-part text
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionSignature:
+    """A signature as fetched from the provider's signature endpoint.
+
+    Attributes:
+        text: the signed text, 2- or 3-part (spec 0.2).
+        signature: ecdsa ``0x`` + r‖s‖v hex, or ed25519 signature hex.
+        signing_address: the key the record names.
+        signing_algo: ``ecdsa`` or ``ed25519``.
+        signature_kind: NEAR Cloud's ``signature_kind``; ``None`` when the record has none.
+    """
+
+    text: str
+    signature: str
+    signing_address: str
+    signing_algo: str = "ecdsa"
+    signature_kind: SignatureKind | None = None
+
+
+# --- Attestation reports ------------------------------------------------------------------------
 
 # Real reports are tens of KiB (a 5 KiB quote, an event log, GPU evidence of a few KiB per GPU);
 # 4 MiB leaves room for eight-GPU nodes and refuses a hostile multi-gigabyte body.

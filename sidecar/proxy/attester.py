@@ -38,11 +38,11 @@ from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.provenance_source import ProvenanceGate
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.telemetry import Telemetry
+from sidecar.archive import encode_context
 from sidecar.verify.attestation import (
     AttestationReport,
     NodeEvidence,
     TrustRoots,
-    encode_context,
     verify_attestation,
 )
 from sidecar.verify.checks import Status
@@ -338,13 +338,7 @@ class AttestationCache:
                  evidence_sha256=report.evidence_sha256, simulated_roots=self._attester.simulated,
                  nodes=[{"node": n.label, "key": n.signing_key, "status": str(n.status),
                          "failure": n.failure.code if n.failure else None} for n in report.nodes])
-        if not report.attested_keys:
-            failure = report.failure
-            detail = f"{failure.name}: {failure.detail}" if failure else "no node attested"
-            code = failure.code if failure and failure.code else "attestation.failed"
-            if failure is not None and failure.status is Status.INCOMPLETE:
-                raise VerificationIncomplete(f"attestation of {model} undecided: {detail}", code=code)
-            raise VerificationFailed(f"attestation of {model} failed: {detail}", code=code)
+        report.raise_unless_attested()
         entry = CachedAttestation(report, body, started + self._ttl_for(model), context,
                                   _served_model(model, report))
         if self._on_attested is not None:

@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import dcap_qvl
 from aiohttp import hdrs
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.verify.tdx import MAX_COLLATERAL_BYTES, MAX_QUOTE_BYTES, collateral_next_update
+from sidecar.verify.tdx import MAX_COLLATERAL_BYTES, collateral_next_update, quote_platform
 
 __all__ = [
     "INTEL_PCS_URL",
@@ -72,34 +71,6 @@ _QE_CHAIN_HEADER = "SGX-Enclave-Identity-Issuer-Chain"
 
 def _unavailable(message: str) -> VerificationIncomplete:
     return VerificationIncomplete(message, code=_CODE)
-
-
-def quote_platform(quote: bytes) -> tuple[str, str]:
-    """The FMSPC (12 upper-case hex digits) and PCK CA type (``platform``/``processor``) of a quote.
-
-    Read from the PCK leaf certificate embedded in the quote; nothing here is verified (the
-    verifier does that), it only selects which collateral to fetch.
-
-    Raises:
-        VerificationIncomplete: if the quote carries no readable PCK certificate.
-    """
-    if len(quote) > MAX_QUOTE_BYTES:
-        raise _unavailable(f"quote is {len(quote)} bytes, more than the {MAX_QUOTE_BYTES} allowed")
-    try:
-        parsed = dcap_qvl.parse_quote(bytes(quote))
-        fmspc = str(parsed.fmspc()).upper()
-        ca = str(parsed.ca())
-    except BaseException as exc:
-        # dcap-qvl raises ValueError, and pyo3 turns a Rust panic into PanicException (a
-        # BaseException): neither may escape on a hostile quote. Interrupts still propagate.
-        if not (isinstance(exc, Exception) or type(exc).__name__ == "PanicException"):
-            raise
-        raise _unavailable(f"cannot read the platform (FMSPC) from the quote: {exc}") from exc
-    if len(fmspc) != 12 or any(c not in "0123456789ABCDEF" for c in fmspc):
-        raise _unavailable(f"quote names an invalid FMSPC {fmspc[:40]!r}")
-    if ca not in ("platform", "processor"):
-        raise _unavailable(f"quote names an unknown PCK CA {ca[:40]!r}")
-    return fmspc, ca
 
 
 def _raw_members(body: str) -> dict[str, str]:

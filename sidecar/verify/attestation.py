@@ -4,8 +4,9 @@ The I/O layer (``sidecar.proxy.attester``) fetches the report with a fresh nonce
 node, what must come from elsewhere (DCAP collateral, the NRAS answer, the NVIDIA JWKS, the TLS
 key of the connection). This module decides. For every node:
 
-  (1) verify the TDX quote locally against the root CA and collateral (dcap-qvl), apply the TCB
-      status/advisory policy, and read REPORTDATA, MRTD, RTMR0-3 and mr_config_id from it;
+  (1) verify the TDX quote locally against the root CA and collateral (dcap-qvl), and read its
+      TCB status and advisories (facts, judged in (7)), REPORTDATA, MRTD, RTMR0-3 and
+      mr_config_id from it;
   (2) REPORTDATA binds the node's signing key (or, with a TLS fingerprint, sha256(key ‖ fp))
       and the nonce this session sent; every nonce echo present (``request_nonce``, ``nonce``)
       names that nonce; ``signing_public_key``, when served, is the key of the address;
@@ -21,8 +22,9 @@ key of the connection). This module decides. For every node:
       then is ``actions_hash`` checked against ``actions``;
   (6) GPU evidence: ``nvidia_payload.nonce`` is our nonce, and the NRAS answer verifies (JWT
       signatures, issuer, expiry, eat_nonce, overall result, submods, per-GPU policy claims);
-  (7) the user's policy over the measured facts: the model's entry for model nodes, the
-      gateway entry for a gateway (a model's measurement pins never apply to the gateway).
+  (7) the user's policy over the measured facts, TCB status and advisories included (the one
+      TCB gate): the model's entry for model nodes, the gateway entry for a gateway (a model's
+      measurement pins never apply to the gateway).
 
 A node is attested only when every check passes. A check that could not be decided (no
 collateral, NRAS unreachable) is ``incomplete`` and never counts as passing. Only the keys of
@@ -33,10 +35,9 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim, compose_manager_label
 from sidecar.verify.binding import (
@@ -44,7 +45,7 @@ from sidecar.verify.binding import (
     check_public_key_binding,
     check_report_data_binding,
 )
-from sidecar.verify.checks import Check, Status
+from sidecar.verify.checks import Check, CheckedReport, Status, Verdict, combine
 from sidecar.errors import VerificationFailed
 from sidecar.verify.compose import (
     NodeInfo,
@@ -55,18 +56,10 @@ from sidecar.verify.compose import (
 )
 from sidecar.verify.eventlog import verify_event_log
 from sidecar.verify.identity import DeploymentFacts
-from sidecar.verify.nvidia import GpuVerdict, check_gpu_payload_nonce, verify_nras_result
+from sidecar.verify.nvidia import GpuReport, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import GATEWAY_DEFAULT, ModelPolicy, NodeFacts
 from sidecar.verify.signature import AttestedSigner, normalise_key
-from sidecar.verify.tdx import (
-    TdxMeasurements,
-    TdxTcbPolicy,
-    parse_quote_measurements,
-    verify_tdx_quote,
-)
-
-Verdict = Literal["verified", "failed", "incomplete"]
-
+from sidecar.verify.tdx import TdxMeasurements, parse_quote_measurements, verify_tdx_quote
 
 @dataclass(frozen=True, slots=True)
 class TrustRoots:
@@ -99,7 +92,7 @@ class NodeEvidence:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeReport:
+class NodeReport(CheckedReport):
     """Everything checked about one node."""
 
     label: str
@@ -110,7 +103,7 @@ class NodeReport:
     tcb_status: str | None = None
     advisory_ids: tuple[str, ...] = ()
     measurements: Mapping[str, str] = field(default_factory=dict)
-    gpus: tuple[GpuVerdict, ...] = ()
+    gpus: tuple[GpuReport, ...] = ()
     model_name: str | None = None
     # Facts only verified evidence gives (bound compose, replayed runtime events): what
     # sidecar.verify.identity reads to pin the deployment. None when not established.
@@ -119,19 +112,9 @@ class NodeReport:
     # proved it is the key of the attested address: the one key E2EE may seal prompts to.
     public_key: str | None = None
 
-    @property
-    def status(self) -> Status:
-        """fail if any check failed, else incomplete if any was undecided, else pass."""
-        return _combine(check.status for check in self.checks)
-
-    @property
-    def failure(self) -> Check | None:
-        """The first check that did not pass."""
-        return next((c for c in self.checks if not c.ok), None)
-
 
 @dataclass(frozen=True, slots=True)
-class AttestationReport:
+class AttestationReport(CheckedReport):
     """The verdict on a model's report: one ``NodeReport`` per node."""
 
     model: str
@@ -140,12 +123,27 @@ class AttestationReport:
     nodes: tuple[NodeReport, ...]
     verified_at: int
 
+    empty_code: ClassVar[str] = "attestation.failed"
+
+    @property
+    def checks(self) -> tuple[Check, ...]:  # type: ignore[override]
+        """Every node's checks, node by node."""
+        return tuple(check for node in self.nodes for check in node.checks)
+
+    @property
+    def status(self) -> Status:
+        """Every node's status combined: a report with no node, or a node with no check, fails."""
+        return combine(node.status for node in self.nodes)
+
+    @property
+    def ok(self) -> bool:
+        """True only when every node passed every check."""
+        return self.status is Status.PASS
+
     @property
     def verdict(self) -> Verdict:
         """``verified`` only when every node passed every check."""
-        status = _combine(node.status for node in self.nodes)
-        return {Status.PASS: "verified", Status.FAIL: "failed",
-                Status.INCOMPLETE: "incomplete"}[status]  # type: ignore[return-value]
+        return Verdict.of(self.status)
 
     @property
     def attested_keys(self) -> frozenset[str]:
@@ -177,19 +175,29 @@ class AttestationReport:
         return {n.signing_key: n.public_key for n in self.nodes
                 if n.role == "model" and n.status is Status.PASS and n.public_key is not None}
 
-    @property
-    def failure(self) -> Check | None:
-        """The first failing (else undecided) check across nodes."""
-        checks = [c for node in self.nodes for c in node.checks if not c.ok]
-        failed = [c for c in checks if c.status is Status.FAIL]
-        return failed[0] if failed else (checks[0] if checks else None)
 
+    def failure_message(self, check: Check | None) -> str:
+        """``attestation of <model> failed|undecided: <check>: <detail>``."""
+        if check is None:
+            return f"attestation of {self.model} failed: no node attested"
+        outcome = "undecided" if check.status is Status.INCOMPLETE else "failed"
+        return f"attestation of {self.model} {outcome}: {check.name}: {check.detail}"
 
-def _combine(statuses: Iterable[Status]) -> Status:
-    seen = set(statuses)
-    if not seen or Status.FAIL in seen:
-        return Status.FAIL
-    return Status.INCOMPLETE if Status.INCOMPLETE in seen else Status.PASS
+    def raise_unless_attested(self) -> None:
+        """Return when some model node is attested (its key may sign); else raise.
+
+        Nodes that failed beside an attested one do not raise: their keys are simply not
+        admitted (``attested_keys``).
+
+        Raises:
+            VerificationIncomplete: no model node attested and the first reason is undecided.
+            VerificationFailed: no model node attested (``attestation.failed`` when every node
+                passed but none is a model node).
+        """
+        if self.attested_keys:
+            return
+        self.raise_for_failure()
+        raise VerificationFailed(self.failure_message(None), code=self.empty_code)
 
 
 def verify_attestation(
@@ -281,9 +289,8 @@ def verify_node(
     except ValueError:
         checks.append(Check.failed("tdx.quote", "tdx.quote_malformed", "intel_quote is not hex"))
         return report()
-    tcb_policy = TdxTcbPolicy(policy.accepted_tcb_statuses, policy.tolerated_advisories)
     tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
-                           now=now, tcb_policy=tcb_policy)
+                           now=now)
     checks.extend(_explain_incomplete(tdx.checks, evidence.collateral_error))
     measurements: TdxMeasurements | None = tdx.measurements
     if measurements is None:
@@ -364,10 +371,10 @@ def verify_node(
         checks.extend(_verify_compose_manager(
             wire.compose_manager_attestation, app_compose=info.app_compose if info else None,
             nonce=nonce_bytes, evidence=compose_manager_evidence or NodeEvidence(),
-            roots=roots, tcb_policy=tcb_policy, now=now))
+            roots=roots, policy=policy, now=now))
 
     # (6) GPU evidence.
-    gpus: tuple[GpuVerdict, ...] = ()
+    gpus: tuple[GpuReport, ...] = ()
     payload = wire.nvidia_payload_text()
     gpu_checks: list[Check] = []
     if payload is not None:
@@ -385,11 +392,11 @@ def verify_node(
                                                "NRAS answer verified no GPU"))
             gpus = gpu.gpus
     checks.extend(gpu_checks)
-    gpu_status = _combine(c.status for c in gpu_checks)
+    gpu_status = combine(c.status for c in gpu_checks)
     extra["gpus"] = gpus
 
     # (7) The user's policy over what was measured.
-    tdx_status = _combine(c.status for c in tdx.checks)
+    tdx_status = combine(c.status for c in tdx.checks)
     facts = NodeFacts(
         has_tdx=True,
         has_nvidia=payload is not None,
@@ -439,7 +446,7 @@ _CM = "compose_manager."
 
 
 def _verify_compose_manager(cma: Mapping[str, Any], *, app_compose: str | None, nonce: bytes,
-                            evidence: NodeEvidence, roots: TrustRoots, tcb_policy: TdxTcbPolicy,
+                            evidence: NodeEvidence, roots: TrustRoots, policy: ModelPolicy,
                             now: int) -> list[Check]:
     """Step (5b): NEAR's ``compose_manager_attestation`` verified in full (spec 0.4).
 
@@ -457,10 +464,13 @@ def _verify_compose_manager(cma: Mapping[str, Any], *, app_compose: str | None, 
     except ValueError:
         return [Check.failed(_CM + "tdx.quote", "tdx.quote_malformed",
                              "compose_manager_attestation quote is not hex")]
-    # (a) The quote: same collateral path and TCB policy as any node's.
+    # (a) The quote: same collateral path as any node's, and its TCB facts judged by the same
+    # policy (undecided without collateral: the quote's own check says so).
     tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
-                           now=now, tcb_policy=tcb_policy)
+                           now=now)
     checks.extend(_renamed(_explain_incomplete(tdx.checks, evidence.collateral_error)))
+    if tdx.ok:
+        checks.extend(_renamed(policy.tcb_checks(tdx.tcb_status, tdx.advisory_ids)))
     measurements = tdx.measurements
     if measurements is None:
         if any(c.status is Status.FAIL for c in tdx.checks):
@@ -553,78 +563,3 @@ def _hex_or_none(value: str | None) -> bytes | None:
 def _explain_incomplete(checks: Sequence[Check], why: str) -> list[Check]:
     return [Check(c.name, c.status, f"{c.detail} ({why})", c.code)
             if c.status is Status.INCOMPLETE else c for c in checks]
-
-
-
-CONTEXT_FORMAT = "tee-sidecar-attestation-context/1"
-
-
-def encode_context(report: AttestationReport, evidence: Mapping[str, NodeEvidence]) -> bytes:
-    """What a report was verified with (per node: collateral, NRAS answer, JWKS, TLS key seen),
-    as JSON, so that ``decode_context`` can re-run ``verify_attestation`` offline later."""
-    nodes = {
-        label: {
-            "collateral": item.collateral_json,
-            "nras": list(item.nras_response) if item.nras_response is not None else None,
-            "jwks": dict(item.jwks) if item.jwks is not None else None,
-            "tls_spki_sha256": item.tls_spki_sha256.hex() if item.tls_spki_sha256 else None,
-        }
-        for label, item in evidence.items()
-    }
-    return json.dumps({"format": CONTEXT_FORMAT, "model": report.model, "nonce": report.nonce,
-                       "verified_at": report.verified_at, "nodes": nodes},
-                      separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class AttestationContext:
-    """A decoded context: the model, nonce and time of an attestation, and per-node evidence."""
-
-    model: str
-    nonce: str
-    verified_at: int
-    evidence: Mapping[str, NodeEvidence]
-
-
-def decode_context(data: bytes) -> AttestationContext:
-    """Read what ``encode_context`` wrote.
-
-    Raises:
-        VerificationFailed: ``attestation.context_malformed`` for anything else.
-    """
-    def bad(why: str) -> VerificationFailed:
-        return VerificationFailed(f"attestation context {why}", code="attestation.context_malformed")
-
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        raise bad("is not JSON") from None
-    if not isinstance(obj, dict) or obj.get("format") != CONTEXT_FORMAT:
-        raise bad(f"is not of format {CONTEXT_FORMAT}")
-    nonce, model, verified_at, nodes = (obj.get("nonce"), obj.get("model"),
-                                        obj.get("verified_at"), obj.get("nodes"))
-    if not (isinstance(nonce, str) and isinstance(model, str) and isinstance(verified_at, int)
-            and isinstance(nodes, dict)):
-        raise bad("lacks nonce, model, verified_at or nodes")
-    if len(nonce) != 64 or any(c not in "0123456789abcdef" for c in nonce):
-        raise bad("nonce is not 64 lower-case hex characters")
-    evidence: dict[str, NodeEvidence] = {}
-    for label, item in nodes.items():
-        if not isinstance(item, dict):
-            raise bad(f"node {label!r} is not an object")
-        collateral, nras, jwks, spki = (item.get("collateral"), item.get("nras"),
-                                        item.get("jwks"), item.get("tls_spki_sha256"))
-        if not ((collateral is None or isinstance(collateral, str))
-                and (nras is None or isinstance(nras, list))
-                and (jwks is None or isinstance(jwks, dict))
-                and (spki is None or isinstance(spki, str))):
-            raise bad(f"node {label!r} has fields of the wrong type")
-        try:
-            spki_bytes = bytes.fromhex(spki) if spki else None
-        except ValueError:
-            raise bad(f"node {label!r} tls_spki_sha256 is not hex") from None
-        evidence[str(label)] = NodeEvidence(
-            collateral_json=collateral, collateral_error="context holds no collateral",
-            nras_response=nras, nras_error="context holds no NRAS answer", jwks=jwks,
-            tls_spki_sha256=spki_bytes)
-    return AttestationContext(model, nonce, verified_at, evidence)

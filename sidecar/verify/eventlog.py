@@ -27,10 +27,10 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from sidecar.errors import VerificationFailed
-from sidecar.verify.checks import Check
+from sidecar.verify.checks import Check, CheckedReport
 
 __all__ = [
     "DSTACK_RUNTIME_EVENT_TYPE",
@@ -113,7 +113,7 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class EventLogReport:
+class EventLogReport(CheckedReport):
     """What :func:`verify_event_log` checked, and the runtime payloads if every check passed.
 
     Attributes:
@@ -129,22 +129,11 @@ class EventLogReport:
     events: tuple[Event, ...] = ()
     runtime_events: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
 
-    @property
-    def ok(self) -> bool:
-        """True when every check passed."""
-        return bool(self.checks) and all(check.ok for check in self.checks)
+    empty_code: ClassVar[str] = _MALFORMED
 
-    def raise_for_failure(self) -> None:
-        """Raise on the first failed check; return quietly when the log verified.
-
-        Raises:
-            VerificationFailed: with the failing check's code and detail.
-        """
-        for check in self.checks:
-            if not check.ok:
-                raise VerificationFailed(check.detail, code=check.code)
-        if not self.checks:
-            raise VerificationFailed("event log was not checked", code=_MALFORMED)
+    def failure_message(self, check: Check | None) -> str:
+        """The failing check's detail; for no checks, that the log was not checked."""
+        return check.detail if check is not None else "event log was not checked"
 
 
 def runtime_event_digest(event_type: int, name: str, payload: bytes) -> bytes:

@@ -44,15 +44,14 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.verify.checks import Check, Status
+from sidecar.verify.checks import Check, CheckedReport
 
 __all__ = [
     "ALLOWED_JWT_ALGORITHMS",
@@ -64,7 +63,7 @@ __all__ = [
     "MAX_NVIDIA_PAYLOAD_BYTES",
     "GpuEvidenceReport",
     "GpuPolicy",
-    "GpuVerdict",
+    "GpuReport",
     "check_gpu_payload_nonce",
     "token_kids",
     "verify_nras_result",
@@ -95,7 +94,7 @@ _GPU_ID = re.compile(r"GPU-[0-9]{1,4}")
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
-# Per-GPU claims copied into ``GpuVerdict.claims`` for reports and receipts.
+# Per-GPU claims copied into ``GpuReport.claims`` for reports and receipts.
 _REPORTED_CLAIMS: Final[tuple[str, ...]] = (
     "measres",
     "secboot",
@@ -133,7 +132,7 @@ class GpuPolicy:
 
 
 @dataclass(frozen=True)
-class GpuVerdict:
+class GpuReport(CheckedReport):
     """The checks and claims of one GPU's detached NRAS token.
 
     Attributes:
@@ -146,33 +145,26 @@ class GpuVerdict:
     checks: tuple[Check, ...]
     claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
-    @property
-    def ok(self) -> bool:
-        """True only when every check on this GPU passed."""
-        return bool(self.checks) and all(check.ok for check in self.checks)
-
 
 @dataclass(frozen=True)
-class GpuEvidenceReport:
+class GpuEvidenceReport(CheckedReport):
     """Everything the sidecar checked about one NRAS answer.
 
     Attributes:
         checks: checks on the answer as a whole (shape, overall token, submods).
-        gpus: one verdict per detached GPU token that was examined.
+        gpus: one report per detached GPU token that was examined.
     """
 
     checks: tuple[Check, ...]
-    gpus: tuple[GpuVerdict, ...]
+    gpus: tuple[GpuReport, ...]
+
+    # An answer that names no GPU verified nothing, whatever its overall checks say.
+    empty_code: ClassVar[str] = "gpu.nras_response_malformed"
 
     @property
     def ok(self) -> bool:
         """True only when every check passed and at least one GPU was verified."""
-        return (
-            bool(self.checks)
-            and bool(self.gpus)
-            and all(check.ok for check in self.checks)
-            and all(gpu.ok for gpu in self.gpus)
-        )
+        return super().ok and bool(self.gpus) and all(gpu.ok for gpu in self.gpus)
 
     def all_checks(self) -> Iterator[Check]:
         """Every check, overall ones first, then per GPU."""
@@ -180,8 +172,9 @@ class GpuEvidenceReport:
         for gpu in self.gpus:
             yield from gpu.checks
 
+    @property
     def failures(self) -> tuple[Check, ...]:
-        """The checks that did not pass."""
+        """The checks that did not pass, overall ones first, then per GPU."""
         return tuple(check for check in self.all_checks() if not check.ok)
 
     @property
@@ -189,25 +182,9 @@ class GpuEvidenceReport:
         """True when some token named a ``kid`` absent from the JWKS (worth one JWKS refetch)."""
         return any(check.code == "gpu.jwt_unknown_kid" for check in self.all_checks())
 
-    def raise_for_failure(self) -> None:
-        """Raise for the first check that did not pass; return if the report is ok.
-
-        Raises:
-            VerificationFailed: for the first failed check, or when no GPU was verified.
-            VerificationIncomplete: for the first incomplete check, when none failed.
-        """
-        # A failed check outranks an undecided one: bad evidence is reported as bad.
-        ranked: tuple[tuple[Status, type[VerificationFailed]], ...] = (
-            (Status.FAIL, VerificationFailed),
-            (Status.INCOMPLETE, VerificationIncomplete),
-        )
-        for status, error in ranked:
-            for check in self.all_checks():
-                if check.status is status:
-                    code = check.code or "gpu.verification_failed"
-                    raise error(f"{check.name}: {check.detail}", code=code)
-        if not self.ok:
-            raise VerificationFailed("NRAS answer named no GPU", code="gpu.nras_response_malformed")
+    def failure_message(self, check: Check | None) -> str:
+        """``<check>: <detail>``; with no failing check, that the answer named no GPU."""
+        return f"{check.name}: {check.detail}" if check else "NRAS answer named no GPU"
 
 
 # --- Request-nonce binding of the payload ---------------------------------------------------------
@@ -386,9 +363,9 @@ def verify_nras_result(
                 )
 
     # (5) Each GPU token.
-    verdicts: list[GpuVerdict] = []
+    gpu_reports: list[GpuReport] = []
     for gpu_id in sorted(detached):
-        verdicts.append(
+        gpu_reports.append(
             _verify_gpu(
                 gpu_id,
                 detached[gpu_id],
@@ -401,7 +378,7 @@ def verify_nras_result(
                 policy,
             )
         )
-    return GpuEvidenceReport(tuple(checks), tuple(verdicts))
+    return GpuEvidenceReport(tuple(checks), tuple(gpu_reports))
 
 
 # --- Internals ---------------------------------------------------------------------------------
@@ -666,7 +643,7 @@ def _verify_gpu(
     expected_nonce: str,
     now: int,
     policy: GpuPolicy,
-) -> GpuVerdict:
+) -> GpuReport:
     """All checks on one detached GPU token (recipe step 5, plus its submods digest).
 
     ``unbound`` says why the submods binding cannot be decided (``None`` when it can).
@@ -711,11 +688,11 @@ def _verify_gpu(
     )
     checks.extend(token_checks)
     if claims is None:
-        return GpuVerdict(gpu_id, tuple(checks))
+        return GpuReport(gpu_id, tuple(checks))
 
     checks.extend(_check_gpu_claims(gpu_id, claims, policy))
     reported = MappingProxyType({name: claims[name] for name in _REPORTED_CLAIMS if name in claims})
-    return GpuVerdict(gpu_id, tuple(checks), reported)
+    return GpuReport(gpu_id, tuple(checks), reported)
 
 
 # NRAS's own verdicts on the evidence it checked (GPU Claims guide v3.0), as a real NRAS answer

@@ -21,12 +21,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Final, Literal, Protocol, TypeVar, get_args
+from typing import Annotated, ClassVar, Final, Literal, Protocol, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from sidecar.errors import ConfigError, VerificationFailed
-from sidecar.verify.checks import Check
+from sidecar.verify.checks import Check, CheckedReport
 from sidecar.verify.identity import DeploymentIdentity, IdentityMode
 from sidecar.verify.provenance import GITHUB_ACTIONS_ISSUER, ProvenanceRequirement
 from sidecar.verify.nvidia import GpuPolicy
@@ -241,6 +241,9 @@ class AcceptedTcbStatuses:
         """
         name = "policy.tcb_status"
         code = "policy.tcb_status_not_allowed"
+        if not facts.has_tdx:
+            # No quote, no TCB to judge: whether a quote was needed is RequireEvidence's call.
+            return (Check.passed(name, "no TDX quote: no TCB status to judge"),)
         if facts.tcb_status is None:
             return (Check.failed(name, code, "no TCB status: no verified TDX quote"),)
         if facts.tcb_status not in self.statuses:
@@ -362,7 +365,7 @@ GpuRequirements = GpuPolicy
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyReport:
+class PolicyReport(CheckedReport):
     """A model policy's verdict on one node.
 
     Attributes:
@@ -375,27 +378,11 @@ class PolicyReport:
     checks: tuple[Check, ...]
     on_failure: OnFailure
 
-    @property
-    def ok(self) -> bool:
-        """True when there were checks and all passed."""
-        return bool(self.checks) and all(check.ok for check in self.checks)
+    empty_code: ClassVar[str] = "policy.empty"
 
-    @property
-    def failures(self) -> tuple[Check, ...]:
-        """The checks that did not pass."""
-        return tuple(check for check in self.checks if not check.ok)
-
-    def raise_for_failure(self) -> None:
-        """Raise on the first failing check.
-
-        Raises:
-            VerificationFailed: with that check's code (``policy.empty`` if there were no checks).
-        """
-        for check in self.checks:
-            if not check.ok:
-                raise VerificationFailed(check.detail, code=check.code)
-        if not self.checks:
-            raise VerificationFailed("policy returned no checks", code="policy.empty")
+    def failure_message(self, check: Check | None) -> str:
+        """The failing check's detail; for no checks, that the policy returned none."""
+        return check.detail if check is not None else "policy returned no checks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,8 +397,9 @@ class ModelPolicy:
         attestation_ttl_seconds: how long a node's verdict may be reused.
         on_failure: ``block`` (never deliver) or ``flag`` (deliver, marked unverified).
         gpu: per-GPU claim requirements, for the NVIDIA verifier.
-        accepted_tcb_statuses: for the TDX verifier (also enforced by ``rule``).
-        tolerated_advisories: for the TDX verifier (also enforced by ``rule``).
+        accepted_tcb_statuses: the TCB statuses ``rule`` accepts (``AcceptedTcbStatuses``); also
+            what :meth:`tcb_checks` judges a compose-manager quote by.
+        tolerated_advisories: the advisories ``rule`` tolerates (``ToleratedAdvisories``); idem.
         requires_attestation: false only for the unattested entry of a permissive policy set.
         identity: which deployments are trusted (``sidecar.verify.identity``): ``tofu`` (the
             first one attested, kept in the pin store, plus ``identity_pins``), ``pinned``
@@ -444,6 +432,18 @@ class ModelPolicy:
         """
         return self.rule.evaluate(facts)
 
+    def tcb_checks(self, tcb_status: str | None, advisory_ids: Sequence[str]) -> tuple[Check, ...]:
+        """Judge one more verified quote's TCB facts (a compose-manager quote) as ``rule`` judges
+        the node's: ``policy.tcb_status`` and ``policy.advisories``.
+
+        Raises:
+            Nothing.
+        """
+        facts = NodeFacts(has_tdx=True, has_nvidia=False, tdx_ok=True, gpu_ok=True,
+                          tcb_status=tcb_status, advisory_ids=tuple(advisory_ids))
+        return (AcceptedTcbStatuses(self.accepted_tcb_statuses).evaluate(facts)
+                + ToleratedAdvisories(self.tolerated_advisories).evaluate(facts))
+
     def report(self, facts: NodeFacts) -> PolicyReport:
         """Evaluate ``rule`` and wrap the checks with this entry's failure handling.
 
@@ -471,8 +471,10 @@ def build_model_policy(
 ) -> ModelPolicy:
     """Compose a :class:`ModelPolicy` from plain settings.
 
-    The rule is ``AllOf[RequireEvidence, AcceptedTcbStatuses, ToleratedAdvisories, pins]`` (the
-    TCB rules only when TDX is required). ``measurement_sets`` are alternatives: each set pins
+    The rule is ``AllOf[RequireEvidence, AcceptedTcbStatuses, ToleratedAdvisories, pins]``. The
+    TCB rules are always there: the quote verifier only reports TCB status and advisories, so
+    this is their one gate (a node without a quote passes them; RequireEvidence decides whether
+    it needed one). ``measurement_sets`` are alternatives: each set pins
     facts together (``AllOf`` of ``AllowedValues``), and the node must match one set (``AnyOf``);
     a single set is added directly so its failures keep their specific codes.
 
@@ -497,9 +499,8 @@ def build_model_policy(
 
     statuses = frozenset(accepted_tcb_statuses)
     advisories = frozenset(tolerated_advisories)
-    rules: list[Policy] = [RequireEvidence(tdx=require_tdx, nvidia=require_nvidia)]
-    if require_tdx:
-        rules += [AcceptedTcbStatuses(statuses), ToleratedAdvisories(advisories)]
+    rules: list[Policy] = [RequireEvidence(tdx=require_tdx, nvidia=require_nvidia),
+                           AcceptedTcbStatuses(statuses), ToleratedAdvisories(advisories)]
     if measurement_sets and not require_tdx:
         raise ValueError("measurements are pinned but TDX evidence is not required")
     alternatives: list[Policy] = []

@@ -29,27 +29,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sidecar.errors import VerificationFailed
+# The record's types are the wire contract's (providers sit below verify); named here as well
+# because every caller of the verifier builds them.
+from sidecar.providers.wire import MAX_MODEL_LENGTH as MAX_MODEL_LENGTH
+from sidecar.providers.wire import MAX_TEXT_LENGTH as MAX_TEXT_LENGTH
+from sidecar.providers.wire import CompletionSignature as CompletionSignature
+from sidecar.providers.wire import Role as Role
+from sidecar.providers.wire import SignatureKind as SignatureKind
 from sidecar.verify.checks import Check, CheckedReport
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-# The canonical model name in a 3-part text: the same bound as a receipt's model and the proxy's
-# request parser (a real name is tens of characters, e.g. "Qwen/Qwen3.5-122B-A10B").
-MAX_MODEL_LENGTH = 256
-# The longest text the contract produces: a model, then two digests each behind a colon. The
-# bound keeps a hostile gateway from making us hash or parse megabytes per completion.
-MAX_TEXT_LENGTH = MAX_MODEL_LENGTH + 2 * (1 + 64)
 # JSON's own whitespace (RFC 8259 section 2), to walk the top level of a request body.
 _JSON_WHITESPACE = " \t\n\r"
-
-Role = Literal["gateway", "model"]
-
-
-class SignatureKind(StrEnum):
-    """Which attested key a signature record says signed it (NEAR Cloud, spec 0.2)."""
-
-    GATEWAY = "gateway"  # the attested gateway key, 2-part text over the client's bytes
-    PROVIDER_TEE = "provider_tee"  # the attested model node key, 3-part text
-
 
 @dataclass(frozen=True, slots=True)
 class AttestedSigner:
@@ -75,25 +66,6 @@ class RequestBinding(StrEnum):
     # The bytes sent with only the top-level "model" value replaced by the upstream model's name:
     # NanoGPT renames `TEE/x` to the upstream id on the way in (spec 0.1).
     MODEL_RENAMED = "model_renamed"
-
-
-@dataclass(frozen=True, slots=True)
-class CompletionSignature:
-    """A signature as fetched from the provider's signature endpoint.
-
-    Attributes:
-        text: the signed text, 2- or 3-part (spec 0.2).
-        signature: ecdsa ``0x`` + r‖s‖v hex, or ed25519 signature hex.
-        signing_address: the key the record names.
-        signing_algo: ``ecdsa`` or ``ed25519``.
-        signature_kind: NEAR Cloud's ``signature_kind``; ``None`` when the record has none.
-    """
-
-    text: str
-    signature: str
-    signing_address: str
-    signing_algo: str = "ecdsa"
-    signature_kind: SignatureKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +96,6 @@ class CompletionSignatureReport(CheckedReport):
     signature_valid: bool = False
     signer_attested: bool = False
 
-    def raise_for_failure(self) -> None:
-        """Raise the first failure.
-
-        Raises:
-            VerificationFailed: with the failing check's code and detail.
-        """
-        if (failed := self.failure) is not None:
-            raise VerificationFailed(failed.detail, code=failed.code)
 
 
 def normalise_key(key: str, algo: str) -> str:

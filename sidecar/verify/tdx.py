@@ -5,9 +5,9 @@ anchor and the clock come in; a :class:`TdxQuoteReport` of named :class:`~sideca
 records comes out. The cryptography is done by Phala's ``dcap-qvl`` (PyPI ``dcap-qvl`` 0.7,
 ``verify_with_root_ca``), the same library NEAR's verifier uses; this module adds what a
 zero-trust client needs around it: strict structure checks before the library sees the bytes,
-bounds, a TCB-status/advisory policy (provider-api.md section 2: reference verifiers accept
-``OutOfDate`` unconditionally; we do not), typed failure codes, and measurements read only
-from a quote that verified.
+bounds, the TCB status and advisories as facts for the policy to judge (provider-api.md
+section 2: reference verifiers accept ``OutOfDate`` unconditionally; our policy does not), typed
+failure codes, and measurements read only from a quote that verified.
 
 Algorithm of :func:`verify_tdx_quote`:
 
@@ -28,7 +28,8 @@ Algorithm of :func:`verify_tdx_quote`:
         windows at ``now``, the PCK signature over the QE
         report, the QE report binding of the attestation key, the quote signature over header ‖
         body, the TDX module identity, debug/reserved TD attributes, and the TCB level match.
-    (5) Policy: the TCB status must be accepted and every advisory tolerated (:class:`TdxTcbPolicy`).
+    (5) Report the TCB status and advisories as facts; the policy (``sidecar.verify.policy``,
+        ``AcceptedTcbStatuses``/``ToleratedAdvisories``) is the one gate that judges them.
     (6) Only now read the measurements, from the verified bytes.
 """
 
@@ -41,22 +42,22 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import dcap_qvl
 from cryptography import x509
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
-from sidecar.verify.checks import Check, CheckedReport, Status
+from sidecar.verify.checks import Check, CheckedReport
 
 __all__ = [
     "MAX_COLLATERAL_BYTES",
     "MAX_QUOTE_BYTES",
     "TdxMeasurements",
     "TdxQuoteReport",
-    "TdxTcbPolicy",
     "collateral_next_update",
     "parse_quote_measurements",
+    "quote_platform",
     "td_attributes",
     "verify_tdx_quote",
 ]
@@ -127,33 +128,16 @@ class TdxMeasurements:
 
 
 @dataclass(frozen=True)
-class TdxTcbPolicy:
-    """Which TCB states of a verified platform the sidecar accepts.
-
-    Attributes:
-        accepted_statuses: Intel TCB statuses that pass (``UpToDate``, ``SWHardeningNeeded``,
-            ``ConfigurationNeeded``, ``ConfigurationAndSWHardeningNeeded``, ``OutOfDate``,
-            ``OutOfDateConfigurationNeeded``). ``Revoked`` never passes: dcap-qvl rejects it.
-        tolerated_advisories: ``None`` means the status is the only gate: advisories that come
-            with an accepted status are tolerated (Intel attaches advisories even to some
-            ``UpToDate`` levels). A set is an allow-list applied on top of the status: every
-            advisory id reported must be in it, so ``frozenset()`` tolerates none at all.
-    """
-
-    accepted_statuses: frozenset[str] = frozenset({"UpToDate"})
-    tolerated_advisories: frozenset[str] | None = None
-
-
-@dataclass(frozen=True)
 class TdxQuoteReport(CheckedReport):
     """Outcome of :func:`verify_tdx_quote`.
 
     Attributes:
         checks: the checks that ran, in order; verification stops at the first failure.
-        tcb_status: Intel TCB status when the signature verified, else ``None``.
-        advisory_ids: Intel security advisories that apply to the platform.
+        tcb_status: Intel TCB status when the signature verified, else ``None``. A fact, not a
+            verdict: ``ok`` does not mean it is acceptable; the policy judges it.
+        advisory_ids: Intel security advisories that apply to the platform (a fact, likewise).
         measurements: the TD's registers; ``None`` unless every check passed, so that no caller
-            can act on measurements of an unverified or policy-rejected quote.
+            can act on measurements of an unverified quote.
     """
 
     checks: tuple[Check, ...]
@@ -161,23 +145,23 @@ class TdxQuoteReport(CheckedReport):
     advisory_ids: tuple[str, ...]
     measurements: TdxMeasurements | None
 
-    def raise_for_failure(self) -> TdxMeasurements:
-        """Return the verified measurements, or raise for the first failing check.
+    empty_code: ClassVar[str] = "tdx.quote_invalid"
+
+    def failure_message(self, check: Check | None) -> str:
+        """``<check>: <detail>``; for no checks, that the quote was not verified."""
+        return f"{check.name}: {check.detail}" if check else "TDX quote was not verified"
+
+    def verified_measurements(self) -> TdxMeasurements:
+        """The verified measurements, or raise for the first failing check.
 
         Raises:
             VerificationIncomplete: a check could not be decided (e.g. no collateral).
-            VerificationFailed: the quote, its collateral or the TCB policy failed.
+            VerificationFailed: the quote or its collateral failed.
         """
-        failure = self.failure
-        if failure is None and self.measurements is not None:
-            return self.measurements
-        if failure is None:
-            raise VerificationFailed("TDX quote was not verified", code="tdx.quote_invalid")
-        message = f"{failure.name}: {failure.detail}"
-        code = failure.code or "tdx.quote_invalid"
-        if failure.status is Status.INCOMPLETE:
-            raise VerificationIncomplete(message, code=code)
-        raise VerificationFailed(message, code=code)
+        self.raise_for_failure()
+        if self.measurements is None:
+            raise VerificationFailed(self.failure_message(None), code=self.empty_code)
+        return self.measurements
 
 
 class _Malformed(ValueError):
@@ -329,9 +313,8 @@ def verify_tdx_quote(
     *,
     root_ca_der: bytes,
     now: int,
-    tcb_policy: TdxTcbPolicy,
 ) -> TdxQuoteReport:
-    """Verify a TDX DCAP quote against its collateral, a trust anchor and a TCB policy.
+    """Verify a TDX DCAP quote against its collateral and a trust anchor.
 
     Args:
         quote: the raw quote (``intel_quote`` of the attestation report, hex-decoded).
@@ -340,7 +323,6 @@ def verify_tdx_quote(
         root_ca_der: the trust anchor: Intel's SGX root CA in production
             (``sidecar/anchors/intel_sgx_root_ca.der``), the simulator's test root in demos.
         now: the current time, unix seconds (injected so tests can freeze it).
-        tcb_policy: which TCB statuses and advisories are accepted.
 
     Returns:
         The report; ``report.ok`` is true only when every step passed. This function does not
@@ -423,37 +405,50 @@ def verify_tdx_quote(
         )
     )
 
-    # (5) TCB policy.
+    # (5) The TCB status and advisories are facts of the verified platform, reported here and
+    # judged once, by the policy (``policy.tcb_status``, ``policy.advisories``).
     advisory_text = ", ".join(advisories) or "none"
-    if tcb_status not in tcb_policy.accepted_statuses:
-        checks.append(
-            Check.failed(
-                _CHECK_TCB,
-                "policy.tcb_status_not_allowed",
-                f"TCB status {tcb_status} is not accepted "
-                f"(accepted: {', '.join(sorted(tcb_policy.accepted_statuses)) or 'none'}; "
-                f"advisories: {advisory_text})",
-            )
-        )
-        return finish(tcb_status, advisories)
-    if tcb_policy.tolerated_advisories is not None:
-        untolerated = [a for a in advisories if a not in tcb_policy.tolerated_advisories]
-        if untolerated:
-            checks.append(
-                Check.failed(
-                    _CHECK_TCB,
-                    "policy.advisory_not_tolerated",
-                    f"TCB status {tcb_status} carries advisories not tolerated: "
-                    f"{', '.join(untolerated)}",
-                )
-            )
-            return finish(tcb_status, advisories)
     checks.append(
-        Check.passed(_CHECK_TCB, f"TCB status {tcb_status} accepted (advisories: {advisory_text})")
+        Check.passed(_CHECK_TCB, f"TCB status {tcb_status} (advisories: {advisory_text}); the "
+                                 "policy judges them")
     )
 
     # (6) Measurements, from the bytes that just verified.
     return TdxQuoteReport(tuple(checks), tcb_status, advisories, _measurements(parsed.report))
+
+
+def quote_platform(quote: bytes) -> tuple[str, str]:
+    """The FMSPC (12 upper-case hex digits) and PCK CA type (``platform``/``processor``) of a quote.
+
+    Read from the PCK leaf certificate embedded in the quote; nothing here is verified
+    (:func:`verify_tdx_quote` does that), it only selects which collateral to fetch, so a quote
+    whose platform cannot be read leaves the collateral, and the verdict, undecided.
+
+    Raises:
+        VerificationIncomplete: if the quote carries no readable PCK certificate.
+    """
+    if len(quote) > MAX_QUOTE_BYTES:
+        raise _platform_unreadable(f"quote is {len(quote)} bytes, more than the {MAX_QUOTE_BYTES} allowed")
+    try:
+        parsed = dcap_qvl.parse_quote(bytes(quote))
+        fmspc = str(parsed.fmspc()).upper()
+        ca = str(parsed.ca())
+    except BaseException as exc:
+        # dcap-qvl raises ValueError, and pyo3 turns a Rust panic into PanicException (a
+        # BaseException): neither may escape on a hostile quote. Interrupts still propagate.
+        if not (isinstance(exc, Exception) or type(exc).__name__ == "PanicException"):
+            raise
+        raise _platform_unreadable(f"cannot read the platform (FMSPC) from the quote: {exc}") from exc
+    if len(fmspc) != 12 or any(c not in "0123456789ABCDEF" for c in fmspc):
+        raise _platform_unreadable(f"quote names an invalid FMSPC {fmspc[:40]!r}")
+    if ca not in ("platform", "processor"):
+        raise _platform_unreadable(f"quote names an unknown PCK CA {ca[:40]!r}")
+    return fmspc, ca
+
+
+def _platform_unreadable(message: str) -> VerificationIncomplete:
+    # Without the platform no collateral can be fetched: the same code as a PCS that is down.
+    return VerificationIncomplete(message, code="tdx.collateral_unavailable")
 
 
 def td_attributes(quote: bytes) -> bytes:
