@@ -27,8 +27,8 @@ import structlog
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.pins import IdentityGate
+from sidecar.config import MAX_NODES
 from sidecar.providers.wire import (
-    MAX_NODES,
     AttestationDocument,
     canonical_report,
     parse_attestation_document,
