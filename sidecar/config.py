@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import TomlConfigSettingsSource
 
 from sidecar.errors import ConfigError
+from sidecar.issuers import INTEL_PCS_URL, NVIDIA_NRAS_ATTEST_URL, NVIDIA_NRAS_JWKS_URL
 from sidecar.providers.wire import MAX_NODES
 
 ENV_PREFIX = "TEE_SIDECAR_"
@@ -188,10 +189,10 @@ class AttestationSettings(_Section):
     """Where hardware evidence is checked and how long a verdict lasts."""
 
     timeout: float = Field(default=30.0, gt=0)
-    pccs_url: str = "https://api.trustedservices.intel.com"
+    pccs_url: str = INTEL_PCS_URL
     collateral_dir: Path | None = None
-    nras_url: str = "https://nras.attestation.nvidia.com/v3/attest/gpu"
-    nvidia_jwks_url: str = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
+    nras_url: str = NVIDIA_NRAS_ATTEST_URL
+    nvidia_jwks_url: str = NVIDIA_NRAS_JWKS_URL
     warm_models: tuple[str, ...] = ()
     # Attest only model names the provider's /v1/models lists, the policy names exactly, or
     # warm_models names; any other is refused (404 request.unknown_model) before any fetch.

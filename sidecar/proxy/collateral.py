@@ -41,6 +41,7 @@ import aiohttp
 import dcap_qvl
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
+from sidecar.issuers import INTEL_PCS_URL
 from sidecar.proxy.fetch import Fetcher
 from sidecar.verify.tdx import MAX_COLLATERAL_BYTES, MAX_QUOTE_BYTES, collateral_next_update
 
@@ -51,8 +52,6 @@ __all__ = [
     "CollateralSource",
 ]
 
-#: Intel's Provisioning Certification Service (the default; a PCCS mirrors its API).
-INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 #: CRL distribution point of the Intel SGX Root CA certificate (the CRL is DER).
 INTEL_ROOT_CA_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
 #: One PCS answer (a CRL, TCB info) larger than this is refused: Intel's largest, the processor

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import hdrs
 
 from sidecar.errors import VerificationIncomplete
+from sidecar.issuers import NVIDIA_NRAS_ATTEST_URL, NVIDIA_NRAS_ISSUER, NVIDIA_NRAS_JWKS_URL
 from sidecar.proxy.fetch import Fetcher
 from sidecar.verify.nvidia import MAX_NRAS_RESPONSE_BYTES
 
@@ -35,11 +36,6 @@ __all__ = [
     "NVIDIA_NRAS_JWKS_URL",
     "NrasClient",
 ]
-
-# NVIDIA's production service (provider-api.md §2 "GPU"; NVIDIA/attestation-sdk DEFAULT_BASE_URL).
-NVIDIA_NRAS_ISSUER: Final = "https://nras.attestation.nvidia.com"
-NVIDIA_NRAS_ATTEST_URL: Final = f"{NVIDIA_NRAS_ISSUER}/v3/attest/gpu"
-NVIDIA_NRAS_JWKS_URL: Final = f"{NVIDIA_NRAS_ISSUER}/.well-known/jwks.json"
 
 # NVIDIA's attestation SDK caches the JWKS too (JwkStore cache_duration_ms); an hour keeps load
 # low while letting a rotated-out key age out the same day.
