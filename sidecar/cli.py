@@ -329,7 +329,7 @@ def _attest(args: argparse.Namespace) -> int:
 
 
 async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
-    from sidecar.proxy.state import build_attester, client_session, load_policies
+    from sidecar.proxy.wiring import build_attester, client_session, load_policies
 
     policies = load_policies(settings)
     async with client_session(settings) as session:

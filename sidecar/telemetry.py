@@ -154,7 +154,7 @@ class Telemetry:
 
         Args:
             attestation_times: returns, per attested model, its attestation age and expiry;
-                called at each scrape (see ``sidecar.admin.attestation_times``).
+                called at each scrape (see ``sidecar.proxy.admin.attestation_times``).
             failure_history: how many recent failures to keep.
             clock: unix time (injected so tests can pin it).
         """

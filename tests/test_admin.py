@@ -20,7 +20,7 @@ import pytest
 from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient
 
-from sidecar.admin import (
+from sidecar.proxy.admin import (
     NOT_STARTED,
     AdminView,
     attestation_times,

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sidecar.config import Settings, load_settings
 from sidecar.proxy.app import STATE, ProxyState, build_proxy_app
-from sidecar.proxy.state import client_session, load_policies, state_factory
+from sidecar.proxy.wiring import client_session, load_policies, state_factory
 from sidecar.simulator.provider import PROFILE_PREFIX, SimulatedProvider
 from sidecar.simulator.server import build_simulator
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from sidecar.config import Settings
 from sidecar.errors import ConfigError
 from sidecar.providers.contracts import ProviderContract, SignerRules, signer_rules
-from sidecar.admin import attestation_times
+from sidecar.proxy.admin import attestation_times
 from sidecar.proxy.app import ProxyState, StateFactory
 from sidecar.proxy.attester import AttestationCache, CachedAttestation, ModelAttester
 from sidecar.proxy.collateral import CollateralSource
