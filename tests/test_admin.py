@@ -25,14 +25,13 @@ from sidecar.proxy.admin import (
     AdminView,
     attestation_times,
     build_admin_app,
-    keep_models_warm,
     public_url,
     status_document,
-    warm_models,
 )
 from sidecar.config import Settings, load_settings
 from sidecar.errors import VerificationFailed
 from sidecar.proxy.attester import AttestationCache, CachedAttestation
+from sidecar.proxy.warmup import keep_models_warm, warm_models
 from sidecar.simulator.stack import Stack
 from sidecar.telemetry import FAILURE_HISTORY, Telemetry
 from sidecar.verify.attestation import AttestationReport, NodeReport
