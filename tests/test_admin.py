@@ -32,7 +32,7 @@ from sidecar.config import Settings, load_settings
 from sidecar.errors import VerificationFailed
 from sidecar.proxy.attester import AttestationCache, CachedAttestation
 from sidecar.proxy.warmup import keep_models_warm, warm_models
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from sidecar.telemetry import FAILURE_HISTORY, Telemetry
 from sidecar.verify.attestation import AttestationReport, NodeReport
 from sidecar.verify.checks import Check

@@ -19,7 +19,7 @@ import pytest
 
 from sidecar.receipts import decode_receipt_line
 from sidecar.simulator.provider import CANONICAL_MODEL
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from tests.conftest import TEE_MODEL
 from tests.test_proxy_e2e import EXPECTED_TEXT, post, set_faults
 

@@ -14,6 +14,7 @@ Every profile shares the simulator's nodes, faults and signature store (``provid
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -640,7 +641,9 @@ def add_profile_routes(app: web.Application, provider: SimulatedProvider, profil
 
 
 def add_control_routes(app: web.Application, provider: SimulatedProvider) -> None:
-    """``POST /_simulator/faults`` (unknown knobs refused) and ``GET /_simulator/stats``.
+    """``POST /_simulator/faults`` (unknown knobs refused), ``GET /_simulator/stats`` and
+    ``GET /_simulator/gateway`` (what NEAR's cloud gateway relayed, base64, oldest first: so
+    another process, ``make demo``, can show it only ever held ciphertext under E2EE).
 
     Raises:
         Nothing.
@@ -663,4 +666,9 @@ def add_control_routes(app: web.Application, provider: SimulatedProvider) -> Non
         return web.json_response({"completions_served": provider.completions_served})
 
     app.router.add_post("/_simulator/faults", set_faults)
+    async def gateway(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"seen": [base64.b64encode(blob).decode("ascii") for blob in provider.gateway_seen]})
+
     app.router.add_get("/_simulator/stats", stats)
+    app.router.add_get("/_simulator/gateway", gateway)

@@ -1,4 +1,4 @@
-"""Simulator and sidecar together in a background event loop: the demo's and the tests' stack.
+"""Simulator and sidecar together in a background event loop: the tests' in-process stack.
 
 The OpenAI SDK's sync client blocks, so the servers run in their own thread with their own loop;
 both the sync and the async SDK then talk to them over loopback exactly as an app would.
