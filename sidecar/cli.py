@@ -22,6 +22,7 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import ProviderKind, Settings, TrustAnchors, load_settings
+from sidecar.encoding import is_hex
 from sidecar.errors import ConfigError, SidecarError, VerificationFailed
 from sidecar.logs import configure_logging
 from sidecar.providers.wire import parse_attestation_document
@@ -456,8 +457,7 @@ def _verify_saved_report(args: argparse.Namespace, settings: Settings,
     if not args.nonce and not args.context:
         raise UsageError(f"{command}: --report needs --nonce HEX (the nonce it was requested "
                          "with) or --context FILE (the archived context, which records it)")
-    if args.nonce and (len(args.nonce) != 64
-                       or any(c not in "0123456789abcdef" for c in args.nonce.lower())):
+    if args.nonce and not is_hex(args.nonce.lower(), size=32):
         raise UsageError(f"{command}: --nonce must be 64 hex characters")
     at_arg = _parse_time(args.at) if args.at else None
     try:

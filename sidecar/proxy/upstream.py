@@ -18,13 +18,14 @@ from aiohttp import hdrs
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.providers.contracts import NO_ALIASING_HEADER, ProviderContract
+from sidecar.providers.wire import MAX_REPORT_BYTES, MAX_SIGNATURE_RECORD_BYTES
 from sidecar.proxy.fetch import Fetcher, PeerCertificate
 
 USER_AGENT = "tee-sidecar/0.1"
 # Attestation reports are tens of KiB; signature records a few hundred bytes. Reading more than
-# these bounds would let a hostile gateway exhaust memory through the evidence path.
-MAX_EVIDENCE_BYTES = 4 << 20
-MAX_SIGNATURE_BYTES = 16 << 10
+# the parsers' own bounds would let a hostile gateway exhaust memory through the evidence path.
+MAX_EVIDENCE_BYTES = MAX_REPORT_BYTES
+MAX_SIGNATURE_BYTES = MAX_SIGNATURE_RECORD_BYTES
 # The longest pause between two fetches of a signature not yet stored: NEAR stores records
 # within moments of the answer's end, so waiting longer only delays the verdict.
 MAX_RETRY_DELAY_SECONDS = 1.0
