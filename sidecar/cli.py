@@ -104,7 +104,15 @@ def _parser() -> argparse.ArgumentParser:
                     "signature of every completion before the app sees it.")
     parser.add_argument("--version", action="version", version=f"tee-sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parsers(sub)
+    _add_attest_parser(sub)
+    _add_verify_parser(sub)
+    _add_receipts_parser(sub)
+    _add_pins_parser(sub)
+    return parser
 
+
+def _add_serve_parsers(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the verifying proxy (default 127.0.0.1:8787)")
     serve.add_argument("--config", type=Path, help="TOML settings file (env TEE_SIDECAR_* overrides)")
 
@@ -120,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                                "profile at its own prefix: /api, /, /near-cloud, /near-direct, "
                                "/redpill)")
 
+
+def _add_attest_parser(sub: Any) -> None:
     attest = sub.add_parser(
         "attest", help="attest a model now, or verify a saved report offline",
         description="Attest MODEL through the configured provider and print every check; or, "
@@ -146,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "--context, default: the attestation's own time)")
     attest.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def _add_verify_parser(sub: Any) -> None:
     verify = sub.add_parser(
         "verify", help="re-check one saved exchange's signature offline",
         description="Re-check one saved exchange exactly as the proxy would: the request bytes "
@@ -181,10 +193,6 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--at", help="with --report: verify as of this time")
     verify.add_argument("--config", type=Path, help="TOML settings file (trust anchors, policy)")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
-
-    _add_receipts_parser(sub)
-    _add_pins_parser(sub)
-    return parser
 
 
 def _add_receipts_parser(sub: Any) -> None:

@@ -165,11 +165,75 @@ def _e2ee_exchange(sim_port: int, e2ee_port: int) -> bool:
             and not any(prompt.encode() in blob for blob in seen))
 
 
-def main() -> int:
-    """Run the demo; returns the process exit status."""
+def _start(python: str, sim_port: int, sidecars: list[tuple[Path, int]],
+           log_file: Any, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Start the simulator and one ``serve`` per config, each once it listens (into ``procs``,
+    which the caller stops whatever happens)."""
+    procs.append(subprocess.Popen(
+        [python, "-m", "sidecar", "simulate", "--port", str(sim_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    _wait_for(sim_port, procs[-1], "the simulator")
+    for cfg, listen in sidecars:
+        procs.append(subprocess.Popen(
+            [python, "-m", "sidecar", "serve", "--config", str(cfg)],
+            stdout=log_file, stderr=log_file, env=dict(os.environ)))
+        _wait_for(listen, procs[-1], "the sidecar")
+
+
+def _tour(python: str, config: Path, sim_port: int, port: int, near_port: int,
+          e2ee_port: int) -> int:
+    """Everything the demo shows, once the processes run; returns the exit status."""
     import openai
     from openai.types.chat import ChatCompletionMessageParam
 
+    _banner(f"tee-sidecar attest {MODEL}")
+    attest = subprocess.run([python, "-m", "sidecar", "attest", MODEL, "--config", str(config)],
+                            check=False)
+    if attest.returncode != 0:
+        print(f"demo: attestation did not verify (exit {attest.returncode})")
+        return 1
+
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1",
+                           api_key="the-app-needs-no-real-key", max_retries=0)
+    near = openai.OpenAI(base_url=f"http://127.0.0.1:{near_port}/v1",
+                         api_key="the-app-needs-no-real-key", max_retries=0)
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What protects this conversation?"}]
+
+    # NanoGPT renames TEE/... to the upstream id: the node signed the renamed bytes.
+    _exchanges(client, MODEL, messages, "NanoGPT")
+    # NEAR Cloud: the model node signs plain answers (provider_tee, 3-part text naming the
+    # model), the gateway signs streams (gateway kind; E2EE streams stay provider_tee, see
+    # the end); both keys are attested.
+    _exchanges(near, NEAR_MODEL, messages, "NEAR AI Cloud")
+    _banner(f"NEAR AI Cloud: the app names the alias {NEAR_ALIAS}")
+    raw = near.chat.completions.with_raw_response.create(model=NEAR_ALIAS, messages=messages)
+    print(f"answer:  {raw.parse().choices[0].message.content}")
+    print(_headers_line(raw.headers))
+    print("(sent upstream as the attested canonical id, with x-no-aliasing: true)")
+
+    _banner("a man in the middle alters one byte of the answer")
+    _simulator_json(sim_port, "faults", {"tamper_response": True})
+    try:
+        client.chat.completions.create(model=MODEL, messages=messages)
+        print("demo: the tampered answer was delivered; this is a bug")
+        return 1
+    except openai.APIStatusError as exc:
+        error = exc.response.json()["error"]
+        print(f"blocked: HTTP {exc.status_code} {error['code']}: {error['message']}")
+
+    if not _e2ee_exchange(sim_port, e2ee_port):
+        print("demo: the E2EE exchange did not verify or leaked the prompt; this is a bug")
+        return 1
+
+    _banner("done")
+    print("Every genuine completion was verified against an attested enclave key; "
+          "the altered one never reached the app.")
+    return 0
+
+
+def main() -> int:
+    """Run the demo; returns the process exit status."""
     with tempfile.TemporaryDirectory(prefix="tee-sidecar-demo-") as tmp:
         directory = Path(tmp)
         sim_port, port, admin_port = _free_port(), _free_port(), _free_port()
@@ -182,70 +246,16 @@ def main() -> int:
                               provider="near-cloud", prefix="/near-cloud", e2ee="preferred",
                               name="near-cloud-e2ee")
         log_file = (directory / "sidecar.log").open("wb")
-        python = sys.executable
-        env = dict(os.environ)
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            procs.append(subprocess.Popen(
-                [python, "-m", "sidecar", "simulate", "--port", str(sim_port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            _wait_for(sim_port, procs[-1], "the simulator")
-            for cfg, listen in ((config, port), (near_config, near_port),
-                                (e2ee_config, e2ee_port)):
-                procs.append(subprocess.Popen(
-                    [python, "-m", "sidecar", "serve", "--config", str(cfg)],
-                    stdout=log_file, stderr=log_file, env=env))
-                _wait_for(listen, procs[-1], "the sidecar")
+            _start(sys.executable, sim_port,
+                   [(config, port), (near_config, near_port), (e2ee_config, e2ee_port)],
+                   log_file, procs)
             print(f"simulated providers: http://127.0.0.1:{sim_port}  (trusting the SIMULATOR's "
                   f"test roots)\ntee-sidecar for NanoGPT:       http://127.0.0.1:{port}/v1"
                   f"\ntee-sidecar for NEAR AI Cloud: http://127.0.0.1:{near_port}/v1"
                   f"\n  ... with E2EE:              http://127.0.0.1:{e2ee_port}/v1")
-
-            _banner(f"tee-sidecar attest {MODEL}")
-            attest = subprocess.run([python, "-m", "sidecar", "attest", MODEL, "--config", str(config)],
-                                    check=False)
-            if attest.returncode != 0:
-                print(f"demo: attestation did not verify (exit {attest.returncode})")
-                return 1
-
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1",
-                                   api_key="the-app-needs-no-real-key", max_retries=0)
-            near = openai.OpenAI(base_url=f"http://127.0.0.1:{near_port}/v1",
-                                 api_key="the-app-needs-no-real-key", max_retries=0)
-            messages: list[ChatCompletionMessageParam] = [
-                {"role": "user", "content": "What protects this conversation?"}]
-
-            # NanoGPT renames TEE/... to the upstream id: the node signed the renamed bytes.
-            _exchanges(client, MODEL, messages, "NanoGPT")
-            # NEAR Cloud: the model node signs plain answers (provider_tee, 3-part text naming the
-            # model), the gateway signs streams (gateway kind; E2EE streams stay provider_tee, see
-            # the end); both keys are attested.
-            _exchanges(near, NEAR_MODEL, messages, "NEAR AI Cloud")
-            _banner(f"NEAR AI Cloud: the app names the alias {NEAR_ALIAS}")
-            raw = near.chat.completions.with_raw_response.create(model=NEAR_ALIAS,
-                                                                 messages=messages)
-            print(f"answer:  {raw.parse().choices[0].message.content}")
-            print(_headers_line(raw.headers))
-            print("(sent upstream as the attested canonical id, with x-no-aliasing: true)")
-
-            _banner("a man in the middle alters one byte of the answer")
-            _simulator_json(sim_port, "faults", {"tamper_response": True})
-            try:
-                client.chat.completions.create(model=MODEL, messages=messages)
-                print("demo: the tampered answer was delivered; this is a bug")
-                return 1
-            except openai.APIStatusError as exc:
-                error = exc.response.json()["error"]
-                print(f"blocked: HTTP {exc.status_code} {error['code']}: {error['message']}")
-
-            if not _e2ee_exchange(sim_port, e2ee_port):
-                print("demo: the E2EE exchange did not verify or leaked the prompt; this is a bug")
-                return 1
-
-            _banner("done")
-            print("Every genuine completion was verified against an attested enclave key; "
-                  "the altered one never reached the app.")
-            return 0
+            return _tour(sys.executable, config, sim_port, port, near_port, e2ee_port)
         finally:
             for proc in reversed(procs):
                 proc.terminate()
