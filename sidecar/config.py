@@ -29,7 +29,6 @@ from pydantic_settings import TomlConfigSettingsSource
 
 from sidecar.errors import ConfigError
 from sidecar.issuers import INTEL_PCS_URL, NVIDIA_NRAS_ATTEST_URL, NVIDIA_NRAS_JWKS_URL
-from sidecar.providers.wire import MAX_NODES
 
 ENV_PREFIX = "TEE_SIDECAR_"
 
@@ -183,6 +182,12 @@ class VerificationSettings(_Section):
     # (NanoGPT renames TEE/x on the way in, spec 0.1): "profile" accepts it where the provider is
     # known to rename (nanogpt) and refuses it elsewhere; "accept" or "refuse" decide for all.
     model_renamed: str = Field(default="profile", pattern="^(profile|accept|refuse)$")
+
+
+# A deployment serves from a handful of nodes; the bound caps per-node verification work (the
+# ceiling and default of attestation.max_nodes, and the wire contract's ceiling in
+# sidecar.providers.wire, which reads it from here: config sits below the providers).
+MAX_NODES = 64
 
 
 class AttestationSettings(_Section):

@@ -18,15 +18,13 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sidecar.config import MAX_NODES
 from sidecar.errors import VerificationFailed
 from sidecar.verify.signature import MAX_TEXT_LENGTH, CompletionSignature, SignatureKind
 
 # Real reports are tens of KiB (a 5 KiB quote, an event log, GPU evidence of a few KiB per GPU);
 # 4 MiB leaves room for eight-GPU nodes and refuses a hostile multi-gigabyte body.
 MAX_REPORT_BYTES = 4 << 20
-# A deployment serves from a handful of nodes; the bound caps per-node verification work (the
-# ceiling and default of the setting attestation.max_nodes).
-MAX_NODES = 64
 MAX_SIGNATURE_RECORD_BYTES = 16 << 10
 
 

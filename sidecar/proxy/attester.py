@@ -25,10 +25,10 @@ from typing import Any
 
 import structlog
 
+from sidecar.config import MAX_NODES
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.pins import IdentityGate
 from sidecar.providers.wire import (
-    MAX_NODES,
     AttestationDocument,
     canonical_report,
     parse_attestation_document,
