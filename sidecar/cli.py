@@ -1,4 +1,7 @@
-"""The ``tee-sidecar`` command: serve, simulate, attest, verify, receipts, pins."""
+"""The ``tee-sidecar`` command: serve, simulate, attest, verify, receipts verify, pins.
+
+One argparse tree for every command and one table of exit statuses (``ExitStatus``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from enum import IntEnum
 from typing import Any, NoReturn
 from datetime import datetime
 from pathlib import Path
@@ -18,10 +22,11 @@ from aiohttp import web
 
 from sidecar import __version__
 from sidecar.config import ProviderKind, Settings, TrustAnchors, load_settings
+from sidecar.encoding import is_hex
 from sidecar.errors import ConfigError, SidecarError, VerificationFailed
 from sidecar.logs import configure_logging
 from sidecar.providers.wire import parse_attestation_document
-from sidecar.render import EXIT_STATUS, attestation_json, attestation_text
+from sidecar.render import attestation_json, attestation_text
 from sidecar.trust import SIMULATOR_WARNING, load_anchors
 from sidecar.archive import decode_context
 from sidecar.verify.attestation import (
@@ -32,9 +37,30 @@ from sidecar.verify.attestation import (
 from sidecar.verify.checks import Status
 from sidecar.verify.signature import AttestedSigner, normalise_key
 
-EXIT_USAGE = 64  # EX_USAGE: distinct from attest's verdicts (0 verified, 1 failed, 2 incomplete)
-EXIT_FAILURE = 1
-EXIT_CONFIG = 78  # EX_CONFIG: systemd and supervisors show it as a configuration error
+
+
+class ExitStatus(IntEnum):
+    """The one table of exit statuses, for every command.
+
+    0/1/2 are verdicts (attest, verify, receipts verify) and keep argparse's own 2 away from
+    them (a usage error must not read as "undecided"): usage and configuration errors take the
+    BSD sysexits values, which systemd and supervisors show by name.
+    """
+
+    OK = 0  # verified; every receipt valid; the command did its job
+    FAILED = 1  # the evidence failed; a receipt is invalid; the command could not do its job
+    UNDECIDED = 2  # incomplete: the evidence could not be decided (offline, unreachable)
+    USAGE = 64  # EX_USAGE: bad arguments or unreadable input files
+    CONFIG = 78  # EX_CONFIG: the settings or the policy cannot be loaded
+
+
+#: A verdict's exit status (attestation reports say "incomplete", exchanges "undecided").
+VERDICT_EXIT: dict[str, ExitStatus] = {"verified": ExitStatus.OK, "failed": ExitStatus.FAILED,
+                                       "incomplete": ExitStatus.UNDECIDED,
+                                       "undecided": ExitStatus.UNDECIDED}
+EXIT_USAGE = ExitStatus.USAGE
+EXIT_FAILURE = ExitStatus.FAILED
+EXIT_CONFIG = ExitStatus.CONFIG
 # Unix seconds beyond this are not a time (year 9999), whatever datetime would make of them.
 MAX_UNIX_TIME = 253_402_300_799
 
@@ -78,7 +104,15 @@ def _parser() -> argparse.ArgumentParser:
                     "signature of every completion before the app sees it.")
     parser.add_argument("--version", action="version", version=f"tee-sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parsers(sub)
+    _add_attest_parser(sub)
+    _add_verify_parser(sub)
+    _add_receipts_parser(sub)
+    _add_pins_parser(sub)
+    return parser
 
+
+def _add_serve_parsers(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the verifying proxy (default 127.0.0.1:8787)")
     serve.add_argument("--config", type=Path, help="TOML settings file (env TEE_SIDECAR_* overrides)")
 
@@ -94,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                                "profile at its own prefix: /api, /, /near-cloud, /near-direct, "
                                "/redpill)")
 
+
+def _add_attest_parser(sub: Any) -> None:
     attest = sub.add_parser(
         "attest", help="attest a model now, or verify a saved report offline",
         description="Attest MODEL through the configured provider and print every check; or, "
@@ -120,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "--context, default: the attestation's own time)")
     attest.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def _add_verify_parser(sub: Any) -> None:
     verify = sub.add_parser(
         "verify", help="re-check one saved exchange's signature offline",
         description="Re-check one saved exchange exactly as the proxy would: the request bytes "
@@ -156,15 +194,27 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--config", type=Path, help="TOML settings file (trust anchors, policy)")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
 
-    receipts = sub.add_parser(
-        "receipts", help="re-check a receipts file offline",
-        description="tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] "
-                    "[--expect-head SHA256] [--json]: "
-                    "re-checks every receipt (signature, address, evidence binding, hash chain); "
-                    "exit 1 when any receipt is invalid.")
-    receipts.add_argument("args", nargs=argparse.REMAINDER, help="verify FILE [options]")
-    _add_pins_parser(sub)
-    return parser
+
+def _add_receipts_parser(sub: Any) -> None:
+    receipts = sub.add_parser("receipts", help="re-check a receipts file offline",
+                              description="Check receipts written by the proxy, offline.")
+    actions = receipts.add_subparsers(dest="receipts_command", required=True)
+    verify = actions.add_parser(
+        "verify", help="re-check every receipt in a receipts file",
+        description="Re-check each receipt: format, hash chain, the enclave's signature over the "
+                    "request and response hashes, and the signing key's binding in the archived "
+                    "attestation quote. Exit status: 0 all valid, 1 any invalid, 64 bad usage or "
+                    "an unreadable file.")
+    verify.add_argument("file", type=Path, help="receipts file (e.g. receipts.jsonl)")
+    verify.add_argument("--evidence-dir", type=Path,
+                        help="archived attestation reports (default: evidence/ beside FILE)")
+    verify.add_argument("--rotated", action="store_true",
+                        help="also read FILE.N … FILE.1 and check the chain across them")
+    verify.add_argument("--expect-head", metavar="SHA256",
+                        help="the chain head noted down elsewhere earlier (e.g. from /status or "
+                             "a previous verify): fails unless the file still ends in that line "
+                             "or continues from it; catches lines rewritten with the chain rebuilt")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_pins_parser(sub: Any) -> None:
@@ -209,9 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pins":
             return _pins(args)
         if args.command == "receipts":
-            from sidecar.receipts import receipts_main
-
-            return receipts_main(args.args)
+            return _receipts_verify(args)
         if args.command == "verify":
             return _verify(args)
         return _attest(args)
@@ -227,6 +275,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # e.g. the port is taken
         print(f"tee-sidecar: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _receipts_verify(args: argparse.Namespace) -> int:
+    """``receipts verify``: every receipt of FILE re-checked; the chain head compared when
+    ``--expect-head`` names the one noted down earlier."""
+    from sidecar.receipts import GENESIS_PREV_SHA256, receipts_json, receipts_text, verify_receipts
+
+    try:
+        report = verify_receipts(args.file, args.evidence_dir, include_rotated=args.rotated)
+    except OSError as exc:
+        raise UsageError(f"receipts: cannot read {args.file}: {exc.strerror or exc}") from None
+    head_ok = True
+    if args.expect_head is not None:
+        expected = args.expect_head.strip().lower()
+        chain = {result.line_sha256 for result in report.lines} | {GENESIS_PREV_SHA256}
+        head_ok = expected in chain
+    if args.json:
+        document = receipts_json(report)
+        if args.expect_head is not None:
+            document["expected_head_found"] = head_ok
+        print(json.dumps(document, indent=2))
+    else:
+        print(receipts_text(report))
+        if not head_ok:
+            print(f"the expected chain head {args.expect_head} is not a line of this chain: "
+                  "lines up to it were rewritten or removed")
+    return ExitStatus.OK if report.ok and head_ok else ExitStatus.FAILED
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -314,7 +389,7 @@ def _print_report(report: AttestationReport, as_json: bool) -> int:
         print(json.dumps(attestation_json(report), indent=2))
     else:
         print(attestation_text(report))
-    return EXIT_STATUS[report.verdict]
+    return VERDICT_EXIT[report.verdict]
 
 
 def _attest(args: argparse.Namespace) -> int:
@@ -329,7 +404,7 @@ def _attest(args: argparse.Namespace) -> int:
 
 
 async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
-    from sidecar.proxy.state import build_attester, client_session, load_policies
+    from sidecar.proxy.wiring import build_attester, client_session, load_policies
 
     policies = load_policies(settings)
     async with client_session(settings) as session:
@@ -340,7 +415,7 @@ async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps({"verdict": "incomplete" if exc.code.endswith("fetch_failed")
                               else "failed", "error": {"code": exc.code, "message": exc.message},
                               "checks": []}) if args.json else f"tee-sidecar attest: {exc}")
-            return EXIT_STATUS["incomplete" if exc.code.endswith("fetch_failed") else "failed"]
+            return VERDICT_EXIT["incomplete" if exc.code.endswith("fetch_failed") else "failed"]
     return _print_report(report, args.json)
 
 
@@ -373,7 +448,7 @@ def _attest_offline(args: argparse.Namespace, settings: Settings) -> int:
         report = _verify_saved_report(args, settings, "attest")
     except VerificationFailed as exc:  # the report body itself is off-contract
         print(f"tee-sidecar attest: {exc}", file=sys.stderr)
-        return EXIT_STATUS["failed"]
+        return VERDICT_EXIT["failed"]
     return _print_report(report, args.json)
 
 
@@ -390,8 +465,7 @@ def _verify_saved_report(args: argparse.Namespace, settings: Settings,
     if not args.nonce and not args.context:
         raise UsageError(f"{command}: --report needs --nonce HEX (the nonce it was requested "
                          "with) or --context FILE (the archived context, which records it)")
-    if args.nonce and (len(args.nonce) != 64
-                       or any(c not in "0123456789abcdef" for c in args.nonce.lower())):
+    if args.nonce and not is_hex(args.nonce.lower(), size=32):
         raise UsageError(f"{command}: --nonce must be 64 hex characters")
     at_arg = _parse_time(args.at) if args.at else None
     try:
@@ -448,7 +522,6 @@ def _verify_saved_report(args: argparse.Namespace, settings: Settings,
 _ECDSA_KEY = re.compile(r"0x[0-9a-fA-F]{40}")
 _ED25519_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _REPORT_ONLY = ("nonce", "context", "collateral", "nras", "jwks", "at")
-_VERDICT_EXIT = {"verified": 0, "failed": 1, "undecided": 2}
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -484,7 +557,7 @@ def _verify(args: argparse.Namespace) -> int:
             attestation = _verify_saved_report(args, settings, "verify")
         except VerificationFailed as exc:
             print(f"tee-sidecar verify: {exc}", file=sys.stderr)
-            return _VERDICT_EXIT["failed"]
+            return VERDICT_EXIT["failed"]
         attested = attestation.attested_signers
         # Nodes whose attestation could not be decided offline: their keys are checked as if
         # attested, so every signature check runs; the verdict then stays "undecided".
@@ -508,7 +581,7 @@ def _verify(args: argparse.Namespace) -> int:
             },
             "attestation": attestation_json(attestation) if attestation is not None else None,
         }, indent=2))
-        return _VERDICT_EXIT[verdict]
+        return VERDICT_EXIT[verdict]
     if attestation is not None:
         print(attestation_text(attestation) + "\n")
     print(f"Signature: {verdict.upper()}")
@@ -520,7 +593,7 @@ def _verify(args: argparse.Namespace) -> int:
               f"request binding {report.request_binding or 'none'}")
     if verdict == "undecided":
         print("  the signer's attestation could not be decided offline (see the report above)")
-    return _VERDICT_EXIT[verdict]
+    return VERDICT_EXIT[verdict]
 
 
 def _request_model(request: bytes) -> str | None:

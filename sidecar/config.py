@@ -28,11 +28,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from pydantic_settings import TomlConfigSettingsSource
 
 from sidecar.errors import ConfigError
+from sidecar.issuers import INTEL_PCS_URL, NVIDIA_NRAS_ATTEST_URL, NVIDIA_NRAS_JWKS_URL
 
 ENV_PREFIX = "TEE_SIDECAR_"
-# A deployment serves from a handful of nodes; the bound caps per-node verification work (the
-# ceiling and default of the setting attestation.max_nodes).
-MAX_NODES = 64
 
 
 class Mode(StrEnum):
@@ -186,14 +184,20 @@ class VerificationSettings(_Section):
     model_renamed: str = Field(default="profile", pattern="^(profile|accept|refuse)$")
 
 
+# A deployment serves from a handful of nodes; the bound caps per-node verification work (the
+# ceiling and default of attestation.max_nodes, and the wire contract's ceiling in
+# sidecar.providers.wire, which reads it from here: config sits below the providers).
+MAX_NODES = 64
+
+
 class AttestationSettings(_Section):
     """Where hardware evidence is checked and how long a verdict lasts."""
 
     timeout: float = Field(default=30.0, gt=0)
-    pccs_url: str = "https://api.trustedservices.intel.com"
+    pccs_url: str = INTEL_PCS_URL
     collateral_dir: Path | None = None
-    nras_url: str = "https://nras.attestation.nvidia.com/v3/attest/gpu"
-    nvidia_jwks_url: str = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
+    nras_url: str = NVIDIA_NRAS_ATTEST_URL
+    nvidia_jwks_url: str = NVIDIA_NRAS_JWKS_URL
     warm_models: tuple[str, ...] = ()
     # Attest only model names the provider's /v1/models lists, the policy names exactly, or
     # warm_models names; any other is refused (404 request.unknown_model) before any fetch.

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from copy import deepcopy
 from enum import StrEnum
@@ -51,7 +50,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sidecar.encoding import decode_hex
 from sidecar.errors import BadRequest, VerificationFailed
+from sidecar.providers.contracts import NO_ALIASING_HEADER
 
 
 class E2EEScheme(StrEnum):
@@ -64,7 +65,7 @@ class E2EEScheme(StrEnum):
 # Header names the sidecar sets on an encrypted request (spec 0.5). The proxy should drop any
 # of them an app sends itself: only the sidecar decides to which key a prompt is sealed.
 E2EE_HEADER_NAMES: Final = ("x-signing-algo", "x-client-pub-key", "x-model-pub-key",
-                            "x-encryption-version", "x-encrypt-all-fields", "x-no-aliasing")
+                            "x-encryption-version", "x-encrypt-all-fields", NO_ALIASING_HEADER)
 
 _ED25519_INFO: Final = b"ed25519_encryption"
 _ECDSA_INFO: Final = b"ecdsa_encryption"
@@ -78,8 +79,6 @@ _MIN_ENVELOPE: Final = {E2EEScheme.ED25519: _X25519_LEN + _XNONCE_LEN + _TAG_LEN
                         E2EEScheme.ECDSA: _SEC1_LEN + _GCM_NONCE_LEN + _TAG_LEN}
 # The node writes envelopes with Rust's ``hex::encode``: lower-case, even length. Anything else
 # (upper case, spaces that ``bytes.fromhex`` would forgive, prose) is not an envelope.
-_ENVELOPE_HEX = re.compile(r"(?:[0-9a-f]{2})+")
-_KEY_HEX = re.compile(r"(?:0x)?([0-9a-fA-F]+)")
 
 _PLAINTEXT_FIELD: Final = "e2ee.plaintext_field"
 _DECRYPT_FAILED: Final = "e2ee.decrypt_failed"
@@ -179,10 +178,10 @@ class ClientKeyPair:
         """
         if value == "":
             return ""
-        if not _ENVELOPE_HEX.fullmatch(value):
+        envelope = decode_hex(value, lower_only=True)
+        if envelope is None:
             raise VerificationFailed(f"{field} should be encrypted but arrived in plaintext",
                                      code=_PLAINTEXT_FIELD)
-        envelope = bytes.fromhex(value)
         if len(envelope) < _MIN_ENVELOPE[self.scheme]:
             raise VerificationFailed(
                 f"{field}: {len(envelope)}-byte envelope is shorter than the smallest "
@@ -271,8 +270,7 @@ class _ModelKey:
         self.scheme = _scheme(scheme)
         self.x25519: bytes | None = None
         self.ec_key: ec.EllipticCurvePublicKey | None = None
-        match = _KEY_HEX.fullmatch(public_key.strip())
-        raw = bytes.fromhex(match.group(1)) if match and len(match.group(1)) % 2 == 0 else b""
+        raw = decode_hex(public_key.strip(), allow_0x=True) or b""
         try:
             if self.scheme is E2EEScheme.ED25519:
                 if len(raw) != 32:
@@ -466,7 +464,7 @@ def request_headers(keypair: ClientKeyPair, *, model_public_key: str) -> dict[st
         "x-client-pub-key": keypair.public_hex,
         "x-model-pub-key": key.canonical_hex,
         "x-encrypt-all-fields": "true",
-        "x-no-aliasing": "true",
+        NO_ALIASING_HEADER: "true",
     }
     if keypair.scheme is E2EEScheme.ED25519:
         headers["x-encryption-version"] = "2"

@@ -19,7 +19,6 @@ a torn last line left by a crash is set aside on open; rotation is rename-based.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import fcntl
 import hashlib
@@ -28,7 +27,6 @@ import json
 import os
 import re
 import stat
-import sys
 import threading
 import time as _time
 from collections import OrderedDict
@@ -984,43 +982,6 @@ def verify_receipts(path: Path, evidence_dir: Path | None = None, *,
 # CLI: tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] [--json]
 # ---------------------------------------------------------------------------------------------
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    # argparse exits the process on a usage error; a subcommand entry point returns instead.
-    def error(self, message: str) -> NoReturn:
-        raise _ArgumentError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tee-sidecar receipts",
-                     description="Check receipts written by the proxy, offline.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    verify = sub.add_parser(
-        "verify", help="re-check every receipt in a receipts file",
-        description="Re-check each receipt: format, hash chain, the enclave's signature over the "
-                    "request and response hashes, and the signing key's binding in the archived "
-                    "attestation quote. Exit status: 0 all valid, 1 any invalid, 2 usage.")
-    verify.add_argument("file", type=Path, help="receipts file (e.g. receipts.jsonl)")
-    verify.add_argument("--evidence-dir", type=Path,
-                        help="archived attestation reports (default: evidence/ beside FILE)")
-    verify.add_argument("--rotated", action="store_true",
-                        help="also read FILE.N … FILE.1 and check the chain across them")
-    verify.add_argument("--expect-head", metavar="SHA256",
-                        help="the chain head noted down elsewhere earlier (e.g. from /status or "
-                             "a previous verify): fails unless the file still ends in that line "
-                             "or continues from it; catches lines rewritten with the chain rebuilt")
-    verify.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
-
-
 def _location(report: ReceiptsReport, result: ReceiptLineResult) -> str:
     if len(report.files) > 1:
         return f"{result.file.name} line {result.line}"
@@ -1057,45 +1018,6 @@ def receipts_text(report: ReceiptsReport) -> str:
     return "\n".join(out)
 
 
-def receipts_main(argv: Sequence[str]) -> int:
-    """``tee-sidecar receipts verify FILE [--evidence-dir DIR] [--rotated] [--json]``.
-
-    Args:
-        argv: the arguments after ``receipts`` (e.g. ``["verify", "receipts.jsonl"]``).
-
-    Returns:
-        0 when every receipt is valid, 1 when any is invalid, 2 on a usage error or an
-        unreadable file.
-    """
-    try:
-        args = _parser().parse_args(list(argv))
-    except _ArgumentError as exc:
-        print(f"tee-sidecar receipts: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        report = verify_receipts(args.file, args.evidence_dir, include_rotated=args.rotated)
-    except OSError as exc:
-        print(f"tee-sidecar receipts: cannot read {args.file}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return EXIT_USAGE
-    head_ok = True
-    if args.expect_head is not None:
-        expected = args.expect_head.strip().lower()
-        chain = {result.line_sha256 for result in report.lines} | {GENESIS_PREV_SHA256}
-        head_ok = expected in chain
-    if args.json:
-        document = receipts_json(report)
-        if args.expect_head is not None:
-            document["expected_head_found"] = head_ok
-        print(json.dumps(document, indent=2))
-    else:
-        print(receipts_text(report))
-        if not head_ok:
-            print(f"the expected chain head {args.expect_head} is not a line of this chain: "
-                  "lines up to it were rewritten or removed")
-    return EXIT_OK if report.ok and head_ok else EXIT_INVALID
-
-
 __all__ = [
     "DEFAULT_BACKUPS",
     "DEFAULT_MAX_BYTES",
@@ -1114,7 +1036,6 @@ __all__ = [
     "encode_receipt_line",
     "receipt_time",
     "receipts_json",
-    "receipts_main",
     "receipts_text",
     "rotated_paths",
     "verify_receipts",

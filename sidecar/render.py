@@ -7,8 +7,6 @@ from typing import Any
 from sidecar.verify.attestation import AttestationReport
 from sidecar.verify.checks import Status
 
-EXIT_STATUS = {"verified": 0, "failed": 1, "incomplete": 2}
-
 _MARK = {Status.PASS: "PASS", Status.FAIL: "FAIL", Status.INCOMPLETE: "INCOMPLETE"}
 
 

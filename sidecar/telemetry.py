@@ -1,8 +1,10 @@
 """Metrics and recent failures of one sidecar process: what ``/metrics`` and ``/status`` show.
 
 ``Telemetry`` owns a private ``prometheus_client.CollectorRegistry`` (never the global default
-registry, so two sidecars in one process, as in the tests, never share or clash) and a small
-in-process view of the same events for the status page.
+registry, so two sidecars in one process, as in the tests, never share or clash). It is the one
+counter system: the status page's counts are read from the same registry ``/metrics`` renders,
+so the two can never disagree; only the recent failures and exchanges (free text, bounded
+ring buffers) live beside it.
 
 Label discipline: every label takes values from a small closed set. Endpoints outside the
 proxy's routes become ``other``, failure codes that are not stable dotted codes become
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter as _Tally
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -41,6 +42,7 @@ KNOWN_ENDPOINTS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "
 _KINDS: Final = frozenset({"attestation", "signature"})
 _RESULTS: Final = frozenset({"pass", "fail", "incomplete"})
 _VERIFIED: Final = frozenset({"true", "false", "pending"})
+_E2EE: Final = frozenset({"true", "false", "unavailable"})
 # Failure codes are stable dotted identifiers (``signature.address_not_attested``); anything else
 # could be free text and would grow the label set without bound.
 _CODE_PATTERN: Final = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+){0,3}")
@@ -154,7 +156,7 @@ class Telemetry:
 
         Args:
             attestation_times: returns, per attested model, its attestation age and expiry;
-                called at each scrape (see ``sidecar.admin.attestation_times``).
+                called at each scrape (see ``sidecar.proxy.admin.attestation_times``).
             failure_history: how many recent failures to keep.
             clock: unix time (injected so tests can pin it).
         """
@@ -184,9 +186,11 @@ class Telemetry:
             f"{METRIC_PREFIX}_identity_changes",
             "Attestations refused because a node's deployment identity is not the pinned one.",
             ["model"], registry=self.registry)
+        self._exchanges_total = Counter(
+            f"{METRIC_PREFIX}_exchanges", "Completion exchanges, by end-to-end encryption.",
+            ["e2ee"], registry=self.registry)
         self.registry.register(_AttestationGauges(lambda: self._attestation_times))
         self._request_children: dict[tuple[str, str, str], Any] = {}
-        self._tally: _Tally[str] = _Tally()
         self._failures: deque[FailureRecord] = deque(maxlen=failure_history)
         self._exchanges: deque[dict[str, Any]] = deque(maxlen=failure_history)
 
@@ -211,8 +215,6 @@ class Telemetry:
             # locked lookup on every request.
             child = self._request_children[labels] = self._requests.labels(*labels)
         child.inc()
-        self._tally["requests"] += 1
-        self._tally[f"requests_verified_{verified_label}"] += 1
 
     def observe_verification(self, kind: VerificationKind, result: VerificationResult,
                              seconds: float) -> None:
@@ -226,17 +228,14 @@ class Telemetry:
             raise ValueError(f"unknown verification label kind={kind!r} result={result!r}")
         self._verifications.labels(kind, result).inc()
         self._verification_latency.labels(kind).observe(max(seconds, 0.0))
-        self._tally[f"{kind}_{result}"] += 1
 
     def observe_blocked(self, code: str) -> None:
         """Count one response withheld from the app, by failure code."""
         self._blocked.labels(code_label(code)).inc()
-        self._tally["blocked"] += 1
 
     def observe_identity_change(self, model: str) -> None:
         """Count one attestation of ``model`` refused for a changed deployment identity."""
         self._identity_changes.labels(model[:MAX_FAILURE_MODEL_CHARS]).inc()
-        self._tally["identity_changes"] += 1
 
     def observe_upstream(self, seconds: float) -> None:
         """Record how long the provider took for one request."""
@@ -258,7 +257,7 @@ class Telemetry:
         """Remember whether one completion exchange was end-to-end encrypted and to which
         attested model key (a public key; the client's keys never come here), for the status
         page. ``e2ee``: ``true``, ``false`` or ``unavailable``."""
-        self._tally[f"e2ee_{e2ee}"] += 1
+        self._exchanges_total.labels(e2ee if e2ee in _E2EE else "unavailable").inc()
         self._exchanges.append({"time": self._clock(), "model": model[:MAX_FAILURE_MODEL_CHARS],
                                 "e2ee": e2ee, "model_key": model_key})
 
@@ -274,30 +273,44 @@ class Telemetry:
         """Every metric in the Prometheus text exposition format 0.0.4."""
         return generate_latest(self.registry)
 
+    def counters(self) -> dict[str, int]:
+        """The status page's counts, read from the Prometheus registry (the one count)."""
+        requests, verifications = self._requests, self._verifications
+        exchanges = self._exchanges_total
+        return {
+            "requests": _total(requests),
+            "requests_verified": _total(requests, verified="true"),
+            "requests_not_verified": _total(requests, verified="false"),
+            "requests_pending": _total(requests, verified="pending"),
+            "blocked": _total(self._blocked),
+            "attestations_passed": _total(verifications, kind="attestation", result="pass"),
+            "attestations_failed": _total(verifications, kind="attestation", result="fail"),
+            "attestations_incomplete": _total(verifications, kind="attestation",
+                                              result="incomplete"),
+            "signatures_passed": _total(verifications, kind="signature", result="pass"),
+            "signatures_failed": _total(verifications, kind="signature", result="fail"),
+            "signatures_incomplete": _total(verifications, kind="signature", result="incomplete"),
+            "identity_changes": _total(self._identity_changes),
+            "exchanges_e2ee": _total(exchanges, e2ee="true"),
+            "exchanges_plaintext": _total(exchanges, e2ee="false"),
+            "exchanges_e2ee_unavailable": _total(exchanges, e2ee="unavailable"),
+        }
+
     def snapshot(self) -> dict[str, Any]:
         """Counters and recent failures as plain JSON-ready data (for ``/status.json``)."""
-        tally = self._tally
         now = self._clock()
         return {
             "started_at": self.started_at,
             "uptime_seconds": round(now - self.started_at, 3),
-            "counters": {
-                "requests": tally["requests"],
-                "requests_verified": tally["requests_verified_true"],
-                "requests_not_verified": tally["requests_verified_false"],
-                "requests_pending": tally["requests_verified_pending"],
-                "blocked": tally["blocked"],
-                "attestations_passed": tally["attestation_pass"],
-                "attestations_failed": tally["attestation_fail"],
-                "attestations_incomplete": tally["attestation_incomplete"],
-                "signatures_passed": tally["signature_pass"],
-                "signatures_failed": tally["signature_fail"],
-                "signatures_incomplete": tally["signature_incomplete"],
-                "identity_changes": tally["identity_changes"],
-                "exchanges_e2ee": tally["e2ee_true"],
-                "exchanges_plaintext": tally["e2ee_false"],
-                "exchanges_e2ee_unavailable": tally["e2ee_unavailable"],
-            },
+            "counters": self.counters(),
             "failures": [asdict(record) for record in self.failures()],
             "exchanges": self.exchanges(),
         }
+
+
+def _total(counter: Counter, **labels: str) -> int:
+    """The sum of ``counter`` over the label sets that match ``labels``."""
+    return int(sum(sample.value
+                   for metric in counter.collect() for sample in metric.samples
+                   if sample.name.endswith("_total")
+                   and all(sample.labels.get(k) == v for k, v in labels.items())))

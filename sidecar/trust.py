@@ -15,8 +15,7 @@ from importlib import resources
 from typing import Any
 
 from sidecar.config import TrustAnchors
-from sidecar.proxy.nras_client import NVIDIA_NRAS_ISSUER
-from sidecar.simulator.nras import SIMULATOR_NRAS_ISSUER
+from sidecar.issuers import NVIDIA_NRAS_ISSUER, SIMULATOR_NRAS_ISSUER
 from sidecar.verify.attestation import TrustRoots
 
 SIMULATOR_WARNING = (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.logs import configure_logging
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 
 # One JSON line per event on stderr, as in production; pytest shows it for failing tests.
 configure_logging("json", "info")

@@ -20,20 +20,19 @@ import pytest
 from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient
 
-from sidecar.admin import (
+from sidecar.proxy.admin import (
     NOT_STARTED,
     AdminView,
     attestation_times,
     build_admin_app,
-    keep_models_warm,
     public_url,
     status_document,
-    warm_models,
 )
 from sidecar.config import Settings, load_settings
 from sidecar.errors import VerificationFailed
 from sidecar.proxy.attester import AttestationCache, CachedAttestation
-from sidecar.simulator.stack import Stack
+from sidecar.proxy.warmup import keep_models_warm, warm_models
+from tests.stack import Stack
 from sidecar.telemetry import FAILURE_HISTORY, Telemetry
 from sidecar.verify.attestation import AttestationReport, NodeReport
 from sidecar.verify.checks import Check

@@ -12,7 +12,7 @@ import pytest
 from sidecar.cli import main
 from sidecar.simulator.evidence import SimulatedEvidence
 from sidecar.simulator.provider import Faults, SigningNode
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from tests.conftest import TEE_MODEL
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from sidecar.receipts import decode_receipt_line
 from sidecar.simulator.provider import CANONICAL_MODEL
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from tests.conftest import TEE_MODEL
 from tests.test_proxy_e2e import EXPECTED_TEXT, post, set_faults
 
@@ -377,7 +377,7 @@ def test_hostile_nesting_is_a_verification_failure_not_a_crash() -> None:
 
 
 def test_status_page_lists_each_exchange_and_its_key(stack: Stack) -> None:
-    from sidecar.admin import render_status_html, status_document
+    from sidecar.proxy.admin import render_status_html, status_document
 
     url = near(stack, "near-cloud", "ecdsa")
     client(url).chat.completions.create(model=CANONICAL_MODEL, messages=MESSAGES)

@@ -14,7 +14,7 @@ from aiohttp import web
 from sidecar.cli import main
 from sidecar.proxy import attester
 from sidecar.simulator.dstack import default_app_compose
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from tests.adversarial.harness import TEE_MODEL, chat
 
 ASSETS = Path(__file__).parent / "assets" / "provenance"

@@ -14,7 +14,7 @@ import urllib.request
 import openai
 import pytest
 
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from tests.conftest import PLAIN_MODEL, TEE_MODEL
 
 MESSAGES = [{"role": "user", "content": "Tell me a secret about enclaves."}]

@@ -31,13 +31,18 @@ from sidecar.receipts import (
     decode_receipt_line,
     encode_receipt_line,
     receipt_time,
-    receipts_main,
     verify_receipts,
 )
+from sidecar.cli import main as cli_main
 from sidecar.simulator.evidence import SimulatedEvidence
 from sidecar.simulator.provider import Faults, SigningNode
 
 MODEL = "TEE/simulated-llama-3.3-70b"
+
+
+def receipts_main(argv: list[str]) -> int:
+    """``tee-sidecar receipts ARGV``, through the one CLI tree."""
+    return cli_main(["receipts", *argv])
 PROMPT_MARKER = "PROMPT-MARKER-do-not-log-7f3a9c"
 COMPLETION_MARKER = "COMPLETION-MARKER-do-not-log-51be"
 
@@ -556,11 +561,13 @@ def test_cli_json_and_evidence_dir(three_verified: Written, tmp_path: Path,
 
 @pytest.mark.parametrize("argv", [[], ["verify"], ["nonsense", "x"]])
 def test_cli_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert receipts_main(argv) == 2
+    with pytest.raises(SystemExit) as info:
+        receipts_main(argv)
+    assert info.value.code == 64
 
 
 def test_cli_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert receipts_main(["verify", str(tmp_path / "absent.jsonl")]) == 2
+    assert receipts_main(["verify", str(tmp_path / "absent.jsonl")]) == 64
     assert "cannot read" in capsys.readouterr().err
 
 

@@ -38,7 +38,7 @@ from sidecar.simulator.provider import (
     SimulatedProvider,
 )
 from sidecar.simulator.server import build_simulator
-from sidecar.simulator.stack import Stack, simulator_settings
+from tests.stack import Stack, simulator_settings
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -446,3 +446,18 @@ def test_cli_simulate_refuses_an_unknown_profile(capsys: pytest.CaptureFixture[s
         main(["simulate", "--profile", "near"])
     assert exited.value.code == 64  # EX_USAGE, as every usage error of the CLI
     assert "invalid choice: 'near'" in capsys.readouterr().err
+
+
+def test_the_gateway_record_is_served_to_other_processes(tmp_path: Path) -> None:
+    """``GET /_simulator/gateway``: what ``make demo`` shows the gateway held under E2EE."""
+    import urllib.request
+
+    stack = Stack(tmp_path, profile="near-cloud")
+    try:
+        stack.call(lambda: stack.simulator.gateway_seen.append(b"\x00sealed"))
+        with urllib.request.urlopen(f"{stack.simulator_url}/_simulator/gateway",
+                                    timeout=10) as response:
+            seen = json.loads(response.read())["seen"]
+        assert [base64.b64decode(blob) for blob in seen] == [b"\x00sealed"]
+    finally:
+        stack.close()

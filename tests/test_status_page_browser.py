@@ -23,10 +23,10 @@ import openai
 import pytest
 from aiohttp import web
 
-from sidecar.admin import build_admin_app
+from sidecar.proxy.admin import build_admin_app
 from sidecar.config import Settings
 from sidecar.proxy.attester import AttestationCache
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from sidecar.telemetry import Telemetry
 from tests.conftest import TEE_MODEL
 

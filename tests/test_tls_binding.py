@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from sidecar.simulator.evidence import SimulatedEvidence
 from sidecar.simulator.server import build_simulator
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from tests.conftest import TEE_MODEL
 
 MESSAGES = [{"role": "user", "content": "hello over TLS"}]

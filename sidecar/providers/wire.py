@@ -65,7 +65,6 @@ class CompletionSignature:
 # Real reports are tens of KiB (a 5 KiB quote, an event log, GPU evidence of a few KiB per GPU);
 # 4 MiB leaves room for eight-GPU nodes and refuses a hostile multi-gigabyte body.
 MAX_REPORT_BYTES = 4 << 20
-
 MAX_SIGNATURE_RECORD_BYTES = 16 << 10
 
 

@@ -59,6 +59,7 @@ from sidecar.errors import (
 from sidecar.pins import IdentityGate
 from sidecar.proxy.attester import AttestationCache, CachedAttestation
 from sidecar.proxy.local_origin import LocalCallerPolicy, check_json_content_type, cors_headers
+from sidecar.proxy.fetch import read_completion, read_error_body, stream_timeout_error
 from sidecar.proxy.upstream import UpstreamClient
 from sidecar.receipts import ReceiptLog, ReceiptLogError, RecentChatIds
 from sidecar.telemetry import Telemetry
@@ -712,38 +713,9 @@ def _with_canonical_model(state: ProxyState, body: bytes, model: str,
 
 async def _read_upstream(resp: aiohttp.ClientResponse,
                          limits: LimitsSettings) -> tuple[bytes, SidecarError | None]:
-    """The upstream body within ``limits.max_response_bytes`` and ``limits.stream_timeout``.
-
-    Returns the bytes received and, when the read did not complete, why: a completion cut on
-    the path is still judged, so its receipt records it (the enclave may have signed it).
-    Failure codes: ``limits.response_too_large``, ``limits.stream_timeout``, ``upstream.timeout``,
-    ``stream.truncated``.
-    """
-    received = bytearray()
-    deadline = asyncio.timeout(limits.stream_timeout)
-    try:
-        async with deadline:
-            async for chunk in resp.content.iter_any():
-                received += chunk
-                if len(received) > limits.max_response_bytes:
-                    return bytes(received), VerificationFailed(
-                        f"response exceeds limits.max_response_bytes ({limits.max_response_bytes})",
-                        code="limits.response_too_large")
-    except TimeoutError:
-        if deadline.expired():
-            return bytes(received), _stream_timeout(limits)
-        return bytes(received), UpstreamError("the provider stopped sending",
-                                              code="upstream.timeout")
-    except aiohttp.ClientError as exc:
-        return bytes(received), UpstreamError(
-            f"upstream connection broke mid-body: {type(exc).__name__}", code="stream.truncated")
-    return bytes(received), None
-
-
-def _stream_timeout(limits: LimitsSettings) -> UpstreamError:
-    return UpstreamError(
-        f"the response took longer than limits.stream_timeout ({limits.stream_timeout} s)",
-        code="limits.stream_timeout", http_status=504)
+    """The upstream body within ``limits`` (see :func:`sidecar.proxy.fetch.read_completion`)."""
+    return await read_completion(resp, limit=limits.max_response_bytes,
+                                 stream_timeout=limits.stream_timeout)
 
 
 async def _upstream_error(resp: aiohttp.ClientResponse, request_id: str) -> web.Response:
@@ -785,10 +757,7 @@ def passed_on_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 async def _read_upstream_error(resp: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await resp.content.read(MAX_ERROR_BODY_BYTES)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
-        return b""
+    return await read_error_body(resp, MAX_ERROR_BODY_BYTES)
 
 
 def _deliver_or_block(completion: _Completion, verdict: CompletionVerdict, body: bytes,
@@ -914,8 +883,8 @@ async def _relay_stream(completion: _Completion,
     except VerificationFailed as exc:
         failure = exc
     except TimeoutError:
-        failure = _stream_timeout(limits) if deadline.expired() else UpstreamError(
-            "the provider stopped sending", code="upstream.timeout")
+        failure = (stream_timeout_error(limits.stream_timeout) if deadline.expired()
+                   else UpstreamError("the provider stopped sending", code="upstream.timeout"))
     except aiohttp.ClientError as exc:
         failure = VerificationFailed(f"upstream stream broke: {type(exc).__name__}",
                                      code="stream.truncated")

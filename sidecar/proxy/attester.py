@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from sidecar.config import MAX_NODES
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.pins import IdentityGate
 from sidecar.config import MAX_NODES

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import hdrs
-
 from sidecar.errors import VerificationFailed, VerificationIncomplete
+from sidecar.issuers import INTEL_PCS_URL
+from sidecar.proxy.fetch import Fetcher
 from sidecar.verify.tdx import MAX_COLLATERAL_BYTES, collateral_next_update, quote_platform
 
 __all__ = [
@@ -50,8 +50,6 @@ __all__ = [
     "CollateralSource",
 ]
 
-#: Intel's Provisioning Certification Service (the default; a PCCS mirrors its API).
-INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 #: CRL distribution point of the Intel SGX Root CA certificate (the CRL is DER).
 INTEL_ROOT_CA_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
 #: One PCS answer (a CRL, TCB info) larger than this is refused: Intel's largest, the processor
@@ -169,10 +167,10 @@ class CollateralSource:
             base = base.removesuffix(suffix)
         self._base = base
         self._is_intel_pcs = base.startswith(INTEL_PCS_URL)
-        self._session = session
+        self._fetcher = Fetcher(session)
         self._offline_path = offline_path
         self._cache_dir = cache_dir
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._clock = clock
         # Single flight per platform: concurrent attestations of one model share one fetch.
         self._locks: dict[str, asyncio.Lock] = {}
@@ -292,28 +290,18 @@ class CollateralSource:
         Raises:
             VerificationIncomplete: on any transport failure, non-2xx status or oversize body.
         """
-        try:
-            async with self._session.get(url, timeout=self._timeout) as response:
-                if response.status != 200:
-                    raise _unavailable(f"{what}: {url} answered HTTP {response.status}")
-                length = response.headers.get(hdrs.CONTENT_LENGTH)
-                if length is not None and length.isdigit() and int(length) > MAX_RESPONSE_BYTES:
-                    raise _unavailable(f"{what}: answer of {length} bytes is too large")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    body.extend(chunk)
-                    if len(body) > MAX_RESPONSE_BYTES:
-                        raise _unavailable(f"{what}: answer is larger than {MAX_RESPONSE_BYTES} bytes")
-                headers = {
-                    name: response.headers[name]
-                    for name in (_PCK_CRL_CHAIN_HEADER, *_TCB_CHAIN_HEADERS, _QE_CHAIN_HEADER)
-                    if name in response.headers
-                }
-                return bytes(body), headers
-        except VerificationIncomplete:
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _unavailable(f"{what}: cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
+        # Redirects are followed (as before the fetcher existed): Intel serves its CRLs from a
+        # CDN, and nothing fetched is trusted before the verifier checks it against the root.
+        fetched = await self._fetcher.fetch(url, timeout=self._timeout, limit=MAX_RESPONSE_BYTES,
+                                            purpose=what, code=_CODE, allow_redirects=True)
+        if fetched.status != 200:
+            raise _unavailable(f"{what}: {url} answered HTTP {fetched.status}")
+        headers = {
+            name: fetched.headers[name]
+            for name in (_PCK_CRL_CHAIN_HEADER, *_TCB_CHAIN_HEADERS, _QE_CHAIN_HEADER)
+            if name in fetched.headers
+        }
+        return fetched.body, headers
 
 
 def _chain(headers: dict[str, str], names: tuple[str, ...]) -> str:

@@ -27,6 +27,7 @@ from aiohttp.web_request import BaseRequest
 
 from sidecar.config import LimitsSettings
 from sidecar.errors import BadRequest, SidecarError, TooManyRequests, openai_error_body
+from sidecar.proxy.verdict import HEADER_FAILURE, HEADER_SHOULD_RETRY, HEADER_VERIFIED
 
 log = structlog.get_logger("tee_sidecar.proxy")
 
@@ -39,9 +40,9 @@ def raw_error_response(error: SidecarError) -> bytes:
             "Content-Type: application/json; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n"
-            "x-tee-verified: false\r\n"
-            f"x-tee-failure: {error.code}\r\n"
-            f"x-should-retry: {'true' if status.value == 429 else 'false'}\r\n\r\n")
+            f"{HEADER_VERIFIED}: false\r\n"
+            f"{HEADER_FAILURE}: {error.code}\r\n"
+            f"{HEADER_SHOULD_RETRY}: {'true' if status.value == 429 else 'false'}\r\n\r\n")
     return head.encode("ascii") + body
 
 
@@ -129,9 +130,9 @@ class _GatedRequestHandler(web.RequestHandler):
                                code="request.malformed_http", http_status=status)
         log.warning("request_refused", status=error.http_status, code=error.code)
         response = web.json_response(openai_error_body(error), status=error.http_status,
-                                     headers={"x-tee-verified": "false",
-                                              "x-tee-failure": error.code,
-                                              "x-should-retry": "false"})
+                                     headers={HEADER_VERIFIED: "false",
+                                              HEADER_FAILURE: error.code,
+                                              HEADER_SHOULD_RETRY: "false"})
         response.force_close()
         return response
 

@@ -22,6 +22,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sidecar.errors import BadRequest
+from sidecar.proxy.verdict import (
+    HEADER_E2EE,
+    HEADER_EVIDENCE,
+    HEADER_FAILURE,
+    HEADER_REQUEST_BINDING,
+    HEADER_REQUEST_ID,
+    HEADER_SERVED_MODEL,
+    HEADER_SHOULD_RETRY,
+    HEADER_SIGNATURE_KIND,
+    HEADER_SIGNER,
+    HEADER_VERIFIED,
+)
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost",
                             "ip6-loopback"})
@@ -122,9 +134,10 @@ class LocalCallerPolicy:
 # What a configured origin's page may send and read (CORS, https://fetch.spec.whatwg.org/#http-cors-protocol):
 # the verdict headers must be readable by the page, or it cannot tell verified from not.
 CORS_ALLOWED_METHODS = "GET, POST"
-CORS_EXPOSED_HEADERS = ("x-tee-verified, x-tee-failure, x-tee-signing-address, "
-                        "x-tee-evidence-sha256, x-tee-e2ee, x-tee-request-binding, "
-                        "x-tee-served-model, x-tee-signature-kind, x-request-id, x-should-retry")
+CORS_EXPOSED_HEADERS = ", ".join((HEADER_VERIFIED, HEADER_FAILURE, HEADER_SIGNER,
+                                  HEADER_EVIDENCE, HEADER_E2EE, HEADER_REQUEST_BINDING,
+                                  HEADER_SERVED_MODEL, HEADER_SIGNATURE_KIND, HEADER_REQUEST_ID,
+                                  HEADER_SHOULD_RETRY))
 CORS_MAX_AGE_SECONDS = "600"
 _HEADER_LIST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_, ")
 

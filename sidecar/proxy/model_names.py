@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import aiohttp
 
 from sidecar.errors import BadRequest, SidecarError, VerificationIncomplete
-from sidecar.proxy.upstream import UpstreamClient, read_bounded
+from sidecar.proxy.upstream import UpstreamClient
 
 # A model list is a few KiB per hundred models; more than this is not a list.
 MAX_MODEL_LIST_BYTES = 4 << 20
@@ -95,26 +95,8 @@ class KnownModelNames:
 def provider_model_list(upstream: UpstreamClient,
                         timeout: float) -> Callable[[], Awaitable[frozenset[str]]]:
     """A ``fetch_list`` for ``KnownModelNames``: the provider's ``/v1/models``, bounded."""
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-
     async def fetch() -> frozenset[str]:
-        try:
-            resp = await upstream.open("GET", "/v1/models", None, client_timeout)
-            async with resp:
-                if resp.status != 200:
-                    raise VerificationIncomplete(
-                        f"the provider's model list answered HTTP {resp.status}",
-                        code="attestation.model_list_unavailable")
-                body = await read_bounded(resp, MAX_MODEL_LIST_BYTES, "model list",
-                                          code="attestation.model_list_unavailable")
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            raise VerificationIncomplete("the provider's model list could not be read",
-                                         code="attestation.model_list_unavailable") from None
-        except SidecarError as exc:
-            if isinstance(exc, VerificationIncomplete):
-                raise
-            raise VerificationIncomplete(f"the provider's model list: {exc.message}",
-                                         code="attestation.model_list_unavailable") from None
+        body = await upstream.fetch_model_list(timeout, MAX_MODEL_LIST_BYTES)
         return parse_model_list(body)
 
     return fetch

@@ -23,6 +23,8 @@ import aiohttp
 from aiohttp import hdrs
 
 from sidecar.errors import VerificationIncomplete
+from sidecar.issuers import NVIDIA_NRAS_ATTEST_URL, NVIDIA_NRAS_ISSUER, NVIDIA_NRAS_JWKS_URL
+from sidecar.proxy.fetch import Fetcher
 from sidecar.verify.nvidia import MAX_NRAS_RESPONSE_BYTES
 
 __all__ = [
@@ -34,11 +36,6 @@ __all__ = [
     "NVIDIA_NRAS_JWKS_URL",
     "NrasClient",
 ]
-
-# NVIDIA's production service (provider-api.md §2 "GPU"; NVIDIA/attestation-sdk DEFAULT_BASE_URL).
-NVIDIA_NRAS_ISSUER: Final = "https://nras.attestation.nvidia.com"
-NVIDIA_NRAS_ATTEST_URL: Final = f"{NVIDIA_NRAS_ISSUER}/v3/attest/gpu"
-NVIDIA_NRAS_JWKS_URL: Final = f"{NVIDIA_NRAS_ISSUER}/.well-known/jwks.json"
 
 # NVIDIA's attestation SDK caches the JWKS too (JwkStore cache_duration_ms); an hour keeps load
 # low while letting a rotated-out key age out the same day.
@@ -73,10 +70,10 @@ class NrasClient:
         jwks_ttl: float = DEFAULT_JWKS_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._session = session
+        self._fetcher = Fetcher(session)
         self._nras_url = nras_url
         self._jwks_url = jwks_url
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._jwks_ttl = jwks_ttl
         self._clock = clock
         self._jwks: dict[str, Any] | None = None
@@ -147,31 +144,14 @@ class NrasClient:
 
     async def _request(self, method: str, url: str, limit: int, **kwargs: Any) -> Any:
         """One bounded request returning parsed JSON; every failure is ``gpu.nras_unavailable``."""
-        try:
-            async with self._session.request(
-                method, url, timeout=self._timeout, allow_redirects=False, **kwargs
-            ) as response:
-                if response.status != 200:
-                    raise VerificationIncomplete(
-                        f"NRAS {method} {url} answered HTTP {response.status}", code=_UNAVAILABLE
-                    )
-                if response.content_length is not None and response.content_length > limit:
-                    raise VerificationIncomplete(
-                        f"NRAS answer is larger than {limit} bytes", code=_UNAVAILABLE
-                    )
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    body.extend(chunk)
-                    if len(body) > limit:
-                        raise VerificationIncomplete(
-                            f"NRAS answer is larger than {limit} bytes", code=_UNAVAILABLE
-                        )
-        except VerificationIncomplete:
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+        fetched = await self._fetcher.fetch(url, method=method, limit=limit,
+                                            timeout=self._timeout, purpose="NRAS answer",
+                                            code=_UNAVAILABLE, **kwargs)
+        if fetched.status != 200:
             raise VerificationIncomplete(
-                f"NRAS {method} {url} failed: {type(error).__name__}", code=_UNAVAILABLE
-            ) from error
+                f"NRAS {method} {url} answered HTTP {fetched.status}", code=_UNAVAILABLE
+            )
+        body = fetched.body
         try:
             return json.loads(body)
         except (ValueError, RecursionError) as error:

@@ -26,6 +26,7 @@ from aiohttp import hdrs
 
 from sidecar.durable import replace_durably
 from sidecar.errors import VerificationFailed, VerificationIncomplete
+from sidecar.proxy.fetch import Fetcher
 from sidecar.verify.attestation import AttestationReport
 from sidecar.verify.checks import Check, Status
 from sidecar.verify.compose import compose_images
@@ -98,10 +99,10 @@ class ProvenanceSource:
 
     def __init__(self, session: aiohttp.ClientSession, *, api_url: str, archive_dir: Path,
                  timeout: float, token: str | None = None) -> None:
-        self._session = session
+        self._fetcher = Fetcher(session)
         self._api_url = api_url.rstrip("/")
         self.archive_dir = archive_dir
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._token = token
 
     async def bundles(self, digest: str, requirement: ProvenanceRequirement) -> list[bytes] | None:
@@ -135,22 +136,16 @@ class ProvenanceSource:
                    "X-GitHub-Api-Version": "2022-11-28"}
         if self._token:
             headers[hdrs.AUTHORIZATION] = f"Bearer {self._token}"
-        try:
-            async with self._session.get(url, params={"per_page": str(MAX_BUNDLES_PER_DIGEST)},
-                                         headers=headers, timeout=self._timeout,
-                                         allow_redirects=False) as resp:
-                if resp.status == 404:
-                    return []  # no attestation for this digest in that repository
-                if resp.status != 200:
-                    raise VerificationIncomplete(f"attestations API answered {resp.status}",
-                                                 code="provenance.attestation_unavailable")
-                body = await resp.content.read(MAX_API_RESPONSE_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise VerificationIncomplete(f"attestations API unreachable: {type(exc).__name__}",
-                                         code="provenance.attestation_unavailable") from None
-        if len(body) > MAX_API_RESPONSE_BYTES:
-            raise VerificationIncomplete("attestations API answer too large",
+        fetched = await self._fetcher.fetch(
+            url, params={"per_page": str(MAX_BUNDLES_PER_DIGEST)}, headers=headers,
+            timeout=self._timeout, limit=MAX_API_RESPONSE_BYTES,
+            purpose="attestations API", code="provenance.attestation_unavailable")
+        if fetched.status == 404:
+            return []  # no attestation for this digest in that repository
+        if fetched.status != 200:
+            raise VerificationIncomplete(f"attestations API answered {fetched.status}",
                                          code="provenance.attestation_unavailable")
+        body = fetched.body
         try:
             document = json.loads(body)
         except (ValueError, RecursionError):

@@ -16,14 +16,15 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from sidecar.admin import build_admin_app, keep_models_warm, public_url
+from sidecar.proxy.admin import build_admin_app, public_url
 from sidecar.config import Settings
 from sidecar.errors import VerificationFailed
 from sidecar.pins import log_identity_modes
 from sidecar.proxy.app import STATE, build_proxy_app
 from sidecar.proxy.connections import GatedAppRunner
 from sidecar.proxy.local_origin import LocalCallerPolicy
-from sidecar.proxy.state import client_session, load_policies, state_factory
+from sidecar.proxy.warmup import keep_models_warm
+from sidecar.proxy.wiring import client_session, load_policies, state_factory
 from sidecar.verify.policy import PolicySet
 
 log = structlog.get_logger("tee_sidecar")

@@ -8,37 +8,27 @@ callers fail closed with a stable code instead of a stack trace.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import hdrs
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from sidecar.errors import UpstreamError, VerificationFailed, VerificationIncomplete
+from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.providers.contracts import NO_ALIASING_HEADER, ProviderContract
+from sidecar.providers.wire import MAX_REPORT_BYTES, MAX_SIGNATURE_RECORD_BYTES
+from sidecar.proxy.fetch import Fetcher, PeerCertificate
 
 USER_AGENT = "tee-sidecar/0.1"
 # Attestation reports are tens of KiB; signature records a few hundred bytes. Reading more than
-# these bounds would let a hostile gateway exhaust memory through the evidence path.
-MAX_EVIDENCE_BYTES = 4 << 20
-MAX_SIGNATURE_BYTES = 16 << 10
+# the parsers' own bounds would let a hostile gateway exhaust memory through the evidence path.
+MAX_EVIDENCE_BYTES = MAX_REPORT_BYTES
+MAX_SIGNATURE_BYTES = MAX_SIGNATURE_RECORD_BYTES
 # The longest pause between two fetches of a signature not yet stored: NEAR stores records
 # within moments of the answer's end, so waiting longer only delays the verdict.
 MAX_RETRY_DELAY_SECONDS = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCertificate:
-    """The TLS certificate seen on one connection: its DER sha256 and its SPKI sha256."""
-
-    der_sha256: bytes
-    spki_sha256: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +45,7 @@ class UpstreamClient:
     def __init__(self, session: aiohttp.ClientSession, contract: ProviderContract,
                  api_key: str | None, *, signature_retries: int, signature_retry_delay: float,
                  signature_deadline: float, evidence_timeout: float, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._session = session
+        self._fetcher = Fetcher(session)
         # For the provider's connections only: the system store (True), or with
         # upstream.ca_file a context that adds that bundle; a Fingerprint once an attestation
         # bound the provider's TLS key. PCS and NRAS keep the session's system store.
@@ -66,7 +56,7 @@ class UpstreamClient:
         self._signature_retries = signature_retries
         self._signature_retry_delay = signature_retry_delay
         self._signature_deadline = signature_deadline
-        self._evidence_timeout = aiohttp.ClientTimeout(total=evidence_timeout)
+        self._evidence_timeout = evidence_timeout
 
     def pin_certificate(self, der_sha256: bytes) -> None:
         """Accept only this certificate from the provider for the rest of the session.
@@ -110,18 +100,8 @@ class UpstreamClient:
             # the sidecar sends the attested canonical id (spec 0.2).
             headers[NO_ALIASING_HEADER] = "true"
         headers.update(extra_headers or {})
-        try:
-            return await self._session.request(
-                method, self.contract.openai_url(path), data=body, headers=headers,
-                timeout=timeout, auto_decompress=False, allow_redirects=False, ssl=self._ssl)
-        except aiohttp.ServerFingerprintMismatch:
-            raise UpstreamError("the provider's TLS certificate is not the attested one",
-                                code="upstream.tls_pin_mismatch") from None
-        except asyncio.TimeoutError:
-            raise UpstreamError("the provider did not answer in time", code="upstream.timeout") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"cannot reach the provider: {type(exc).__name__}",
-                                code="upstream.unavailable") from None
+        return await self._fetcher.open(method, self.contract.openai_url(path), data=body,
+                                        headers=headers, timeout=timeout, ssl=self._ssl)
 
     async def fetch_attestation(self, model: str, nonce: str, signing_algo: str,
                                 signing_address: str | None = None) -> FetchedReport:
@@ -131,28 +111,25 @@ class UpstreamClient:
         Raises:
             VerificationFailed: ``attestation.unavailable`` when the provider says the model has
                 no attestation (404); ``attestation.refused`` for other 3xx/4xx answers.
+                ``upstream.tls_pin_mismatch``; ``evidence.too_large``.
             VerificationIncomplete: ``attestation.fetch_failed`` on transport errors and 5xx.
         """
         url, query = self.contract.attestation_url(model, nonce, signing_algo, signing_address)
-        with _evidence_fetch("attestation", "attestation.fetch_failed"):
-            async with self._session.get(url, params=query, headers=self.headers(),
-                                         timeout=self._evidence_timeout, ssl=self._ssl,
-                                         allow_redirects=False) as resp:
-                peer = _peer_certificate(resp)
-                if resp.status >= 500:
-                    raise VerificationIncomplete(f"attestation endpoint answered {resp.status}",
-                                                 code="attestation.fetch_failed")
-                if resp.status == 404:
-                    raise VerificationFailed(
-                        f"provider has no attestation for {model} (HTTP 404)",
-                        code="attestation.unavailable")
-                if resp.status != 200:
-                    # 429, 401, a redirect: not "this model has no TEE", only "not now".
-                    raise VerificationFailed(
-                        f"attestation endpoint refused (HTTP {resp.status})",
-                        code="attestation.refused")
-                body = await read_bounded(resp, MAX_EVIDENCE_BYTES, "attestation report")
-        return FetchedReport(body, peer)
+        fetched = await self._fetcher.fetch(
+            url, params=query, headers=self.headers(), timeout=self._evidence_timeout,
+            ssl=self._ssl, limit=MAX_EVIDENCE_BYTES, purpose="attestation report",
+            code="attestation.fetch_failed", too_large_code="evidence.too_large")
+        if fetched.status >= 500:
+            raise VerificationIncomplete(f"attestation endpoint answered {fetched.status}",
+                                         code="attestation.fetch_failed")
+        if fetched.status == 404:
+            raise VerificationFailed(f"provider has no attestation for {model} (HTTP 404)",
+                                     code="attestation.unavailable")
+        if fetched.status != 200:
+            # 429, 401, a redirect: not "this model has no TEE", only "not now".
+            raise VerificationFailed(f"attestation endpoint refused (HTTP {fetched.status})",
+                                     code="attestation.refused")
+        return FetchedReport(fetched.body, fetched.peer)
 
     async def fetch_signature(self, chat_id: str, model: str, signing_algo: str) -> bytes:
         """Fetch the signature record of ``chat_id``, retrying while it is not yet written.
@@ -166,6 +143,7 @@ class UpstreamClient:
         Raises:
             VerificationFailed: ``signature.missing`` when it never appears (404 to the end)
                 or the endpoint refuses (4xx).
+                ``upstream.tls_pin_mismatch``; ``evidence.too_large``.
             VerificationIncomplete: ``signature.fetch_failed`` on transport errors and 5xx.
         """
         url, query = self.contract.signature_url(chat_id, model, signing_algo)
@@ -174,18 +152,18 @@ class UpstreamClient:
         tries = 0
         while True:
             tries += 1
-            with _evidence_fetch("signature", "signature.fetch_failed"):
-                async with self._session.get(url, params=query, headers=self.headers(),
-                                             timeout=self._evidence_timeout, ssl=self._ssl,
-                                             allow_redirects=False) as resp:
-                    if resp.status == 200:
-                        return await read_bounded(resp, MAX_SIGNATURE_BYTES, "signature record")
-                    if resp.status >= 500:
-                        raise VerificationIncomplete(f"signature endpoint answered {resp.status}",
-                                                     code="signature.fetch_failed")
-                    if resp.status != 404:
-                        raise VerificationFailed(f"signature endpoint answered {resp.status}",
-                                                 code="signature.missing")
+            fetched = await self._fetcher.fetch(
+                url, params=query, headers=self.headers(), timeout=self._evidence_timeout,
+                ssl=self._ssl, limit=MAX_SIGNATURE_BYTES, purpose="signature record",
+                code="signature.fetch_failed", too_large_code="evidence.too_large")
+            if fetched.status == 200:
+                return fetched.body
+            if fetched.status >= 500:
+                raise VerificationIncomplete(f"signature endpoint answered {fetched.status}",
+                                             code="signature.fetch_failed")
+            if fetched.status != 404:
+                raise VerificationFailed(f"signature endpoint answered {fetched.status}",
+                                         code="signature.missing")
             if tries > self._signature_retries or time.monotonic() + delay > deadline:
                 break
             await asyncio.sleep(delay)
@@ -193,63 +171,24 @@ class UpstreamClient:
         raise VerificationFailed(f"no signature for completion {chat_id} after {tries} tries",
                                  code="signature.missing")
 
+    async def fetch_model_list(self, timeout: float, limit: int) -> bytes:
+        """The provider's ``/v1/models`` body, at most ``limit`` bytes.
 
-@contextmanager
-def _evidence_fetch(what: str, code: str) -> Iterator[None]:
-    """Map transport failures of an evidence fetch to the sidecar's errors.
-
-    Raises:
-        VerificationFailed: ``upstream.tls_pin_mismatch`` (not the attested certificate).
-        VerificationIncomplete: ``code`` for timeouts and connection failures.
-    """
-    try:
-        yield
-    except aiohttp.ServerFingerprintMismatch:
-        raise VerificationFailed("the provider's TLS certificate is not the attested one",
-                                 code="upstream.tls_pin_mismatch") from None
-    except asyncio.TimeoutError:
-        raise VerificationIncomplete(f"{what} endpoint timed out", code=code) from None
-    except aiohttp.ClientError as exc:
-        raise VerificationIncomplete(f"{what} fetch failed: {type(exc).__name__}",
-                                     code=code) from None
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str,
-                       code: str = "evidence.too_large") -> bytes:
-    """Read a whole body, refusing more than ``limit`` bytes.
-
-    Raises:
-        VerificationFailed: with ``code`` when the body is larger than ``limit``.
-        aiohttp.ClientError, asyncio.TimeoutError: transport failures, for the caller to map.
-    """
-    if resp.content_length is not None and resp.content_length > limit:
-        raise VerificationFailed(f"{what} exceeds {limit} bytes", code=code)
-    body = bytearray()
-    async for chunk in resp.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise VerificationFailed(f"{what} exceeds {limit} bytes", code=code)
-    return bytes(body)
-
-
-def _peer_certificate(resp: aiohttp.ClientResponse) -> PeerCertificate | None:
-    """The certificate on this very connection (``None`` over plain HTTP or when unknowable).
-
-    A small body arrives with the headers, and aiohttp then releases the connection before the
-    caller sees the response; the response keeps its protocol, whose transport is the same TLS
-    connection, so that is read when ``resp.connection`` is already gone.
-    """
-    protocol = resp.connection.protocol if resp.connection is not None else getattr(
-        resp, "_protocol", None)
-    transport = getattr(protocol, "transport", None)
-    if transport is None:
-        return None
-    ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
-        Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return PeerCertificate(hashlib.sha256(der).digest(), hashlib.sha256(spki).digest())
+        Raises:
+            VerificationIncomplete: ``attestation.model_list_unavailable`` for every failure
+                (a list that cannot be read only leaves the model undecided).
+        """
+        code = "attestation.model_list_unavailable"
+        try:
+            fetched = await self._fetcher.fetch(
+                self.contract.openai_url("/v1/models"), headers=self.headers(), timeout=timeout,
+                ssl=self._ssl, limit=limit, purpose="the provider's model list", code=code)
+        except VerificationFailed as exc:
+            if isinstance(exc, VerificationIncomplete):
+                raise
+            raise VerificationIncomplete(f"the provider's model list: {exc.message}",
+                                         code=code) from None
+        if fetched.status != 200:
+            raise VerificationIncomplete(
+                f"the provider's model list answered HTTP {fetched.status}", code=code)
+        return fetched.body

@@ -228,45 +228,14 @@ def build_node_identity(
     if mr_kms is None:
         mr_kms = hashlib.sha384(b"tee-sidecar simulated KMS").digest()
 
-    boot = [
-        _boot(0, _EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot\x00"),
-        _boot(0, _EV_SEPARATOR, b"\x00\x00\x00\x00"),
-        _boot(1, _EV_EFI_BOOT_SERVICES_APPLICATION, b"simulated bootloader"),
-        _boot(1, _EV_SEPARATOR, b"\x00\x00\x00\x00"),
-        _boot(2, _EV_EVENT_TAG, b"simulated kernel cmdline console=ttyS0"),
-        _boot(2, _EV_EVENT_TAG, b"simulated initrd"),
-    ]
-    # Order as dstack emits them while booting (§2, seen on a real NEAR report).
-    runtime = [
-        _runtime("system-preparing", b""),
-        _runtime("app-id", app_id_bytes),
-        _runtime("compose-hash", compose_hash),
-        _runtime("instance-id", instance_id_bytes),
-        _runtime("boot-mr-done", b""),
-        _runtime("mr-kms", mr_kms),
-        _runtime("os-image-hash", os_image_hash),
-        _runtime(
-            "key-provider",
-            json.dumps(dict(key_provider), separators=(",", ":")).encode("utf-8"),
-        ),
-        _runtime("storage-fs", storage_fs.encode("utf-8")),
-        _runtime("system-ready", b""),
-    ]
-    events = boot + runtime
+    runtime = _runtime_events(app_id_bytes, compose_hash, instance_id_bytes, mr_kms,
+                              os_image_hash, key_provider, storage_fs)
+    events = _boot_events() + runtime
     rtmr0, rtmr1, rtmr2, rtmr3 = (_extend(events, index) for index in range(4))
 
     # Knobs, applied after the registers were fixed so each breaks only what it names.
     if swap_payloads:
-        names = {event.name for event in runtime}
-        unknown = set(swap_payloads) - names
-        if unknown:
-            raise ValueError(f"swap_payloads names unknown events: {sorted(unknown)}")
-        events = [
-            Event(e.imr, e.event_type, e.digest, e.name, swap_payloads[e.name])
-            if e.is_runtime and e.name in swap_payloads
-            else e
-            for e in events
-        ]
+        events = _swapped(events, runtime, swap_payloads)
     if break_replay:
         events.append(_runtime("injected-after-quote", b"not in the quoted RTMR3"))
 
@@ -302,3 +271,54 @@ def build_node_identity(
         rtmr3=rtmr3,
         mr_config_id=mr_config_id_for(measured_compose),
     )
+
+
+def _boot_events() -> list[Event]:
+    return [
+        _boot(0, _EV_EFI_VARIABLE_DRIVER_CONFIG, b"SecureBoot\x00"),
+        _boot(0, _EV_SEPARATOR, b"\x00\x00\x00\x00"),
+        _boot(1, _EV_EFI_BOOT_SERVICES_APPLICATION, b"simulated bootloader"),
+        _boot(1, _EV_SEPARATOR, b"\x00\x00\x00\x00"),
+        _boot(2, _EV_EVENT_TAG, b"simulated kernel cmdline console=ttyS0"),
+        _boot(2, _EV_EVENT_TAG, b"simulated initrd"),
+    ]
+
+
+def _runtime_events(app_id: bytes, compose_hash: bytes, instance_id: bytes, mr_kms: bytes,
+                    os_image_hash: bytes, key_provider: Mapping[str, str],
+                    storage_fs: str) -> list[Event]:
+    # Order as dstack emits them while booting (§2, seen on a real NEAR report).
+    return [
+        _runtime("system-preparing", b""),
+        _runtime("app-id", app_id),
+        _runtime("compose-hash", compose_hash),
+        _runtime("instance-id", instance_id),
+        _runtime("boot-mr-done", b""),
+        _runtime("mr-kms", mr_kms),
+        _runtime("os-image-hash", os_image_hash),
+        _runtime(
+            "key-provider",
+            json.dumps(dict(key_provider), separators=(",", ":")).encode("utf-8"),
+        ),
+        _runtime("storage-fs", storage_fs.encode("utf-8")),
+        _runtime("system-ready", b""),
+    ]
+
+
+def _swapped(events: list[Event], runtime: list[Event],
+             swap_payloads: Mapping[str, bytes]) -> list[Event]:
+    """``events`` with the named runtime payloads replaced (digests kept: a tampered log).
+
+    Raises:
+        ValueError: ``swap_payloads`` names an event that is not in the log.
+    """
+    names = {event.name for event in runtime}
+    unknown = set(swap_payloads) - names
+    if unknown:
+        raise ValueError(f"swap_payloads names unknown events: {sorted(unknown)}")
+    return [
+        Event(e.imr, e.event_type, e.digest, e.name, swap_payloads[e.name])
+        if e.is_runtime and e.name in swap_payloads
+        else e
+        for e in events
+    ]

@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from sidecar.issuers import SIMULATOR_NRAS_ISSUER
+
 __all__ = [
     "SIMULATOR_DRIVER_VERSION",
     "SIMULATOR_NRAS_ISSUER",
@@ -45,7 +47,6 @@ __all__ = [
     "add_nras_routes",
 ]
 
-SIMULATOR_NRAS_ISSUER: Final = "https://nras.simulator.tee-sidecar.invalid"
 SIMULATOR_DRIVER_VERSION: Final = "570.133.20"
 SIMULATOR_VBIOS_VERSION: Final = "96.00.CF.00.02"
 # NRAS tokens in the wild live one hour (iat → exp in NVIDIA/attestation-sdk sample data).

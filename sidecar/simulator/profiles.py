@@ -14,6 +14,7 @@ Every profile shares the simulator's nodes, faults and signature store (``provid
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -272,16 +273,31 @@ def _signature_handler(provider: SimulatedProvider, default_algo: str) -> Handle
 def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str,
                  prefix: str) -> None:
     cloud = profile == "near-cloud"
+    attestation_handler = _near_attestation(provider, cloud)
+    if cloud:  # the key is required since 2026-07 (spec 0.1); direct nodes need none
+        attestation_handler = _authorised(provider, attestation_handler)
+    app.router.add_get(prefix + "/v1/models", _authorised(provider, _near_models(cloud)))
+    app.router.add_post(prefix + "/v1/chat/completions",
+                        _authorised(provider, _near_completions(provider, cloud, "chat")))
+    app.router.add_post(prefix + "/v1/completions",
+                        _authorised(provider, _near_completions(provider, cloud, "text")))
+    app.router.add_get(prefix + "/v1/attestation/report", attestation_handler)
+    app.router.add_get(prefix + "/v1/signature/{chat_id}",
+                       _authorised(provider, _signature_handler(provider, "ecdsa")))
 
-    def node_for(request: web.Request, algo: str) -> tuple[int, SigningNode] | web.Response:
-        wanted = request.query.get("signing_address")
-        if not wanted:
-            return 0, provider.nodes[0]
-        for index, node in enumerate(provider.nodes):
-            if node.address(algo).lower() == wanted.lower():
-                return index, node
-        return _error(404, f"no node with signing address {wanted}", "not_found")
 
+def _near_node_for(provider: SimulatedProvider, request: web.Request,
+                   algo: str) -> tuple[int, SigningNode] | web.Response:
+    wanted = request.query.get("signing_address")
+    if not wanted:
+        return 0, provider.nodes[0]
+    for index, node in enumerate(provider.nodes):
+        if node.address(algo).lower() == wanted.lower():
+            return index, node
+    return _error(404, f"no node with signing address {wanted}", "not_found")
+
+
+def _near_models(cloud: bool) -> Handler:
     async def models(_: web.Request) -> web.Response:
         entry = {"id": CANONICAL_MODEL, "object": "model", "created": 1_790_000_000,
                  "owned_by": "simulator"}
@@ -289,6 +305,10 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
             entry["aliases"] = [MODEL_ALIAS]
         return web.json_response({"object": "list", "data": [entry]})
 
+    return models
+
+
+def _near_attestation(provider: SimulatedProvider, cloud: bool) -> Handler:
     async def attestation(request: web.Request) -> web.Response:
         faults = provider.faults
         if faults.attestation_status:
@@ -306,7 +326,7 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
             model = CANONICAL_MODEL
         if model and model != CANONICAL_MODEL:
             return _error(404, f"model {model} has no TEE attestation", "not_found")
-        selected = node_for(request, algo)
+        selected = _near_node_for(provider, request, algo)
         if isinstance(selected, web.Response):
             return selected
         index, node = selected
@@ -325,99 +345,111 @@ def _near_routes(app: web.Application, provider: SimulatedProvider, profile: str
         return web.json_response({"gateway_attestation": gateway,
                                   "model_attestations": [entry] if model else []})
 
-    def completions(kind: Kind) -> Handler:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            faults = provider.faults
-            if faults.completion_status:
-                return _error(faults.completion_status, "simulated upstream failure", "simulated")
-            body = await request.read()
-            if cloud:
-                provider.gateway_seen.append(body)
-            sealed = _node_encryption(provider, request, kind, strip=cloud and faults.e2ee_strip_headers)
-            if isinstance(sealed, web.Response):
-                return sealed
-            plain_body = body
-            if sealed is not None:
-                # The node opens the sealed fields with its key (spec 0.5); the signature still
-                # covers the bytes received, ciphertext and all.
-                try:
-                    plain = decrypt_request_fields(json.loads(body), _node_key(sealed[1], sealed[0]),
-                                                   sealed[0].scheme)
-                except (ValueError, TypeError, AttributeError) as exc:
-                    return _error(400, f"failed to decrypt the request: {type(exc).__name__}",
-                                  "e2ee_decryption_failed")
-                plain_body = json.dumps(plain).encode()
-            parsed = _parse(plain_body, kind, "near")
-            if isinstance(parsed, web.Response):
-                return parsed
-            payload, plan = parsed
-            if sealed is not None:
-                return await _near_sealed_answer(request, provider, cloud, body, payload, plan,
-                                                 *sealed)
-            headers: dict[str, str] = {}
-            aliased = False
-            if cloud and payload["model"] == MODEL_ALIAS:
-                if request.headers.get("x-no-aliasing", "").lower() == "true":
-                    return _error(400, f"model {MODEL_ALIAS} is an alias; send {CANONICAL_MODEL}",
-                                  "model_alias_not_allowed")
-                aliased = True
-                headers["x-model-alias-resolved"] = f"{MODEL_ALIAS} -> {CANONICAL_MODEL}"
-            elif payload["model"] != CANONICAL_MODEL:
-                return _error(404, f"model {payload['model']} not found", "model_not_found")
-            chat_id = uuid.uuid4().hex  # NEAR's ids: 32 hex, no prefix (the real stream)
-            created = int(time.time())
-            node_extra = {"signature_kind": "provider_tee"} if cloud else {}
-            if payload.get("stream"):
-                options = payload.get("stream_options") or {}
-                continuous = options.get("continuous_usage_stats") is True
-                chunks = answers.stream_chunks(plan, "near", CANONICAL_MODEL, chat_id, created,
-                                               include_usage=True, continuous_usage=continuous)
-                node_events = [_sse(c, "near") for c in chunks] + [_DONE]
-                if cloud and not continuous:
-                    # Spec 0.2: since 2026-07 a stream is gateway-signed by default; the gateway
-                    # re-serialises each chunk (its own key order) and signs the 2-part text
-                    # over the client's bytes and exactly the bytes it sent.
-                    events = [b"data: " + json.dumps(_gateway_order(c), separators=(",", ":"),
-                                                     ensure_ascii=False).encode() + b"\n\n"
-                              for c in chunks] + [_DONE]
-                    provider.record_signature(chat_id, body, b"".join(events),
-                                              signer=provider.gateway,
-                                              extra={"signature_kind": "gateway"},
-                                              stored_late=True)
-                else:
-                    events = node_events
-                    provider.record_signature(chat_id, body, b"".join(events),
-                                              model=CANONICAL_MODEL, extra=node_extra,
-                                              stored_late=cloud)
-                if cloud:
-                    provider.gateway_seen.append(b"".join(events))
-                return await _send_stream(request, faults, events, headers)
-            node_body = answers.serialise(
-                answers.completion_object(plan, "near", CANONICAL_MODEL, chat_id, created), "near")
-            # The node signs the client's body hash (the gateway passes X-Request-Hash) and its
-            # own answer bytes (spec 0.2 provider_tee).
-            provider.record_signature(chat_id, body, node_body, model=CANONICAL_MODEL,
-                                      extra=node_extra, stored_late=cloud)
-            client_body = node_body
-            if aliased:
-                # The gateway injects a warning: the node's signature no longer covers these bytes.
-                answer = json.loads(node_body)
-                answer["warning"] = ALIAS_WARNING
-                client_body = answers.serialise(answer, "near")
-            if cloud:
-                provider.gateway_seen.append(client_body)
-            return _body_response(faults, client_body, headers)
-        return handler
+    return attestation
 
-    attestation_handler: Handler = attestation
-    if cloud:  # the key is required since 2026-07 (spec 0.1); direct nodes need none
-        attestation_handler = _authorised(provider, attestation)
-    app.router.add_get(prefix + "/v1/models", _authorised(provider, models))
-    app.router.add_post(prefix + "/v1/chat/completions", _authorised(provider, completions("chat")))
-    app.router.add_post(prefix + "/v1/completions", _authorised(provider, completions("text")))
-    app.router.add_get(prefix + "/v1/attestation/report", attestation_handler)
-    app.router.add_get(prefix + "/v1/signature/{chat_id}",
-                       _authorised(provider, _signature_handler(provider, "ecdsa")))
+
+def _near_opened_body(body: bytes,
+                      sealed: tuple[NodeEncryption, SigningNode] | None) -> bytes | web.Response:
+    """The request as the node reads it: sealed fields opened with its key (spec 0.5); the
+    signature still covers the bytes received, ciphertext and all."""
+    if sealed is None:
+        return body
+    try:
+        plain = decrypt_request_fields(json.loads(body), _node_key(sealed[1], sealed[0]),
+                                       sealed[0].scheme)
+    except (ValueError, TypeError, AttributeError) as exc:
+        return _error(400, f"failed to decrypt the request: {type(exc).__name__}",
+                      "e2ee_decryption_failed")
+    return json.dumps(plain).encode()
+
+
+def _near_completions(provider: SimulatedProvider, cloud: bool, kind: Kind) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        faults = provider.faults
+        if faults.completion_status:
+            return _error(faults.completion_status, "simulated upstream failure", "simulated")
+        body = await request.read()
+        if cloud:
+            provider.gateway_seen.append(body)
+        sealed = _node_encryption(provider, request, kind, strip=cloud and faults.e2ee_strip_headers)
+        if isinstance(sealed, web.Response):
+            return sealed
+        plain_body = _near_opened_body(body, sealed)
+        if isinstance(plain_body, web.Response):
+            return plain_body
+        parsed = _parse(plain_body, kind, "near")
+        if isinstance(parsed, web.Response):
+            return parsed
+        payload, plan = parsed
+        if sealed is not None:
+            return await _near_sealed_answer(request, provider, cloud, body, payload, plan,
+                                             *sealed)
+        headers: dict[str, str] = {}
+        aliased = False
+        if cloud and payload["model"] == MODEL_ALIAS:
+            if request.headers.get("x-no-aliasing", "").lower() == "true":
+                return _error(400, f"model {MODEL_ALIAS} is an alias; send {CANONICAL_MODEL}",
+                              "model_alias_not_allowed")
+            aliased = True
+            headers["x-model-alias-resolved"] = f"{MODEL_ALIAS} -> {CANONICAL_MODEL}"
+        elif payload["model"] != CANONICAL_MODEL:
+            return _error(404, f"model {payload['model']} not found", "model_not_found")
+        chat_id = uuid.uuid4().hex  # NEAR's ids: 32 hex, no prefix (the real stream)
+        if payload.get("stream"):
+            return await _near_stream(request, provider, cloud, body, payload, plan, chat_id,
+                                      headers)
+        return _near_plain(provider, cloud, body, plan, chat_id, headers, aliased)
+
+    return handler
+
+
+async def _near_stream(request: web.Request, provider: SimulatedProvider, cloud: bool,
+                       body: bytes, payload: dict[str, Any], plan: answers.Plan, chat_id: str,
+                       headers: dict[str, str]) -> web.StreamResponse:
+    options = payload.get("stream_options") or {}
+    continuous = options.get("continuous_usage_stats") is True
+    chunks = answers.stream_chunks(plan, "near", CANONICAL_MODEL, chat_id, int(time.time()),
+                                   include_usage=True, continuous_usage=continuous)
+    if cloud and not continuous:
+        # Spec 0.2: since 2026-07 a stream is gateway-signed by default; the gateway
+        # re-serialises each chunk (its own key order) and signs the 2-part text
+        # over the client's bytes and exactly the bytes it sent.
+        events = [b"data: " + json.dumps(_gateway_order(c), separators=(",", ":"),
+                                         ensure_ascii=False).encode() + b"\n\n"
+                  for c in chunks] + [_DONE]
+        provider.record_signature(chat_id, body, b"".join(events), signer=provider.gateway,
+                                  extra={"signature_kind": "gateway"}, stored_late=True)
+    else:
+        events = [_sse(c, "near") for c in chunks] + [_DONE]
+        provider.record_signature(chat_id, body, b"".join(events), model=CANONICAL_MODEL,
+                                  extra=_near_node_extra(cloud), stored_late=cloud)
+    if cloud:
+        provider.gateway_seen.append(b"".join(events))
+    return await _send_stream(request, provider.faults, events, headers)
+
+
+def _near_node_extra(cloud: bool) -> dict[str, Any]:
+    return {"signature_kind": "provider_tee"} if cloud else {}
+
+
+def _near_plain(provider: SimulatedProvider, cloud: bool, body: bytes, plan: answers.Plan,
+                chat_id: str, headers: dict[str, str], aliased: bool) -> web.Response:
+    node_body = answers.serialise(
+        answers.completion_object(plan, "near", CANONICAL_MODEL, chat_id, int(time.time())),
+        "near")
+    # The node signs the client's body hash (the gateway passes X-Request-Hash) and its
+    # own answer bytes (spec 0.2 provider_tee).
+    provider.record_signature(chat_id, body, node_body, model=CANONICAL_MODEL,
+                              extra=_near_node_extra(cloud), stored_late=cloud)
+    client_body = node_body
+    if aliased:
+        # The gateway injects a warning: the node's signature no longer covers these bytes.
+        answer = json.loads(node_body)
+        answer["warning"] = ALIAS_WARNING
+        client_body = answers.serialise(answer, "near")
+    if cloud:
+        provider.gateway_seen.append(client_body)
+    return _body_response(provider.faults, client_body, headers)
 
 
 _E2EE_HEADERS = ("x-signing-algo", "x-client-pub-key", "x-model-pub-key", "x-encryption-version",
@@ -640,7 +672,9 @@ def add_profile_routes(app: web.Application, provider: SimulatedProvider, profil
 
 
 def add_control_routes(app: web.Application, provider: SimulatedProvider) -> None:
-    """``POST /_simulator/faults`` (unknown knobs refused) and ``GET /_simulator/stats``.
+    """``POST /_simulator/faults`` (unknown knobs refused), ``GET /_simulator/stats`` and
+    ``GET /_simulator/gateway`` (what NEAR's cloud gateway relayed, base64, oldest first: so
+    another process, ``make demo``, can show it only ever held ciphertext under E2EE).
 
     Raises:
         Nothing.
@@ -663,4 +697,9 @@ def add_control_routes(app: web.Application, provider: SimulatedProvider) -> Non
         return web.json_response({"completions_served": provider.completions_served})
 
     app.router.add_post("/_simulator/faults", set_faults)
+    async def gateway(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"seen": [base64.b64encode(blob).decode("ascii") for blob in provider.gateway_seen]})
+
     app.router.add_get("/_simulator/stats", stats)
+    app.router.add_get("/_simulator/gateway", gateway)

@@ -1,6 +1,6 @@
 """Simulator, MITM and sidecars in one background event loop, all on loopback.
 
-``sidecar.simulator.stack.Stack`` with every sidecar's upstream, PCS and NRAS URLs pointed at
+``tests.stack.Stack`` with every sidecar's upstream, PCS and NRAS URLs pointed at
 the MITM (each sidecar has its own state directory, so a fresh one fetches collateral through the
 MITM too).
 """
@@ -17,7 +17,7 @@ import openai
 
 from sidecar.simulator.provider import SimulatedProvider
 from sidecar.simulator.server import build_simulator
-from sidecar.simulator.stack import Stack
+from tests.stack import Stack
 from tests.adversarial.mitm import Mitm
 
 TEE_MODEL = "TEE/simulated-llama-3.3-70b"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from sidecar.admin import render_status_html, status_document
+from sidecar.proxy.admin import render_status_html, status_document
 from sidecar.cli import main
 from sidecar.pins import PinStore, pins_dir
 from sidecar.proxy import attester

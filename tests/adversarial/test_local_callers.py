@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from sidecar.admin import build_admin_app
+from sidecar.proxy.admin import build_admin_app
 from sidecar.proxy.local_origin import LocalCallerPolicy, host_name
 from tests.adversarial.harness import MESSAGES, TEE_MODEL, AdversarialStack, post
 

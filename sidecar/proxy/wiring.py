@@ -13,11 +13,12 @@ from aiohttp import web
 from sidecar.config import Settings
 from sidecar.errors import ConfigError
 from sidecar.providers.contracts import ProviderContract, SignerRules, signer_rules
-from sidecar.admin import attestation_times
+from sidecar.proxy.admin import attestation_times
 from sidecar.proxy.app import ProxyState, StateFactory
 from sidecar.proxy.attester import AttestationCache, CachedAttestation, ModelAttester
 from sidecar.proxy.collateral import CollateralSource
 from sidecar.proxy.model_names import KnownModelNames, exact_names, provider_model_list
+from sidecar.proxy.fetch import PeerRecordingConnector
 from sidecar.proxy.nras_client import NrasClient
 from sidecar.proxy.provenance_source import ProvenanceGate, ProvenanceSource
 from sidecar.proxy.upstream import UpstreamClient
@@ -81,7 +82,8 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
     """The one outgoing ``ClientSession``: no transparent decompression (the enclave hashes
     bodies as produced) and header bounds from ``limits``."""
     limits = settings.limits
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    # Records each connection's TLS certificate for the fetch using it (the TLS binding).
+    connector = PeerRecordingConnector(limit=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                  max_line_size=limits.max_header_bytes,
                                  max_field_size=limits.max_header_bytes)

@@ -22,10 +22,9 @@ model name or error message cannot script the page.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -161,58 +160,6 @@ def attestation_times(cache: AttestationSource, *,
     return {model: AttestationTiming(age_seconds=now_wall - entry.report.verified_at,
                                      expires_in_seconds=entry.expires_at - now_mono)
             for model, entry in cache.entries().items()}
-
-
-async def warm_models(state: AdminView, models: Iterable[str]) -> dict[str, str | None]:
-    """Attest ``models`` now, concurrently, so readiness and the first requests need not wait.
-
-    Errors are logged, never raised: a provider that is down at start-up must not stop the
-    sidecar (in enforce mode ``/readyz`` stays 503 and requests are refused until it attests).
-
-    Returns:
-        Per model, ``None`` when it attested, else the failure code.
-    """
-    wanted = list(dict.fromkeys(models))
-
-    async def one(model: str) -> str | None:
-        try:
-            await state.cache.get(model)
-        except SidecarError as exc:
-            log.warning("warm_attestation_failed", model=model, code=exc.code, error=exc.message)
-            return exc.code
-        except Exception:
-            log.exception("warm_attestation_error", model=model)
-            return "sidecar.internal_error"
-        log.info("warm_attestation", model=model)
-        return None
-
-    results = await asyncio.gather(*(one(model) for model in wanted))
-    return dict(zip(wanted, results))
-
-
-async def keep_models_warm(state: AdminView, models: Sequence[str], *,
-                           interval: float = 60.0, refresh_before: float = 300.0,
-                           monotonic: Callable[[], float] = time.monotonic) -> None:
-    """Re-attest ``models`` before their entries expire, forever (run it as a task; cancel it).
-
-    Without this a warm model's entry expires after its TTL and, in enforce mode, ``/readyz``
-    turns 503 until a request re-attests it; behind a load balancer that stops sending requests
-    to an unready instance, that would never happen. A failed refresh keeps the old entry until
-    its own expiry (``AttestationCache.refresh``) and is logged, never raised.
-    """
-    while True:
-        now = monotonic()
-        due = [model for model in models
-               if (entry := state.cache.peek(model)) is None
-               or entry.expires_at - now <= refresh_before]
-        for model in due:
-            try:
-                await state.cache.refresh(model)
-            except SidecarError as exc:
-                log.warning("warm_refresh_failed", model=model, code=exc.code, error=exc.message)
-            except Exception:
-                log.exception("warm_refresh_error", model=model)
-        await asyncio.sleep(interval)
 
 
 def status_document(view: AdminView | None, *,

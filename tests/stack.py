@@ -1,4 +1,4 @@
-"""Simulator and sidecar together in a background event loop: the demo's and the tests' stack.
+"""Simulator and sidecar together in a background event loop: the tests' in-process stack.
 
 The OpenAI SDK's sync client blocks, so the servers run in their own thread with their own loop;
 both the sync and the async SDK then talk to them over loopback exactly as an app would.
@@ -18,7 +18,7 @@ from aiohttp import web
 
 from sidecar.config import Settings, load_settings
 from sidecar.proxy.app import STATE, ProxyState, build_proxy_app
-from sidecar.proxy.state import client_session, load_policies, state_factory
+from sidecar.proxy.wiring import client_session, load_policies, state_factory
 from sidecar.simulator.provider import PROFILE_PREFIX, SimulatedProvider
 from sidecar.simulator.server import build_simulator
 
