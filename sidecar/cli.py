@@ -23,7 +23,7 @@ from aiohttp import web
 from sidecar import __version__
 from sidecar.config import ProviderKind, Settings, TrustAnchors, load_settings
 from sidecar.encoding import is_hex
-from sidecar.errors import ConfigError, SidecarError, VerificationFailed
+from sidecar.errors import ConfigError, SidecarError, VerificationFailed, VerificationIncomplete
 from sidecar.logs import configure_logging
 from sidecar.providers.wire import parse_attestation_document
 from sidecar.render import attestation_json, attestation_text
@@ -412,10 +412,11 @@ async def _attest_online(args: argparse.Namespace, settings: Settings) -> int:
         try:
             report, _, _ = await attester.attest(args.model)
         except VerificationFailed as exc:
-            print(json.dumps({"verdict": "incomplete" if exc.code.endswith("fetch_failed")
-                              else "failed", "error": {"code": exc.code, "message": exc.message},
+            verdict = "incomplete" if isinstance(exc, VerificationIncomplete) else "failed"
+            print(json.dumps({"verdict": verdict,
+                              "error": {"code": exc.code, "message": exc.message},
                               "checks": []}) if args.json else f"tee-sidecar attest: {exc}")
-            return VERDICT_EXIT["incomplete" if exc.code.endswith("fetch_failed") else "failed"]
+            return VERDICT_EXIT[verdict]
     return _print_report(report, args.json)
 
 

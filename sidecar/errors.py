@@ -82,6 +82,16 @@ class VerificationFailed(SidecarError):
     error_type = "tee_verification_error"
 
 
+class AttestationUnavailable(VerificationFailed):
+    """The provider has no attestation for the model (its attestation endpoint answered 404).
+
+    Its own type, so that ``allow_unattested_models`` can be decided on what happened rather
+    than on a code string.
+    """
+
+    default_code = "attestation.unavailable"
+
+
 class VerificationIncomplete(VerificationFailed):
     """Verification could not be decided (missing evidence, unreachable service, timeout).
 

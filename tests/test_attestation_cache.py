@@ -294,3 +294,18 @@ def test_the_canonical_report_keeps_every_node_field_and_drops_only_the_unknown(
                                                 else "all_attestations"])
     original, reduced = parse_attestation_document(body), parse_attestation_document(canonical)
     assert [n.wire for n in reduced.nodes] == [n.wire for n in original.nodes][:-1]
+
+
+async def test_a_remembered_failure_keeps_its_type() -> None:
+    """The back-off answers with the same kind of error: "no attestation" (404) stays
+    ``AttestationUnavailable``, which ``allow_unattested_models`` is decided on, never a code
+    string."""
+    from sidecar.errors import AttestationUnavailable
+
+    cache, attester, _ = make()
+    attester.results = [AttestationUnavailable("provider has no attestation for m (HTTP 404)")]
+    for _ in range(2):
+        with pytest.raises(AttestationUnavailable) as caught:
+            await cache.get("m")
+        assert caught.value.code == "attestation.unavailable"
+    assert attester.calls == 1

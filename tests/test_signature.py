@@ -524,3 +524,22 @@ def test_a_non_ascii_named_key_is_a_mismatch_not_a_crash() -> None:
     signed = CompletionSignature(TEXT, node.sign(TEXT, "ecdsa"), "0x\u00e9" + "0" * 39)
     report = verify(signed, {node.address("ecdsa").lower()})
     assert report.failure is not None and report.failure.code == "signature.address_mismatch"
+
+
+def test_the_report_says_whether_the_request_was_bound() -> None:
+    """A typed fact (not a failure code to compare) tells the I/O layer the binding step's end."""
+    node = SigningNode()
+    attested = {node.address("ecdsa").lower()}
+    assert verify(signed_by(node), attested).request_bound is True
+    other = hashlib.sha256(b"other request").hexdigest()
+    assert verify(signed_by(node, text=f"{other}:{RESPONSE}"), attested).request_bound is False
+    assert verify(signed_by(node, text="not a text"), attested).request_bound is None
+    renamed_body = b'{"model": "TEE/m"}'
+    upstream_sha256 = hashlib.sha256(b'{"model": "m"}').hexdigest()
+    text = f"m:{upstream_sha256}:{RESPONSE}"
+    refused = verify_completion_signature(
+        signed_by(node, text=text), request_sha256=hashlib.sha256(renamed_body).hexdigest(),
+        response_sha256=RESPONSE, attested=model_signers(attested), expected_model=None,
+        unkinded_roles=frozenset({"model"}), request_body=renamed_body)
+    assert refused.failure is not None
+    assert (refused.request_bound, refused.failure.code) == (False, "signature.request_model_renamed")

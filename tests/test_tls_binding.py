@@ -105,6 +105,8 @@ def test_attested_tls_key_is_pinned_and_a_second_certificate_refused(
     assert report is not None
     checks = {c.name: c for c in report.report.nodes[0].checks}
     assert checks["binding.tls_certificate"].ok
+    # The report says which TLS key it bound, as a fact (the attester pins on it).
+    assert report.report.nodes[0].bound_tls_spki is not None
     assert state.upstream.pinned_certificate is not None
 
     # A certificate the CA store accepts, but not the attested one.

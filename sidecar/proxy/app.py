@@ -48,6 +48,7 @@ from aiohttp import hdrs, web
 from sidecar import e2ee
 from sidecar.config import LimitsSettings, Mode, Settings, StreamMode
 from sidecar.errors import (
+    AttestationUnavailable,
     BadRequest,
     NotFound,
     SidecarError,
@@ -484,7 +485,7 @@ def _completion_handler(path: str) -> Callable[[web.Request], Awaitable[web.Stre
             body = _with_canonical_model(state, body, model, attested.canonical_model)
         except VerificationFailed as exc:
             pre_failure = exc
-            if exc.code == "attestation.unavailable" and _may_pass_unattested(state, model):
+            if isinstance(exc, AttestationUnavailable) and _may_pass_unattested(state, model):
                 # Policy lets models without TEE attestation through, but never as verified.
                 mode = Mode.FLAG if mode is Mode.ENFORCE else mode
         if pre_failure is not None and mode is Mode.ENFORCE:

@@ -124,9 +124,8 @@ class ModelAttester:
         report = verify_attestation(document, model=model, nonce=nonce, evidence=evidence,
                                     roots=self._roots, policy=policy, now=int(self._clock()),
                                     gateway_policy=self._policies.gateway)
-        tls_bound = any(c.name == "binding.tls_certificate" and c.ok
-                        for node in report.nodes if node.status is Status.PASS
-                        for c in node.checks)
+        tls_bound = any(node.bound_tls_spki is not None
+                        for node in report.nodes if node.status is Status.PASS)
         if tls_bound and peer is not None:
             self._upstream.pin_certificate(peer.der_sha256)
         return report, body, encode_context(report, evidence)
@@ -181,11 +180,10 @@ class _RememberedFailure:
     until: float
     code: str
     message: str
-    incomplete: bool
+    kind: type[VerificationFailed]
 
     def error(self) -> VerificationFailed:
-        kind = VerificationIncomplete if self.incomplete else VerificationFailed
-        return kind(self.message, code=self.code)
+        return self.kind(self.message, code=self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,8 +325,7 @@ class AttestationCache:
             self._failed.popitem(last=False)
         self._failed.pop(model, None)
         self._failed[model] = _RememberedFailure(
-            now + FAILED_ATTESTATION_BACKOFF_SECONDS, exc.code, exc.message,
-            isinstance(exc, VerificationIncomplete))
+            now + FAILED_ATTESTATION_BACKOFF_SECONDS, exc.code, exc.message, type(exc))
         while len(self._failed) > MAX_REMEMBERED_FAILURES:
             self._failed.popitem(last=False)
 

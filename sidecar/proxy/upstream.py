@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import hdrs
 
-from sidecar.errors import VerificationFailed, VerificationIncomplete
+from sidecar.errors import AttestationUnavailable, VerificationFailed, VerificationIncomplete
 from sidecar.providers.contracts import NO_ALIASING_HEADER, ProviderContract
 from sidecar.providers.wire import MAX_REPORT_BYTES, MAX_SIGNATURE_RECORD_BYTES
 from sidecar.proxy.fetch import Fetcher, PeerCertificate
@@ -123,8 +123,7 @@ class UpstreamClient:
             raise VerificationIncomplete(f"attestation endpoint answered {fetched.status}",
                                          code="attestation.fetch_failed")
         if fetched.status == 404:
-            raise VerificationFailed(f"provider has no attestation for {model} (HTTP 404)",
-                                     code="attestation.unavailable")
+            raise AttestationUnavailable(f"provider has no attestation for {model} (HTTP 404)")
         if fetched.status != 200:
             # 429, 401, a redirect: not "this model has no TEE", only "not now".
             raise VerificationFailed(f"attestation endpoint refused (HTTP {fetched.status})",

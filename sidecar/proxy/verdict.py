@@ -57,6 +57,8 @@ class CompletionVerdict:
         failure: the first failure (``None`` exactly when verified).
         request_binding: how the signed request hash covered the bytes sent (``exact``,
             ``model_renamed``), when the signature check got that far.
+        request_unbound: the signature check failed at binding the request (a mismatch, or a
+            rename the profile refuses).
         served_model: the model the signer is attested to serve (its report's ``model_name``).
         e2ee: whether the exchange was end-to-end encrypted: ``true``, ``false``,
             ``unavailable`` (``None`` before the proxy decided).
@@ -73,6 +75,7 @@ class CompletionVerdict:
     nonce: str | None = None
     failure: SidecarError | None = None
     request_binding: RequestBinding | None = None
+    request_unbound: bool = False
     served_model: str | None = None
     e2ee: str | None = None
     e2ee_model_key: str | None = None
@@ -80,7 +83,7 @@ class CompletionVerdict:
     def request_binding_label(self) -> str:
         """``exact``, ``model_renamed``, the failure code when binding the request failed, or
         ``unchecked`` when the check was not reached (spec 0.1: every verdict says which)."""
-        if self.failure is not None and self.failure.code in _REQUEST_BINDING_CODES:
+        if self.request_unbound and self.failure is not None:
             return self.failure.code
         if self.request_binding is not None:
             return str(self.request_binding)
@@ -162,11 +165,6 @@ def check_e2ee_signer(record: SignatureRecordWire, signer: str | None,
                                  "its prompt was sealed to", code="e2ee.signer_not_recipient")
 
 
-# The failure codes of the request-binding step (verify_completion_signature's step 2).
-_REQUEST_BINDING_CODES = frozenset({"signature.request_hash_mismatch",
-                                    "signature.request_model_renamed"})
-
-
 class CompletionVerifier:
     """Checks completions against the signatures the provider published.
 
@@ -230,7 +228,9 @@ class CompletionVerifier:
                 time.perf_counter() - started)
             return CompletionVerdict(False, chat_id, request_sha256, response_sha256, record,
                                      failure=error,
-                                     request_binding=report.request_binding if report else None)
+                                     request_binding=report.request_binding if report else None,
+                                     request_unbound=report is not None
+                                     and report.request_bound is False)
         self._telemetry.observe_verification("signature", "pass", time.perf_counter() - started)
         signer = attested.report.attested_signers.get(report.signer or "")
         return CompletionVerdict(True, chat_id, request_sha256, response_sha256, record,

@@ -111,6 +111,9 @@ class NodeReport(CheckedReport):
     # The node's ``signing_public_key`` (lower-case hex), only when ``binding.public_key``
     # proved it is the key of the attested address: the one key E2EE may seal prompts to.
     public_key: str | None = None
+    # The SPKI sha256 of the TLS key the quote binds, only when ``binding.tls_certificate``
+    # proved it is the key of the connection the report arrived over (the I/O layer pins it).
+    bound_tls_spki: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +342,10 @@ def verify_node(
 
     # (3) The TLS key of the connection is the attested one.
     if tls_fingerprint is not None:
-        checks.append(_check_tls(tls_fingerprint, evidence.tls_spki_sha256))
+        tls_check = _check_tls(tls_fingerprint, evidence.tls_spki_sha256)
+        checks.append(tls_check)
+        if tls_check.ok:
+            extra["bound_tls_spki"] = tls_fingerprint
 
     # (4) The event log replays to RTMR3; payloads are believed only after.
     eventlog = verify_event_log(wire.event_log if wire.event_log is not None else [],

@@ -78,6 +78,8 @@ class CompletionSignatureReport(CheckedReport):
         algo: ``ecdsa`` or ``ed25519``.
         request_binding: how the request hash covers the bytes sent (``None`` when not reached
             or no binding was found); ``MODEL_RENAMED`` is set even when the rename was refused.
+        request_bound: step (2) held (``True``), failed (``False``: a mismatch or a refused
+            rename), or was not reached (``None``).
         signer_role: the attested role of the signer (``None`` when the key is not attested).
         text_model: the model a 3-part text names (``None`` for a 2-part text).
         signature_valid: steps (1)-(5) passed: a genuine signature over exactly these bytes
@@ -91,6 +93,7 @@ class CompletionSignatureReport(CheckedReport):
     signer: str | None
     algo: str
     request_binding: RequestBinding | None = None
+    request_bound: bool | None = None
     signer_role: Role | None = None
     text_model: str | None = None
     signature_valid: bool = False
@@ -364,13 +367,14 @@ def verify_completion_signature(
     checks: list[Check] = []
     # Facts found so far; ``done`` reads them as they stand when a step ends the recipe.
     binding: RequestBinding | None = None
+    bound: bool | None = None  # (2) held, failed, or (None) was not reached
     known: AttestedSigner | None = None
     text_model: str | None = None
     valid = False
 
     def done(signer: str | None = None) -> CompletionSignatureReport:
         return CompletionSignatureReport(
-            tuple(checks), signer, algo, request_binding=binding,
+            tuple(checks), signer, algo, request_binding=binding, request_bound=bound,
             signer_role=known.role if known is not None else None, text_model=text_model,
             signature_valid=valid, signer_attested=known is not None)
 
@@ -396,9 +400,11 @@ def verify_completion_signature(
             checks.append(Check.failed(
                 "signature.request_hash", "signature.request_hash_mismatch",
                 f"signed request hash {parsed.request_sha256} != sent bytes' hash {request_sha256}"))
+            bound = False
             return done()
         binding = RequestBinding.MODEL_RENAMED
         if not accept_model_renamed:
+            bound = False
             checks.append(Check.failed(
                 "signature.request_hash", "signature.request_model_renamed",
                 f"signed request hash covers the bytes sent with the model renamed to "
@@ -407,6 +413,8 @@ def verify_completion_signature(
         checks.append(Check.passed(
             "signature.request_hash",
             f"covers the request bytes sent with only the model renamed to {renamed_to!r}"))
+
+    bound = True
 
     # (3) The response hash covers the bytes received.
     if not _equal(parsed.response_sha256, response_sha256):
