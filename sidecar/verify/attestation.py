@@ -342,10 +342,8 @@ def verify_node(
 
     # (3) The TLS key of the connection is the attested one.
     if tls_fingerprint is not None:
-        tls_check = _check_tls(tls_fingerprint, evidence.tls_spki_sha256)
-        checks.append(tls_check)
-        if tls_check.ok:
-            extra["bound_tls_spki"] = tls_fingerprint
+        checks.append(tls_check := _check_tls(tls_fingerprint, evidence.tls_spki_sha256))
+        extra["bound_tls_spki"] = tls_fingerprint if tls_check.ok else None
 
     # (4) The event log replays to RTMR3; payloads are believed only after.
     eventlog = verify_event_log(wire.event_log if wire.event_log is not None else [],

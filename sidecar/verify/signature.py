@@ -305,6 +305,32 @@ def _model_renamed_to(body: bytes, signed_request: str, candidates: Collection[s
     return None
 
 
+def _bind_request(parsed: SignedText, request_sha256: str, request_body: bytes | None,
+                  expected_model: str | None, accept_model_renamed: bool
+                  ) -> tuple[RequestBinding | None, Check]:
+    """Step (2) of ``verify_completion_signature``: how the signed request hash binds the bytes
+    sent (``exact``, or ``model_renamed`` when only the top-level model differs and renames are
+    accepted), as the binding found and the ``signature.request_hash`` check."""
+    if _equal(parsed.request_sha256, request_sha256):
+        return RequestBinding.EXACT, Check.passed("signature.request_hash",
+                                                  "covers the request bytes sent")
+    candidates = [name for name in dict.fromkeys((parsed.model, expected_model)) if name]
+    renamed_to = (_model_renamed_to(request_body, parsed.request_sha256, candidates)
+                  if request_body is not None and candidates else None)
+    if renamed_to is None:
+        return None, Check.failed(
+            "signature.request_hash", "signature.request_hash_mismatch",
+            f"signed request hash {parsed.request_sha256} != sent bytes' hash {request_sha256}")
+    if not accept_model_renamed:
+        return RequestBinding.MODEL_RENAMED, Check.failed(
+            "signature.request_hash", "signature.request_model_renamed",
+            f"signed request hash covers the bytes sent with the model renamed to "
+            f"{renamed_to!r}, and this provider profile does not rename models")
+    return RequestBinding.MODEL_RENAMED, Check.passed(
+        "signature.request_hash",
+        f"covers the request bytes sent with only the model renamed to {renamed_to!r}")
+
+
 def _equal(a: str, b: str) -> bool:
     """Constant-time string equality that never raises (``compare_digest`` refuses non-ASCII
     ``str``; a hostile record's fields and a buggy caller's hashes can be anything)."""
@@ -389,32 +415,12 @@ def verify_completion_signature(
                                else f"text is '{parsed.model}:<sha256>:<sha256>'"))
 
     # (2) The request hash binds the bytes sent, exactly or through the provider's model rename.
-    if _equal(parsed.request_sha256, request_sha256):
-        binding = RequestBinding.EXACT
-        checks.append(Check.passed("signature.request_hash", "covers the request bytes sent"))
-    else:
-        candidates = [name for name in dict.fromkeys((parsed.model, expected_model)) if name]
-        renamed_to = (_model_renamed_to(request_body, parsed.request_sha256, candidates)
-                      if request_body is not None and candidates else None)
-        if renamed_to is None:
-            checks.append(Check.failed(
-                "signature.request_hash", "signature.request_hash_mismatch",
-                f"signed request hash {parsed.request_sha256} != sent bytes' hash {request_sha256}"))
-            bound = False
-            return done()
-        binding = RequestBinding.MODEL_RENAMED
-        if not accept_model_renamed:
-            bound = False
-            checks.append(Check.failed(
-                "signature.request_hash", "signature.request_model_renamed",
-                f"signed request hash covers the bytes sent with the model renamed to "
-                f"{renamed_to!r}, and this provider profile does not rename models"))
-            return done()
-        checks.append(Check.passed(
-            "signature.request_hash",
-            f"covers the request bytes sent with only the model renamed to {renamed_to!r}"))
-
-    bound = True
+    binding, request_check = _bind_request(parsed, request_sha256, request_body, expected_model,
+                                           accept_model_renamed)
+    checks.append(request_check)
+    bound = request_check.ok
+    if not bound:
+        return done()
 
     # (3) The response hash covers the bytes received.
     if not _equal(parsed.response_sha256, response_sha256):
