@@ -54,26 +54,34 @@ def test_comments_and_trailing_data_after_done() -> None:
 
 def test_cut_stream_leaves_pending_bytes_and_no_done() -> None:
     framer = SseFramer()
-    framer.feed(STREAM[:-5])
+    events = framer.feed(STREAM[:-5])
     assert not framer.done
-    assert framer.pending == b"data: [DO"[: len(framer.pending)] or framer.pending
+    # Exactly the unfinished event stays pending: its bytes are the cut, nothing more or less.
+    assert framer.pending == b"data: [DO"
+    assert b"".join(e.raw for e in events) + framer.pending == STREAM[:-5]
+    # The rest arrives: the same bytes leave the buffer as the [DONE] event.
+    (done,) = framer.feed(STREAM[-5:])
+    assert done.raw == b"data: [DONE]\n\n" and done.is_done and framer.done
+    assert framer.pending == b""
 
 
 def test_oversized_event_is_refused() -> None:
     framer = SseFramer()
-    with pytest.raises(VerificationFailed, match="exceeds 1 MiB"):
+    with pytest.raises(VerificationFailed, match="exceeds 1 MiB") as raised:
         framer.feed(b"data: " + b"a" * (MAX_EVENT_BYTES + 1))
+    assert raised.value.code == "stream.event_too_large"
 
 
-@pytest.mark.parametrize("payload, why", [
-    (b"not json", "not JSON"),
-    (b"[1]", "no usable completion id"),
-    (b'{"id": 5}', "no usable completion id"),
-    (b'{"id": ""}', "no usable completion id"),
-    (json.dumps({"id": "a" * 300}).encode(), "no usable completion id"),
-    (b'{"id": "../../admin"}', "characters outside"),
-    (b'{"id": "chat id"}', "characters outside"),
+@pytest.mark.parametrize("payload, why, code", [
+    (b"not json", "not JSON", "response.malformed"),
+    (b"[1]", "no usable completion id", "response.no_chat_id"),
+    (b'{"id": 5}', "no usable completion id", "response.no_chat_id"),
+    (b'{"id": ""}', "no usable completion id", "response.no_chat_id"),
+    (json.dumps({"id": "a" * 300}).encode(), "no usable completion id", "response.no_chat_id"),
+    (b'{"id": "../../admin"}', "characters outside", "response.no_chat_id"),
+    (b'{"id": "chat id"}', "characters outside", "response.no_chat_id"),
 ])
-def test_chat_id_of_refuses_unusable_ids(payload: bytes, why: str) -> None:
-    with pytest.raises(VerificationFailed, match=why):
+def test_chat_id_of_refuses_unusable_ids(payload: bytes, why: str, code: str) -> None:
+    with pytest.raises(VerificationFailed, match=why) as raised:
         chat_id_of(payload)
+    assert raised.value.code == code
