@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sidecar.errors import VerificationFailed
-from sidecar.verify.sse import MAX_EVENT_BYTES, SseFramer, chat_id_of
+from sidecar.verify.sse import MAX_EVENT_BYTES, SseEvent, SseFramer, chat_id_of
 
 STREAM = (b'data: {"id": "chatcmpl-abc", "choices": []}\n\n'
           b'data: {"id": "chatcmpl-abc", "choices": [{"delta": {"content": "hi"}}]}\n\n'
@@ -85,3 +85,100 @@ def test_chat_id_of_refuses_unusable_ids(payload: bytes, why: str, code: str) ->
     with pytest.raises(VerificationFailed, match=why) as raised:
         chat_id_of(payload)
     assert raised.value.code == code
+
+
+# -- exact framing and bounds (each kills a mutant that the tests above let live) ---------------
+
+
+def test_a_fresh_framer_is_not_done_and_has_nothing_pending() -> None:
+    framer = SseFramer()
+    assert framer.done is False and framer.chat_id is None
+    assert framer.trailing_after_done == 0 and framer.pending == b""
+
+
+def test_a_terminator_at_the_very_start_is_an_empty_event() -> None:
+    # The scan must start at offset 0: a stream (or buffer) that begins with "\n\n" or
+    # "\r\n\r\n" has an empty event there, not the start of a longer one.
+    assert [e.raw for e in SseFramer().feed(b"\n\ndata: [DONE]\n\n")] == [
+        b"\n\n", b"data: [DONE]\n\n"]
+    assert [e.raw for e in SseFramer().feed(b"\r\n\r\ndata: [DONE]\r\n\r\n")] == [
+        b"\r\n\r\n", b"data: [DONE]\r\n\r\n"]
+
+
+def test_a_newline_left_undecided_at_the_start_of_the_buffer_is_scanned_again() -> None:
+    framer = SseFramer()
+    framer.feed(b'data: {"id": "chatcmpl-a"}\n\n')
+    assert framer.feed(b"\n") == [] and framer.pending == b"\n"
+    assert [e.raw for e in framer.feed(b"\ndata: [DONE]\n\n")] == [b"\n\n", b"data: [DONE]\n\n"]
+
+
+def test_lf_then_crlf_is_not_an_event_end() -> None:
+    # Spec section 3: an event ends with "\n\n" or "\r\n\r\n"; "\n\r\n" is neither, so the
+    # comment and the [DONE] line below are one event. (WHATWG SSE would split there; no provider
+    # sends it, and every byte is signed either way.)
+    stream = b": c\n\r\ndata: [DONE]\n\n"
+    framer = SseFramer()
+    assert [e.raw for e in framer.feed(stream)] == [stream]
+    # Nor at the very start of the buffer (where the byte before the newline does not exist).
+    framer = SseFramer()
+    assert framer.feed(b"\n\r\ndata: x\r") == [] and framer.pending == b"\n\r\ndata: x\r"
+
+
+def test_crlf_then_lf_ends_the_event_at_the_lf_pair() -> None:
+    stream = b'data: {"id": "chatcmpl-a"}\r\n\ndata: [DONE]\n\n'
+    assert [e.raw for e in SseFramer().feed(stream)] == [
+        b'data: {"id": "chatcmpl-a"}\r\n\n', b"data: [DONE]\n\n"]
+
+
+def test_data_field_values_lose_one_leading_space_and_join_with_newlines() -> None:
+    assert SseEvent(b"data: x\n\n").data == b"x"
+    assert SseEvent(b"data:x\n\n").data == b"x"
+    assert SseEvent(b"data:  x\n\n").data == b" x"
+    assert SseEvent(b"data: a\ndata: b\n\n").data == b"a\nb"
+    assert SseEvent(b": comment\n\n").data is None
+
+
+def test_chat_id_of_a_data_line_without_a_space() -> None:
+    framer = SseFramer()
+    framer.feed(b'data:{"id":"chatcmpl-nospace"}\n\ndata:[DONE]\n\n')
+    assert framer.chat_id == "chatcmpl-nospace" and framer.done
+
+
+@pytest.mark.parametrize("chat_id", ["a" * 256, "chatcmpl_a.b-c", "x", "A-_."])
+def test_chat_id_of_accepts_every_allowed_form(chat_id: str) -> None:
+    assert chat_id_of(json.dumps({"id": chat_id}).encode()) == chat_id
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"not json", "response is not JSON"),
+    (b"{}", "response carries no usable completion id"),
+    (b'{"id": "a b"}', "completion id has characters outside [A-Za-z0-9._-]"),
+])
+def test_chat_id_of_messages_are_exact(payload: bytes, message: str) -> None:
+    with pytest.raises(VerificationFailed) as raised:
+        chat_id_of(payload)
+    assert raised.value.message == message
+
+
+def test_every_event_after_done_is_counted() -> None:
+    framer = SseFramer()
+    framer.feed(STREAM + b'data: {"id": "x"}\n\n' + b": two\n\n")
+    assert framer.trailing_after_done == 2
+
+
+def test_an_event_of_exactly_the_bound_is_accepted_one_byte_more_is_not() -> None:
+    framer = SseFramer()
+    assert framer.feed(b"d" * MAX_EVENT_BYTES) == []
+    assert len(framer.pending) == MAX_EVENT_BYTES
+    with pytest.raises(VerificationFailed) as raised:
+        framer.feed(b"d")
+    assert raised.value.code == "stream.event_too_large"
+    assert raised.value.message == "an SSE event exceeds 1 MiB"
+
+
+def test_the_bound_is_on_the_pending_event_not_the_stream() -> None:
+    # Many small events add up to more than the bound: only one event's bytes are held.
+    framer = SseFramer()
+    event = b'data: {"id": "chatcmpl-a", "pad": "' + b"p" * 1000 + b'"}\n\n'
+    count = MAX_EVENT_BYTES // len(event) + 10
+    assert len(framer.feed(event * count)) == count
