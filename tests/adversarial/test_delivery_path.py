@@ -223,3 +223,96 @@ def test_signature_verdicts_are_counted_by_result(adv: AdversarialStack) -> None
     assert after["signatures_incomplete"] - before["signatures_incomplete"] == 1
     assert after["signatures_failed"] - before["signatures_failed"] == 1
     assert after["signatures_passed"] == before["signatures_passed"]
+
+
+# -- the relay forwards exactly what it received -------------------------------------------------
+
+
+def test_a_relayed_stream_is_the_upstream_bytes_with_only_the_verdict_added(
+        adv: AdversarialStack) -> None:
+    url = adv.sidecar(verification={"stream": "relay"})
+    # Chunks of 64 bytes: several events complete in one chunk and leave in one write.
+    adv.mitm.on("completion", rewrite_events(lambda events: events, chunk=64))
+    status, headers, body = post(url + "/chat/completions", _request("stream"))
+    upstream = adv.mitm.exchanges("completion")[-1][1].body
+    assert status == 200
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["cache-control"] == "no-cache"
+    assert body == upstream.removesuffix(b"data: [DONE]\n\n") + \
+        b": x-tee-verified true\n\ndata: [DONE]\n\n"
+
+
+def test_the_relay_size_bound_counts_every_chunk(adv: AdversarialStack) -> None:
+    # The whole stream, not its largest chunk, is bounded: 64-byte chunks one byte over in total.
+    length = _genuine_length(adv, "stream")
+    url = adv.sidecar(verification={"stream": "relay"}, limits={"max_response_bytes": length - 1})
+    adv.mitm.on("completion", rewrite_events(lambda events: events, chunk=64))
+    status, _, body = post(url + "/chat/completions", _request("stream"))
+    assert status == 200 and relay_verdict(body) == "limits.response_too_large"
+    error = json.loads(body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: "))["error"]
+    assert error["message"] == "tee-sidecar: stream exceeds limits.max_response_bytes"
+
+
+def test_a_forged_verdict_names_itself(adv: AdversarialStack) -> None:
+    url = adv.sidecar(verification={"stream": "relay"})
+    adv.mitm.on("completion", rewrite_events(lambda events: [b": x-tee-x\n\n", *events]))
+    _, _, body = post(url + "/chat/completions", _request("stream"))
+    error = json.loads(body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: "))["error"]
+    assert (error["code"], error["message"]) == (
+        "stream.forged_verdict", "tee-sidecar: upstream sent an x-tee verdict comment")
+
+
+def test_monitor_closes_a_truncated_relay_with_its_own_done(adv: AdversarialStack) -> None:
+    # The upstream never sent [DONE]; monitor mode still ends the stream the way the SDK expects.
+    url = adv.sidecar(verification={"stream": "relay", "mode": "monitor"})
+    adv.mitm.on("completion", rewrite_events(lambda events: events[:-1]))
+    status, _, body = post(url + "/chat/completions", _request("stream"))
+    assert status == 200
+    assert body.endswith(b"\n\n: x-tee-verified false\n\ndata: [DONE]\n\n")
+    assert body.count(b"data: [DONE]") == 1
+
+
+def test_monitor_keeps_the_upstreams_own_done(adv: AdversarialStack) -> None:
+    url = adv.sidecar(verification={"stream": "relay", "mode": "monitor"})
+    adv.mitm.on("completion", rewrite_events(
+        lambda events: [*events[:-1], b"data:[DONE]\n\n"]))  # [DONE] as the upstream wrote it
+    _, _, body = post(url + "/chat/completions", _request("stream"))
+    assert body.endswith(b": x-tee-verified false\n\ndata:[DONE]\n\n")
+
+
+@pytest.mark.parametrize("kind, stream_mode", MODES, ids=IDS)
+def test_a_cut_answer_says_the_connection_broke(adv: AdversarialStack, kind: str,
+                                                stream_mode: str) -> None:
+    from tests.adversarial.mitm import reset_after
+
+    url = adv.sidecar(verification={"stream": stream_mode})
+    post(url + "/chat/completions", _request(kind))
+    adv.mitm.on("completion", reset_after(0.5))
+    status, headers, body = post(url + "/chat/completions", _request(kind))
+    if stream_mode == "relay" and kind == "stream":
+        assert relay_verdict(body) == "stream.truncated"
+        last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
+        assert json.loads(last)["error"]["message"].startswith(
+            "tee-sidecar: upstream stream broke: ")
+    else:
+        assert_blocked(status, headers, body, "stream.truncated")
+        assert _error(body)["message"].startswith(
+            "tee-sidecar: upstream connection broke mid-body: ")
+
+
+@pytest.mark.parametrize("kind, stream_mode", MODES, ids=IDS)
+def test_a_stalled_answer_says_the_provider_stopped(adv: AdversarialStack, kind: str,
+                                                    stream_mode: str) -> None:
+    from tests.adversarial.mitm import stall
+
+    url = adv.sidecar(upstream={"read_timeout": 0.3}, verification={"stream": stream_mode})
+    post(url + "/chat/completions", _request(kind))
+    adv.mitm.on("completion", stall(3.0, after=40))
+    status, headers, body = post(url + "/chat/completions", _request(kind))
+    if stream_mode == "relay" and kind == "stream":
+        assert relay_verdict(body) == "upstream.timeout"
+        last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
+        assert json.loads(last)["error"]["message"] == "tee-sidecar: the provider stopped sending"
+    else:
+        assert_blocked(status, headers, body, "upstream.timeout")
+        assert _error(body)["message"] == "tee-sidecar: the provider stopped sending"
