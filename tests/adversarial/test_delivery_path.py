@@ -316,3 +316,52 @@ def test_a_stalled_answer_says_the_provider_stopped(adv: AdversarialStack, kind:
     else:
         assert_blocked(status, headers, body, "upstream.timeout")
         assert _error(body)["message"] == "tee-sidecar: the provider stopped sending"
+
+
+# -- the verdict's facts reach the headers and the receipt ---------------------------------------
+
+
+def test_a_verified_answer_names_its_signer(adv: AdversarialStack) -> None:
+    url = adv.sidecar(verification={"mode": "flag"})
+    status, headers, _ = post(url + "/chat/completions", _request("plain"))
+    entry = adv.sidecar_state(url).cache.peek(TEE_MODEL)
+    assert status == 200 and entry is not None
+    assert headers["x-tee-signing-address"] in entry.report.attested_keys
+    assert headers["x-tee-evidence-sha256"] == entry.report.evidence_sha256
+
+
+def test_the_receipt_of_a_refused_answer_keeps_its_id_and_record(adv: AdversarialStack) -> None:
+    from tests.adversarial.mitm import rewrite_response
+
+    url = adv.sidecar(fresh=True)
+    adv.mitm.on("completion", rewrite_response(lambda body: body.replace(b"enclave", b"Enclave")))
+    status, _, body = post(url + "/chat/completions", _request("plain"))
+    assert status == 502
+    path = adv.sidecar_state(url).settings.receipts_path()
+    receipt = json.loads(path.read_text().splitlines()[-1])
+    signed = adv.mitm.exchanges("signature")[-1][1].body
+    assert receipt["verdict"] == "failed"
+    assert receipt["failure_code"] == "signature.response_hash_mismatch"
+    answered = adv.mitm.exchanges("completion")[-1][1].body
+    assert receipt["chat_id"] == json.loads(answered)["id"]
+    assert receipt["text"] == json.loads(signed)["text"]
+    assert receipt["signature"] == json.loads(signed)["signature"]
+
+
+def test_a_relay_whose_judge_raises_ends_in_an_internal_error_event(
+        adv: AdversarialStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidecar.proxy.app as app
+
+    url = adv.sidecar(verification={"stream": "relay"})
+    post(url + "/chat/completions", _request("stream"))
+
+    async def boom(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app._Completion, "judge", boom)
+    status, headers, body = post(url + "/chat/completions", _request("stream"))
+    assert status == 200 and headers["x-tee-verified"] == "pending"
+    assert relay_verdict(body) == "sidecar.internal_error"
+    last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
+    assert json.loads(last)["error"]["message"] == "tee-sidecar: internal error in tee-sidecar"
+    assert b"a bug" not in body
