@@ -46,8 +46,10 @@ def main(patterns: list[str]) -> int:
               f"({100 * counts['killed'] / total:.1f}%), {dict(counts)}")
     unexplained = sorted(name for name, status in selected.items()
                          if status not in KILLED and name not in explained)
-    for name in unexplained:
+    for name in unexplained[:50]:
         print(f"UNEXPLAINED {selected[name]}: {name}")
+    if len(unexplained) > 50:
+        print(f"... and {len(unexplained) - 50} more unexplained")
     if not selected:
         print("no mutants matched", patterns)
         return 1
