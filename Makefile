@@ -59,8 +59,8 @@ clean:
 	rm -rf $(VENV) $(NEAR_VENV) build *.egg-info
 
 # Mutation testing with mutmut (docs/mutation.md): the verification core and the delivery path.
-# `make mutate` scores what the doc records; `make mutate CI=1` the subset CI can afford (about
-# a minute and a half on two cores); MUTANTS='sidecar.verify.nvidia*' any other set. It fails on a
+# `make mutate` scores what the doc records; `make mutate CI=1` a subset (8 min on two shared
+# cores: not yet in .ci/run); MUTANTS='sidecar.verify.nvidia*' any other set. It fails on a
 # surviving mutant that docs/mutation.md does not explain.
 MUTATE_CI := 'sidecar.verify.binding*' 'sidecar.verify.sse*'
 MUTATE_FULL := $(MUTATE_CI) 'sidecar.verify.signature*' 'sidecar.proxy.verdict*' \
