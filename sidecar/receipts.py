@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, NoReturn, Self
+from typing import Any, BinaryIO, Literal, Self
 
 import structlog
 

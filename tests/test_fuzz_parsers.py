@@ -22,8 +22,10 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sidecar.config import TrustAnchors
 from sidecar.errors import SidecarError, VerificationFailed
 from sidecar.providers.wire import parse_attestation_document, parse_signature_record
+from sidecar.simulator.nras import SIMULATOR_NRAS_ISSUER
 from sidecar.verify.binding import check_report_data_binding
 from sidecar.verify.signature import (
     AttestedSigner,
@@ -141,16 +143,34 @@ def test_parse_attestation_document_deeply_nested_json() -> None:
     only_sidecar_errors(parse_attestation_document, DEEP)
 
 
-def _genuine_report() -> tuple[dict[str, Any], str]:
+FUZZ_NOW = 1_760_000_000
+FUZZ_MODEL = "TEE/simulated-llama-3.3-70b"
+
+
+def _genuine_report() -> tuple[dict[str, Any], str, Any]:
+    """A simulator report for a fresh nonce and the evidence the I/O layer would gather for it:
+    the quote's collateral and NRAS's signed answer to its GPU payload, so that the verifier gets
+    past the collateral and NRAS steps and every later check runs on the mutated report."""
     from sidecar.simulator.evidence import SimulatedEvidence
     from sidecar.simulator.provider import Faults, SigningNode
+    from sidecar.trust import load_anchors
+    from sidecar.verify.attestation import NodeEvidence
 
     nonce = secrets.token_hex(32)
-    report = SimulatedEvidence()([SigningNode()], "ecdsa", nonce, bytes.fromhex(nonce), Faults())
-    return report, nonce
+    simulated = SimulatedEvidence()
+    report = simulated([SigningNode()], "ecdsa", nonce, bytes.fromhex(nonce), Faults())
+    document = parse_attestation_document(json.dumps(report).encode())
+    (claim,) = document.nodes
+    payload = claim.wire.nvidia_payload_text()
+    assert payload is not None
+    evidence = NodeEvidence(
+        collateral_json=simulated.authority.collateral_json(FUZZ_NOW),
+        nras_response=simulated.nras.attest(payload, FUZZ_NOW),
+        jwks=load_anchors(TrustAnchors.SIMULATOR).pinned_jwks)
+    return report, nonce, evidence
 
 
-GENUINE_REPORT, GENUINE_NONCE = _genuine_report()
+GENUINE_REPORT, GENUINE_NONCE, GENUINE_EVIDENCE = _genuine_report()
 
 
 def _mutate(value: Any, path: list[int], replacement: Any) -> Any:
@@ -164,28 +184,55 @@ def _mutate(value: Any, path: list[int], replacement: Any) -> Any:
     return [*value[:index], _mutate(value[index], path[1:], replacement), *value[index + 1:]]
 
 
+def _attest(report: dict[str, Any]) -> Any:
+    """Parse and verify ``report`` against the genuine evidence; ``None`` if it does not parse.
+
+    ``verify_attestation`` must not raise on any report: a verifier that raises unexpectedly is
+    turned into an ``attestation.internal_error`` check (fail closed), which this returns for the
+    caller to refuse, since it would hide a crash behind a refusal.
+    """
+    from sidecar.trust import load_anchors
+    from sidecar.verify.attestation import verify_attestation
+    from sidecar.verify.policy import load_policy
+
+    document = only_sidecar_errors(parse_attestation_document, json.dumps(report).encode())
+    if document is None:
+        return None
+    anchors = load_anchors(TrustAnchors.SIMULATOR)
+    return verify_attestation(
+        document, model=FUZZ_MODEL, nonce=GENUINE_NONCE,
+        evidence={n.label: GENUINE_EVIDENCE for n in document.nodes}, roots=anchors.roots,
+        policy=load_policy(None).for_model(FUZZ_MODEL), now=FUZZ_NOW)
+
+
+def _internal_errors(report: Any) -> list[str]:
+    return [f"{check.name}: {check.detail}" for node in report.nodes for check in node.checks
+            if (check.code or "").endswith("internal_error")]
+
+
+def test_the_genuine_report_verifies_so_the_fuzz_goes_deep() -> None:
+    report = _attest(GENUINE_REPORT)
+    assert report.verdict == "verified", report.failure
+    names = {check.name for node in report.nodes for check in node.checks}
+    # Past the collateral and NRAS: the quote, the GPU tokens and the binding all ran.
+    assert {"tdx.quote_signature", "tdx.tcb_status", "gpu.token.signature", "gpu.submod_digest",
+            "binding.signing_key", "binding.nonce", "eventlog.rtmr3_replay"} <= names, sorted(names)
+
+
 @SLOW_FUZZ
 @given(path=st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=6),
        replacement=st.one_of(json_values, hexish, base64ish))
 def test_verify_attestation_on_mutated_genuine_reports(path: list[int], replacement: Any) -> None:
-    from sidecar.trust import load_anchors
-    from sidecar.verify.attestation import NodeEvidence, verify_attestation
-    from sidecar.verify.policy import load_policy
-
-    body = json.dumps(_mutate(GENUINE_REPORT, path, replacement)).encode()
-    document = only_sidecar_errors(parse_attestation_document, body)
-    if document is None:
+    mutated = _mutate(GENUINE_REPORT, path, replacement)
+    report = _attest(mutated)
+    if report is None:
         return
-    anchors = load_anchors("simulator")  # type: ignore[arg-type]
-    evidence = NodeEvidence(collateral_json=None, collateral_error="fuzz: none",
-                            nras_response=None, nras_error="fuzz: none",
-                            jwks=anchors.pinned_jwks)
-    report = only_sidecar_errors(
-        verify_attestation, document, model="TEE/simulated-llama-3.3-70b", nonce=GENUINE_NONCE,
-        evidence={n.label: evidence for n in document.nodes}, roots=anchors.roots,
-        policy=load_policy(None).for_model("TEE/simulated-llama-3.3-70b"), now=1_760_000_000)
-    # Without collateral and NRAS nothing can be fully attested, whatever the mutation.
-    assert report is None or not report.attested_keys
+    assert _internal_errors(report) == []
+    if mutated != GENUINE_REPORT:
+        # A changed report may still verify only if the change is outside what is attested
+        # (e.g. an ignored field); it never yields a key the genuine report did not attest.
+        genuine = _attest(GENUINE_REPORT)
+        assert set(report.attested_keys) <= set(genuine.attested_keys)
 
 
 # -- signature JSON and the signature check -----------------------------------------------------
@@ -286,7 +333,10 @@ def test_nras_answer_parsers_never_raise(answer: bytes, nonce: str) -> None:
     from sidecar.verify.nvidia import GpuPolicy, token_kids, verify_nras_result
 
     only_sidecar_errors(token_kids, answer)
-    jwks = load_anchors("simulator").pinned_jwks or {"keys": []}  # type: ignore[arg-type]
+    # The enum, not the string "simulator": a plain string silently selected the production
+    # anchors, whose JWKS is None, so every token met an empty key set.
+    jwks = load_anchors(TrustAnchors.SIMULATOR).pinned_jwks
+    assert jwks and jwks["keys"]
     report = only_sidecar_errors(verify_nras_result, answer, expected_nonce=nonce, jwks=jwks,
                                  expected_issuer="https://nras.attestation.nvidia.com",
                                  now=1_760_000_000, policy=GpuPolicy())
@@ -373,3 +423,27 @@ def test_rename_search_never_raises(body: bytes, model: str) -> None:
         expected_model=model, unkinded_roles={"model"}, request_body=body,
         accept_model_renamed=True)
     assert not report.ok
+
+
+@FUZZ
+@given(path=st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=3),
+       replacement=st.one_of(json_values, jwtish, base64ish))
+def test_nras_verifier_on_mutated_genuine_answers(path: list[int], replacement: Any) -> None:
+    from sidecar.verify.nvidia import GpuPolicy, verify_nras_result
+
+    genuine = list(GENUINE_EVIDENCE.nras_response)
+    mutated = _mutate(genuine, path, replacement)
+    report = verify_nras_result(mutated, expected_nonce=GENUINE_NONCE, jwks=GENUINE_EVIDENCE.jwks,
+                                expected_issuer=SIMULATOR_NRAS_ISSUER, now=FUZZ_NOW,
+                                policy=GpuPolicy())
+    assert report.ok is (mutated == genuine)
+    assert all(check.ok or check.code for check in report.all_checks())
+
+
+def test_the_genuine_nras_answer_verifies() -> None:
+    from sidecar.verify.nvidia import GpuPolicy, verify_nras_result
+
+    report = verify_nras_result(list(GENUINE_EVIDENCE.nras_response), expected_nonce=GENUINE_NONCE,
+                                jwks=GENUINE_EVIDENCE.jwks, expected_issuer=SIMULATOR_NRAS_ISSUER,
+                                now=FUZZ_NOW, policy=GpuPolicy())
+    assert report.ok, report.failures

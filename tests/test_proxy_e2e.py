@@ -151,11 +151,12 @@ def test_attestation_runs_once_per_model_under_concurrency(stack: Stack) -> None
 
 def test_app_authorization_is_replaced_by_the_configured_key(stack: Stack) -> None:
     # The simulator accepts any bearer; a sidecar with no key sends none, and is refused.
-    url = stack.sidecar(upstream={"api_key": ""}, fresh=True)
+    url = stack.sidecar(upstream={"api_key": ""}, attestation={"only_known_models": False},
+                        fresh=True)
     with pytest.raises(openai.APIStatusError) as info:
         client(url).chat.completions.create(model=TEE_MODEL, messages=MESSAGES)
-    assert info.value.status_code in (401, 502)
-    assert info.value.response.headers["x-tee-verified"] == "false"
+    # The attestation request is the first to go out without a key: refused before any prompt.
+    _assert_blocked(info.value, "attestation.refused")
 
 
 # --- attacks: each blocked in enforce, flagged in flag, delivered in monitor --------------------

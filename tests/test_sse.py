@@ -54,29 +54,98 @@ def test_comments_and_trailing_data_after_done() -> None:
 
 def test_cut_stream_leaves_pending_bytes_and_no_done() -> None:
     framer = SseFramer()
-    framer.feed(STREAM[:-5])
+    events = framer.feed(STREAM[:-5])
     assert not framer.done
-    assert framer.pending == b"data: [DO"[: len(framer.pending)] or framer.pending
+    # Exactly the unfinished event stays pending: its bytes are the cut, nothing more or less.
+    assert framer.pending == b"data: [DO"
+    assert b"".join(e.raw for e in events) + framer.pending == STREAM[:-5]
+    # The rest arrives: the same bytes leave the buffer as the [DONE] event.
+    (done,) = framer.feed(STREAM[-5:])
+    assert done.raw == b"data: [DONE]\n\n" and done.is_done and framer.done
+    assert framer.pending == b""
 
 
 def test_oversized_event_is_refused() -> None:
     framer = SseFramer()
-    with pytest.raises(VerificationFailed, match="exceeds 1 MiB"):
+    with pytest.raises(VerificationFailed, match="exceeds 1 MiB") as raised:
         framer.feed(b"data: " + b"a" * (MAX_EVENT_BYTES + 1))
+    assert raised.value.code == "stream.event_too_large"
 
 
-@pytest.mark.parametrize("payload, why", [
-    (b"not json", "not JSON"),
-    (b"[1]", "no usable completion id"),
-    (b'{"id": 5}', "no usable completion id"),
-    (b'{"id": ""}', "no usable completion id"),
-    (json.dumps({"id": "a" * 300}).encode(), "no usable completion id"),
-    (b'{"id": "../../admin"}', "characters outside"),
-    (b'{"id": "chat id"}', "characters outside"),
+@pytest.mark.parametrize("payload, why, code", [
+    (b"not json", "not JSON", "response.malformed"),
+    (b"[1]", "no usable completion id", "response.no_chat_id"),
+    (b'{"id": 5}', "no usable completion id", "response.no_chat_id"),
+    (b'{"id": ""}', "no usable completion id", "response.no_chat_id"),
+    (json.dumps({"id": "a" * 300}).encode(), "no usable completion id", "response.no_chat_id"),
+    (b'{"id": "../../admin"}', "characters outside", "response.no_chat_id"),
+    (b'{"id": "chat id"}', "characters outside", "response.no_chat_id"),
 ])
-def test_chat_id_of_refuses_unusable_ids(payload: bytes, why: str) -> None:
-    with pytest.raises(VerificationFailed, match=why):
+def test_chat_id_of_refuses_unusable_ids(payload: bytes, why: str, code: str) -> None:
+    with pytest.raises(VerificationFailed, match=why) as raised:
         chat_id_of(payload)
+    assert raised.value.code == code
+
+
+# -- exact framing and bounds (each kills a mutant that the tests above let live) ---------------
+
+
+def test_a_fresh_framer_is_not_done_and_has_nothing_pending() -> None:
+    framer = SseFramer()
+    assert framer.done is False and framer.chat_id is None
+    assert framer.trailing_after_done == 0 and framer.pending == b""
+
+
+def test_crlf_then_lf_ends_the_event_at_the_lf_pair() -> None:
+    stream = b'data: {"id": "chatcmpl-a"}\r\n\ndata: [DONE]\n\n'
+    assert [e.raw for e in SseFramer().feed(stream)] == [
+        b'data: {"id": "chatcmpl-a"}\r\n\n', b"data: [DONE]\n\n"]
+
+
+def test_chat_id_of_a_data_line_without_a_space() -> None:
+    framer = SseFramer()
+    framer.feed(b'data:{"id":"chatcmpl-nospace"}\n\ndata:[DONE]\n\n')
+    assert framer.chat_id == "chatcmpl-nospace" and framer.done
+
+
+@pytest.mark.parametrize("chat_id", ["a" * 256, "chatcmpl_a.b-c", "x", "A-_."])
+def test_chat_id_of_accepts_every_allowed_form(chat_id: str) -> None:
+    assert chat_id_of(json.dumps({"id": chat_id}).encode()) == chat_id
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"not json", "response is not JSON"),
+    (b"{}", "response carries no usable completion id"),
+    (b'{"id": "a b"}', "completion id has characters outside [A-Za-z0-9._-]"),
+])
+def test_chat_id_of_messages_are_exact(payload: bytes, message: str) -> None:
+    with pytest.raises(VerificationFailed) as raised:
+        chat_id_of(payload)
+    assert raised.value.message == message
+
+
+def test_every_event_after_done_is_counted() -> None:
+    framer = SseFramer()
+    framer.feed(STREAM + b'data: {"id": "x"}\n\n' + b": two\n\n")
+    assert framer.trailing_after_done == 2
+
+
+def test_an_event_of_exactly_the_bound_is_accepted_one_byte_more_is_not() -> None:
+    framer = SseFramer()
+    assert framer.feed(b"d" * MAX_EVENT_BYTES) == []
+    assert len(framer.pending) == MAX_EVENT_BYTES
+    with pytest.raises(VerificationFailed) as raised:
+        framer.feed(b"d")
+    assert raised.value.code == "stream.event_too_large"
+    assert raised.value.message == "an SSE event exceeds 1 MiB"
+
+
+def test_the_bound_is_on_the_pending_event_not_the_stream() -> None:
+    # Many small events add up to more than the bound: only one event's bytes are held.
+    framer = SseFramer()
+    event = b'data: {"id": "chatcmpl-a", "pad": "' + b"p" * 1000 + b'"}\n\n'
+    count = MAX_EVENT_BYTES // len(event) + 10
+    assert len(framer.feed(event * count)) == count
 
 
 # -- parsed as the WHATWG standard and the openai SDK parse it (issue 11, finding 1) -------------

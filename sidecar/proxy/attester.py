@@ -28,7 +28,6 @@ import structlog
 from sidecar.config import MAX_NODES
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.pins import IdentityGate
-from sidecar.config import MAX_NODES
 from sidecar.providers.wire import (
     AttestationDocument,
     canonical_report,

@@ -20,9 +20,8 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-import aiohttp
 
-from sidecar.errors import BadRequest, SidecarError, VerificationIncomplete
+from sidecar.errors import BadRequest, VerificationIncomplete
 from sidecar.proxy.upstream import UpstreamClient
 
 # A model list is a few KiB per hundred models; more than this is not a list.

@@ -7,8 +7,6 @@ by megabytes per re-attestation and every copy cost an NRAS call.
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 from sidecar.receipts import verify_receipts
 from tests.adversarial.conftest import assert_blocked

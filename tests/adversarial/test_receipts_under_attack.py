@@ -9,6 +9,7 @@ import json
 import pytest
 
 from sidecar.receipts import ReceiptsReport, verify_receipts
+from tests.adversarial.conftest import assert_blocked, relay_verdict
 from tests.adversarial.harness import AdversarialStack, chat
 from tests.adversarial.mitm import answer, reset_after, rewrite_events, rewrite_response, stall
 from tests.adversarial.test_tamper_bytes import STREAM_ATTACKS
@@ -32,12 +33,19 @@ def test_one_receipt_per_judged_completion_and_all_reverify(adv: AdversarialStac
     outcomes.append(chat(url, stream=True))
     adv.mitm.on("completion", rewrite_response(_flip), times=1)
     outcomes.append(chat(url))
-    adv.mitm.on("completion", rewrite_events(STREAM_ATTACKS["drop_a_middle_event"]), times=1)
+    adv.mitm.on("completion", rewrite_events(STREAM_ATTACKS["drop_a_middle_event"][0]), times=1)
     outcomes.append(chat(url, stream=True))
-    adv.mitm.on("completion", rewrite_events(STREAM_ATTACKS["reorder_two_events"]), times=1)
+    adv.mitm.on("completion", rewrite_events(STREAM_ATTACKS["reorder_two_events"][0]), times=1)
     outcomes.append(chat(url, stream=True))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         outcomes += list(pool.map(lambda i: chat(url, stream=bool(i % 2)), range(16)))
+    # The three tampered answers were refused for the bytes they changed, in either mode.
+    for status, headers, body in outcomes[2:5]:
+        if status == 200:
+            assert headers["x-tee-verified"] == "pending"
+            assert relay_verdict(body) == "signature.response_hash_mismatch"
+        else:
+            assert_blocked(status, headers, body, "signature.response_hash_mismatch")
     report = _report(adv, url)
     assert report.ok, [r.failure for r in report.invalid_lines]
     assert report.total == len(outcomes) == 21
@@ -52,7 +60,8 @@ def test_completion_cut_on_the_path_still_leaves_a_receipt(adv: AdversarialStack
     assert chat(url)[0] == 200
     adv.mitm.on("completion", reset_after(0.5) if attack == "reset_mid_body"
                 else stall(3.0, after=40))
-    assert chat(url)[0] in (502, 504)
+    assert_blocked(*chat(url), "stream.truncated" if attack == "reset_mid_body"
+                   else "upstream.timeout")
     report = _report(adv, url)
     assert report.total == 2 and report.recorded_failed == 1
 

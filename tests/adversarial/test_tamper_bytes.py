@@ -35,6 +35,15 @@ def _flip_nth_byte_of_answer(positions: list[int]):  # type: ignore[no-untyped-d
     return intercept
 
 
+# What one flipped byte can become, and nothing else: a flip inside the signed content
+# (response_hash_mismatch), in the JSON syntax (malformed), in the "id" key (no_chat_id), in the
+# id's value (the provider has no signature for that id: signature.missing), or, in a stream, in
+# an event terminator or the [DONE] line (truncated).
+FLIP_CODES = frozenset({"signature.response_hash_mismatch", "response.malformed",
+                        "response.no_chat_id", "signature.missing"})
+STREAM_FLIP_CODES = FLIP_CODES | {"stream.truncated"}
+
+
 def _sweep(adv: AdversarialStack, url: str, stream: bool, positions: list[int]) -> set[str]:
     codes: set[str] = set()
     adv.mitm.on("completion", _flip_nth_byte_of_answer(list(positions)))
@@ -58,6 +67,7 @@ def test_every_byte_of_a_plain_answer_flipped_is_blocked(adv: AdversarialStack) 
     codes = _sweep(adv, url, False, list(range(length)))
     # A flip lands in the text (hash mismatch), the JSON syntax, or the id (no signature).
     assert "signature.response_hash_mismatch" in codes
+    assert codes <= FLIP_CODES, codes
 
 
 @pytest.mark.parametrize("stream_mode", ["buffer", "relay"])
@@ -72,16 +82,20 @@ def test_every_part_of_a_stream_flipped_is_blocked(adv: AdversarialStack,
     if stream_mode == "buffer":
         codes = _sweep(adv, url, True, positions)
         assert "signature.response_hash_mismatch" in codes
+        assert codes <= STREAM_FLIP_CODES, codes
         return
     adv.mitm.on("completion", _flip_nth_byte_of_answer(list(positions)))
+    codes = set()
     for _ in positions:
         status, headers, body = chat(url, stream=True)
         assert headers.get("x-tee-failure") != "sidecar.internal_error"
         if status == 200:
             assert headers["x-tee-verified"] == "pending"
-            assert relay_verdict(body) != "verified"
+            codes.add(relay_verdict(body))
         else:
-            assert_blocked(status, headers, body)
+            codes.add(assert_blocked(status, headers, body))
+    assert "signature.response_hash_mismatch" in codes
+    assert codes <= STREAM_FLIP_CODES, codes
 
 
 def test_every_byte_of_the_request_altered_in_transit_never_gets_a_200(
@@ -97,15 +111,17 @@ def test_every_byte_of_the_request_altered_in_transit_never_gets_a_200(
         return respond(await mitm.forward(exchange))
 
     adv.mitm.on("completion", intercept)
-    statuses = set()
+    outcomes = set()
     for _ in range(len(request)):
         status, headers, body = post(url + "/chat/completions", request)
-        statuses.add(status)
+        outcomes.add((status, headers.get("x-tee-failure")))
         # The enclave may refuse the altered bytes itself (400, 404): never a 200.
         assert status != 200, body[:200]
         assert headers["x-tee-verified"] == "false"
-        assert headers.get("x-tee-failure") != "sidecar.internal_error"
-    assert 502 in statuses  # the flips inside strings: signed, but not what the sidecar sent
+    # The enclave refusing broken JSON or an unknown model (passed on as upstream errors), or
+    # the flips inside strings: signed, but not the bytes the sidecar sent.
+    assert outcomes == {(400, "upstream.http_400"), (404, "upstream.http_404"),
+                        (502, "signature.request_hash_mismatch")}
 
 
 def _data_events(events: list[bytes]) -> list[int]:
@@ -165,21 +181,23 @@ def _last_chunk_altered(events: list[bytes]) -> list[bytes]:
     return events
 
 
-# Each alteration of the event sequence; the stream is 18 events (role, 15 tokens, stop, [DONE]).
-STREAM_ATTACKS: dict[str, Callable[[list[bytes]], list[bytes]]] = {
-    "reorder_two_events": _swap,
-    "drop_first_event": _drop(0),
-    "drop_a_middle_event": _drop(5),
-    "drop_the_stop_event": _drop(-2),
-    "drop_done": _no_done,
-    "duplicate_first_event": _duplicate(0),
-    "duplicate_a_middle_event": _duplicate(5),
-    "split_one_event_in_two": _split_event,
-    "terminators_rewritten_crlf": _crlf,
-    "comment_event_injected": _comment,
-    "event_appended_after_done": _after_done,
-    "done_injected_early": _two_dones,
-    "finish_reason_rewritten": _last_chunk_altered,
+HASH = "signature.response_hash_mismatch"
+# Each alteration of the event sequence, with the code it must be refused with (buffered and
+# relayed alike); the stream is 18 events (role, 15 tokens, stop, [DONE]).
+STREAM_ATTACKS: dict[str, tuple[Callable[[list[bytes]], list[bytes]], str]] = {
+    "reorder_two_events": (_swap, HASH),
+    "drop_first_event": (_drop(0), HASH),
+    "drop_a_middle_event": (_drop(5), HASH),
+    "drop_the_stop_event": (_drop(-2), HASH),
+    "drop_done": (_no_done, "stream.truncated"),
+    "duplicate_first_event": (_duplicate(0), HASH),
+    "duplicate_a_middle_event": (_duplicate(5), HASH),
+    "split_one_event_in_two": (_split_event, HASH),
+    "terminators_rewritten_crlf": (_crlf, HASH),
+    "comment_event_injected": (_comment, HASH),
+    "event_appended_after_done": (_after_done, "stream.data_after_done"),
+    "done_injected_early": (_two_dones, "stream.data_after_done"),
+    "finish_reason_rewritten": (_last_chunk_altered, HASH),
 }
 
 
@@ -188,14 +206,15 @@ STREAM_ATTACKS: dict[str, Callable[[list[bytes]], list[bytes]]] = {
 def test_sse_sequence_attack_is_blocked(adv: AdversarialStack, attack: str,
                                         stream_mode: str) -> None:
     url = adv.sidecar(verification={"stream": stream_mode})
-    adv.mitm.on("completion", rewrite_events(STREAM_ATTACKS[attack]))
+    edit, code = STREAM_ATTACKS[attack]
+    adv.mitm.on("completion", rewrite_events(edit))
     request = json.dumps({"model": TEE_MODEL, "messages": MESSAGES, "stream": True}).encode()
     status, headers, body = post(url + "/chat/completions", request)
     assert_no_unverified_delivery(adv, request, status, headers, body)
     if stream_mode == "relay" and status == 200:
-        assert relay_verdict(body) != "verified"
+        assert relay_verdict(body) == code
     else:
-        assert_blocked(status, headers, body)
+        assert_blocked(status, headers, body, code)
 
 
 @pytest.mark.parametrize("stream_mode", ["buffer", "relay"])
@@ -218,7 +237,7 @@ def test_rechunked_stream_with_the_same_bytes_still_verifies(adv: AdversarialSta
 @pytest.mark.parametrize("attack", ["drop_a_middle_event", "reorder_two_events"])
 def test_sse_attack_flagged_in_flag_mode(adv: AdversarialStack, attack: str) -> None:
     url = adv.sidecar(verification={"mode": "flag"})
-    adv.mitm.on("completion", rewrite_events(STREAM_ATTACKS[attack]))
+    adv.mitm.on("completion", rewrite_events(STREAM_ATTACKS[attack][0]))
     status, headers, _ = chat(url, stream=True)
     assert status == 200
     assert headers["x-tee-verified"] == "false"
@@ -242,4 +261,4 @@ def test_upstream_cannot_forge_the_relay_verdict_line(adv: AdversarialStack, mod
     if mode == "monitor":
         assert body.endswith(b": x-tee-verified false\n\ndata: [DONE]\n\n")
     else:
-        assert relay_verdict(body) != "verified"
+        assert relay_verdict(body) == "stream.forged_verdict"
