@@ -575,13 +575,17 @@ class ReceiptLog:
         batch, not per completion, and nothing returns before its line is durable.
 
         Raises:
-            ReceiptLogError: as ``append``; lines of the batch written before a failure stay in
-                the file (the chain follows them), but none of the batch is reported durable.
+            ReceiptLogError: as ``append``; none of the batch is reported durable. A batch
+                that fits the current file goes out in one write, undone whole on a short
+                write; one that needs a rotation goes line by line, and lines written before a
+                failure stay in the file (the chain follows them).
         """
         with self._lock:
             if self._fd is None:
                 raise ReceiptLogError(f"receipt log {self.path} is closed", code="receipts.closed")
             try:
+                if self._append_joined(receipts):
+                    return
                 for receipt in receipts:
                     line = encode_receipt_line(receipt, self._prev)
                     if self._size > 0 and self._size + len(line) > self.max_bytes:
@@ -606,6 +610,41 @@ class ReceiptLog:
                     self._reopen_after_failed_rotation()
                 raise ReceiptLogError(f"cannot write receipt to {self.path}: {exc}") from exc
 
+    def _append_joined(self, receipts: Sequence[Receipt]) -> bool:
+        """The usual batch (it fits the current file): every line chained, then one
+        ``os.write`` and one ``fsync``. False, with nothing written, when the batch needs a
+        rotation (``append_batch`` then goes line by line). Called with the lock held.
+
+        Raises:
+            ReceiptLogError: a short write (undone: the chain stays where it was).
+            OSError: from ``os.write`` or ``fsync``.
+        """
+        lines: list[bytes] = []
+        prev = self._prev
+        size = 0
+        for receipt in receipts:
+            line = encode_receipt_line(receipt, prev)
+            lines.append(line)
+            size += len(line)
+            prev = _line_sha256(line)
+        if self._size + size > self.max_bytes and (self._size > 0 or len(lines) > 1):
+            return False  # the line-by-line path rotates where a line would not fit
+        data = b"".join(lines)
+        assert self._fd is not None
+        written = os.write(self._fd, data)
+        if written != len(data):
+            os.ftruncate(self._fd, self._size)
+            raise ReceiptLogError(
+                f"short write to {self.path} ({written} of {len(data)} bytes); undone")
+        # The lines are in the file from here on: the chain must follow them even if the fsync
+        # below fails.
+        self._size += size
+        self._prev = prev
+        if self._evidence_refs is not None:
+            self._evidence_refs.update(r.evidence_sha256 for r in receipts if r.evidence_sha256)
+        os.fsync(self._fd)
+        return True
+
     def _reopen_after_failed_rotation(self) -> None:
         # A rotation that failed half-way closed the descriptor; keep the log usable for the
         # next append (which retries the rotation) instead of silently turning it off.
@@ -629,7 +668,9 @@ class ReceiptLog:
         self._queue.append((receipt, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._drain())
-        await asyncio.shield(done)
+        # No shield needed: cancelling the caller cancels only ``done``; the receipt itself is
+        # already in the queue and the writer still writes it (``_drain`` skips done futures).
+        await done
 
     async def _drain(self) -> None:
         while self._queue:
