@@ -673,6 +673,34 @@ async def test_a_cancelled_caller_still_gets_its_line_written(tmp_path: Path) ->
     assert verify_receipts(path).total == 1
 
 
+async def test_a_caller_cancelled_before_the_writer_takes_the_batch_still_gets_its_line(
+        tmp_path: Path) -> None:
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    waiter = asyncio.ensure_future(log.append_async(failed_receipt("chatcmpl-cancelled")))
+    await asyncio.sleep(0)
+    waiter.cancel()  # cancelled at its own await: only its future goes, not the queued line
+    await asyncio.gather(waiter, return_exceptions=True)
+    await log.aclose()
+    assert verify_receipts(path).total == 1
+
+
+async def test_the_writer_thread_leaves_when_idle_and_comes_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(receipts, "WRITER_IDLE_SECONDS", 0.05)
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    await log.append_async(failed_receipt("chatcmpl-1"))
+    for _ in range(100):
+        if not log._worker_running:
+            break
+        await asyncio.sleep(0.02)
+    assert not log._worker_running
+    await log.append_async(failed_receipt("chatcmpl-2"))  # a new writer takes it
+    await log.aclose()
+    assert verify_receipts(path).total == 2
+
+
 async def test_aclose_waits_for_every_pending_append(tmp_path: Path) -> None:
     path = tmp_path / "receipts.jsonl"
     log = ReceiptLog(path)
