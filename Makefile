@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test env near-env typecheck lint-deploy image test-image test-systemd bench soak clean
+.PHONY: demo test env near-env typecheck lint-deploy image test-image test-systemd bench bench-quick bench-smoke soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,9 +60,18 @@ test-systemd: $(STAMP)
 	bash scripts/test-systemd.sh
 
 # Side-by-side benchmark (under 10 minutes): results in docs/benchmarks.md and .svg.
+# `make bench ARGS=--quick` passes options on (see `bench/run.py --help`).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(ARGS)
+
+# About two minutes, shorter windows (noisier): prints the target table, leaves docs/ alone.
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick --no-docs $(ARGS)
+
+# CI-sized (under a minute, not a timed test): prints the CPU ratios; never fails on them.
+bench-smoke: $(STAMP)
+	$(PY) bench/run.py --smoke --no-litellm $(ARGS)
 
 # 5-minute soak with 200 concurrent clients, a tenth of them tampered (docs/reliability.md).
 soak: $(STAMP)

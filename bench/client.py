@@ -104,8 +104,18 @@ class Load:
             await asyncio.sleep(0.01)
         else:
             raise Rejected("signature missing")
-        if record["text"] != f"{request_sha256}:{response_sha256}":
+        # 2-part "<req>:<resp>" or 3-part "<model>:<req>:<resp>" (spec section 0.1). NanoGPT
+        # (and the simulator by default) renames "TEE/x" to the upstream id before the node
+        # hashes the request: the signed request hash is then over the body with only that
+        # value replaced, which the app recomputes.
+        *named, signed_request, signed_response = record["text"].split(":")
+        if signed_response != response_sha256:
             raise Rejected("hash mismatch")
+        if signed_request != request_sha256:
+            renamed = self.body.replace(json.dumps(self.args.model).encode(),
+                                        json.dumps(":".join(named)).encode(), 1)
+            if not named or signed_request != hashlib.sha256(renamed).hexdigest():
+                raise Rejected("hash mismatch")
         if recover_signer(record["text"], record["signature"]) not in self.attested:
             raise Rejected("signer not attested")
 

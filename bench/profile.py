@@ -56,6 +56,9 @@ def main() -> int:
     parser.add_argument("--variant", choices=sorted(VARIANTS),
                         help="profile the sidecar with one change (see run.py --variants)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--gil", action="store_true",
+                        help="sample only the thread holding the GIL: Python CPU, without the "
+                             "time threads spend blocked (fsync) or the loop spends waiting")
     args = parser.parse_args()
     if shutil.which("py-spy") is None and not (Path(PY).parent / "py-spy").exists():
         print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
@@ -80,7 +83,7 @@ def main() -> int:
             + (["--stream"] if args.kind == "stream" else []), stdout=subprocess.DEVNULL)
         subprocess.run([py_spy, "record", "--pid", str(sidecar.pid), "--duration",
                         str(int(args.seconds)), "--rate", "250", "--format", "raw", "--nonblocking",
-                        "--output", str(collapsed)], check=True, capture_output=True)
+                        "--output", str(collapsed)] + (["--gil"] if args.gil else []), check=True, capture_output=True)
         client.wait(60)
     finally:
         for server in list(bench.servers):

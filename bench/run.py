@@ -392,8 +392,10 @@ def bench_dir(keep: bool) -> Iterator[Path]:
 def run(args: argparse.Namespace) -> int:
     """All three phases, then the table, the doc and the chart."""
     started = time.monotonic()
-    quick = args.quick
+    quick = args.quick or args.smoke
     zero = dict(duration=1.0 if quick else 3.0, warmup=0.3 if quick else 0.5)
+    # The smoke run (CI-sized, under a minute): phase A at concurrency 16 only, no direct row.
+    concurrencies = (16,) if args.smoke else CONCURRENCY
     stream_seconds = STREAM_EVENTS * args.token_delay
     paced = dict(duration=3.0 if quick else 6.0, warmup=stream_seconds + 0.3,
                  stagger=stream_seconds)
@@ -433,13 +435,15 @@ def run(args: argparse.Namespace) -> int:
             # (A) Zero delay: the CPU-bound regime.
             bench.set_token_delay(sim, 0.0)
             for kind in ("plain", "stream"):
-                for concurrency in CONCURRENCY:
+                for concurrency in concurrencies:
                     for config, server in configs[kind].items():
+                        if args.smoke and config == "direct":
+                            continue
                         bench.measure("zero-delay", kind, config, concurrency, server, sim, **zero)
 
             # (B) A realistic pace: streams only (the simulator paces streamed events only).
             bench.set_token_delay(sim, args.token_delay)
-            for concurrency in CONCURRENCY:
+            for concurrency in () if args.smoke else CONCURRENCY:
                 for config, server in configs["stream"].items():
                     bench.measure("paced", "stream", config, concurrency, server, sim, **paced)
 
@@ -458,9 +462,10 @@ def run(args: argparse.Namespace) -> int:
                 bench.stop(server)
             bench.set_token_delay(sim, args.open_stream_delay)
             memory: list[dict[str, object]] = []
-            for name, make in (("pass-through", lambda: bench.passthrough(sim, "pass-through-fresh")),
-                               ("sidecar-relay", lambda: bench.sidecar(sim, "relay", "relay-fresh")),
-                               ("sidecar-buffer", lambda: bench.sidecar(sim, "buffer", "buffer-fresh"))):
+            fresh = (("pass-through", lambda: bench.passthrough(sim, "pass-through-fresh")),
+                     ("sidecar-relay", lambda: bench.sidecar(sim, "relay", "relay-fresh")),
+                     ("sidecar-buffer", lambda: bench.sidecar(sim, "buffer", "buffer-fresh")))
+            for name, make in () if args.smoke else fresh:
                 server = make()
                 result = bench.measure("open-streams", "stream", name, args.open_streams, server,
                                        sim, duration=1.5 if quick else 2.5,
@@ -476,11 +481,13 @@ def run(args: argparse.Namespace) -> int:
     meta = {"environment": {**environment(), "sidecar_code": code_commit}, "quick": quick, "token_delay": args.token_delay,
             "open_stream_delay": args.open_stream_delay, "open_streams": args.open_streams,
             "elapsed_s": round(elapsed, 1), "notes": bench.notes, "attestations": attestations,
-            "command": "make bench" + ("  (python bench/run.py --quick)" if quick else "")}
+            "command": ("make bench-smoke  (python bench/run.py --smoke)" if args.smoke
+                        else "make bench" + ("  (python bench/run.py --quick)" if quick else ""))}
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps({"meta": meta, "results": bench.results}))
-    publish(bench.results, meta, write_docs=not args.no_docs)
+    (out / ("smoke.json" if args.smoke else "latest.json")).write_text(
+        json.dumps({"meta": meta, "results": bench.results}))
+    publish(bench.results, meta, write_docs=not (args.no_docs or args.smoke))
     print(f"bench finished in {elapsed:.0f} s")
     return 0
 
@@ -499,6 +506,10 @@ def main() -> int:
     """Parse options; run the bench (or install LiteLLM's venv)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short windows (about 1.5 minutes)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CI-sized (under a minute): zero-delay phase at concurrency 16 only, "
+                             "prints the CPU ratios, never writes docs/ and never fails on a "
+                             "ratio")
     parser.add_argument("--token-delay", type=float, default=0.03,
                         help="seconds before each streamed event in phase B (default 0.03)")
     parser.add_argument("--open-streams", type=int, default=200,

@@ -25,13 +25,14 @@ import hashlib
 import hmac
 import json
 import os
+import queue
 import re
 import stat
 import threading
 import time as _time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +69,9 @@ GENESIS_PREV_SHA256 = "0" * 64
 EVIDENCE_DIRNAME = "evidence"
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_BACKUPS = 10
+# The group commit's writer thread exits after this long without a batch (a new one starts
+# with the next); a log that is never used again leaves no thread behind.
+WRITER_IDLE_SECONDS = 5.0
 # A genuine line is under 1.5 KiB (hashes, a 132-char signature, a model name of at most 256
 # chars); the bound stops a doctored file from making the verifier parse megabytes per line.
 MAX_RECEIPT_LINE_BYTES = 8 << 10
@@ -233,6 +237,7 @@ class Receipt:
 
 
 _RECEIPT_FIELDS = tuple(f.name for f in fields(Receipt))
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 _LINE_KEYS = {3: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS}),
               2: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS}) - {"e2ee", "e2ee_model_key"},
               1: frozenset({"v", "prev_sha256", *_RECEIPT_FIELDS})
@@ -245,8 +250,13 @@ def encode_receipt_line(receipt: Receipt, prev_sha256: str) -> bytes:
     ``ensure_ascii`` keeps every line free of raw newlines and multi-byte sequences, so a line is
     always one ``\\n``-terminated record whatever the model name holds.
     """
-    obj: dict[str, Any] = {"v": RECEIPT_FORMAT, **asdict(receipt), "prev_sha256": prev_sha256}
-    return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
+    # Every field is a str or None: a flat read gives what ``asdict`` gave without its deep
+    # copy, and one encoder built once skips ``json.dumps`` making one per line (bench/profile).
+    obj: dict[str, Any] = {"v": RECEIPT_FORMAT}
+    for name in _RECEIPT_FIELDS:
+        obj[name] = getattr(receipt, name)
+    obj["prev_sha256"] = prev_sha256
+    return _LINE_ENCODER.encode(obj).encode("ascii") + b"\n"
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -447,6 +457,9 @@ class RecentChatIds:
         return recent
 
 
+_BatchJob = tuple[list["Receipt"], asyncio.AbstractEventLoop, asyncio.Future[None]]
+
+
 class ReceiptLog:
     """An append-only, crash-safe JSON-lines receipt file with size-based rotation.
 
@@ -487,6 +500,11 @@ class ReceiptLog:
         self._lock = threading.Lock()
         self._queue: list[tuple[Receipt, asyncio.Future[None]]] = []
         self._writer: asyncio.Future[None] | None = None
+        # The group commit's own thread (``_submit``): started on demand, gone after
+        # ``WRITER_IDLE_SECONDS`` without work; ``_worker_lock`` keeps start and exit atomic.
+        self._jobs: queue.SimpleQueue[_BatchJob] = queue.SimpleQueue()
+        self._worker_lock = threading.Lock()
+        self._worker_running = False
         self._archived: set[str] = set()
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -569,13 +587,17 @@ class ReceiptLog:
         batch, not per completion, and nothing returns before its line is durable.
 
         Raises:
-            ReceiptLogError: as ``append``; lines of the batch written before a failure stay in
-                the file (the chain follows them), but none of the batch is reported durable.
+            ReceiptLogError: as ``append``; none of the batch is reported durable. A batch
+                that fits the current file goes out in one write, undone whole on a short
+                write; one that needs a rotation goes line by line, and lines written before a
+                failure stay in the file (the chain follows them).
         """
         with self._lock:
             if self._fd is None:
                 raise ReceiptLogError(f"receipt log {self.path} is closed", code="receipts.closed")
             try:
+                if self._append_joined(receipts):
+                    return
                 for receipt in receipts:
                     line = encode_receipt_line(receipt, self._prev)
                     if self._size > 0 and self._size + len(line) > self.max_bytes:
@@ -600,6 +622,41 @@ class ReceiptLog:
                     self._reopen_after_failed_rotation()
                 raise ReceiptLogError(f"cannot write receipt to {self.path}: {exc}") from exc
 
+    def _append_joined(self, receipts: Sequence[Receipt]) -> bool:
+        """The usual batch (it fits the current file): every line chained, then one
+        ``os.write`` and one ``fsync``. False, with nothing written, when the batch needs a
+        rotation (``append_batch`` then goes line by line). Called with the lock held.
+
+        Raises:
+            ReceiptLogError: a short write (undone: the chain stays where it was).
+            OSError: from ``os.write`` or ``fsync``.
+        """
+        lines: list[bytes] = []
+        prev = self._prev
+        size = 0
+        for receipt in receipts:
+            line = encode_receipt_line(receipt, prev)
+            lines.append(line)
+            size += len(line)
+            prev = _line_sha256(line)
+        if self._size + size > self.max_bytes and (self._size > 0 or len(lines) > 1):
+            return False  # the line-by-line path rotates where a line would not fit
+        data = b"".join(lines)
+        assert self._fd is not None
+        written = os.write(self._fd, data)
+        if written != len(data):
+            os.ftruncate(self._fd, self._size)
+            raise ReceiptLogError(
+                f"short write to {self.path} ({written} of {len(data)} bytes); undone")
+        # The lines are in the file from here on: the chain must follow them even if the fsync
+        # below fails.
+        self._size += size
+        self._prev = prev
+        if self._evidence_refs is not None:
+            self._evidence_refs.update(r.evidence_sha256 for r in receipts if r.evidence_sha256)
+        os.fsync(self._fd)
+        return True
+
     def _reopen_after_failed_rotation(self) -> None:
         # A rotation that failed half-way closed the descriptor; keep the log usable for the
         # next append (which retries the rotation) instead of silently turning it off.
@@ -623,13 +680,15 @@ class ReceiptLog:
         self._queue.append((receipt, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._drain())
-        await asyncio.shield(done)
+        # No shield needed: cancelling the caller cancels only ``done``; the receipt itself is
+        # already in the queue and the writer still writes it (``_drain`` skips done futures).
+        await done
 
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
             try:
-                await asyncio.to_thread(self.append_batch, [receipt for receipt, _ in batch])
+                await self._submit([receipt for receipt, _ in batch])
             except Exception as exc:  # every waiter must hear how its batch ended
                 error = exc if isinstance(exc, ReceiptLogError) else ReceiptLogError(
                     f"cannot write receipts to {self.path}: {exc}")
@@ -640,6 +699,45 @@ class ReceiptLog:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
+
+    def _submit(self, receipts: list[Receipt]) -> asyncio.Future[None]:
+        """``append_batch(receipts)`` on the writer thread; the future settles on this loop.
+
+        One long-lived thread fed by a ``SimpleQueue`` instead of ``asyncio.to_thread`` per
+        batch: the executor's submit, work item and future chaining were ~8 % of the proxy's
+        CPU in bench/profile.py (docs/benchmarks.md).
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        with self._worker_lock:
+            if not self._worker_running:
+                threading.Thread(target=self._work, name="tee-sidecar-receipts",
+                                 daemon=True).start()
+                self._worker_running = True
+            self._jobs.put((receipts, loop, done))
+        return done
+
+    def _work(self) -> None:
+        """The writer thread: one batch at a time, each waiter told on its own loop."""
+        while True:
+            try:
+                receipts, loop, done = self._jobs.get(timeout=WRITER_IDLE_SECONDS)
+            except queue.Empty:
+                with self._worker_lock:
+                    # Jobs are only put under this lock: none can be stranded by the exit.
+                    if self._jobs.empty():
+                        self._worker_running = False
+                        return
+                continue
+            error: Exception | None = None
+            try:
+                self.append_batch(receipts)
+            except Exception as exc:  # handed to the waiters, never lost with the thread
+                error = exc
+            try:
+                loop.call_soon_threadsafe(_settle, done, error)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
 
     def _rotate(self) -> None:
         # Called with self._lock held. Each rename is atomic; a crash between two of them loses no
@@ -875,6 +973,16 @@ class ReceiptLog:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
+    # On the waiter's loop; a waiter cancelled meanwhile is skipped.
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 def _sha256_file(path: Path) -> str:

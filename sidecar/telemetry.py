@@ -191,6 +191,8 @@ class Telemetry:
             ["e2ee"], registry=self.registry)
         self.registry.register(_AttestationGauges(lambda: self._attestation_times))
         self._request_children: dict[tuple[str, str, str], Any] = {}
+        self._verification_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._exchange_children: dict[str, Any] = {}
         self._failures: deque[FailureRecord] = deque(maxlen=failure_history)
         self._exchanges: deque[dict[str, Any]] = deque(maxlen=failure_history)
 
@@ -224,10 +226,17 @@ class Telemetry:
             ValueError: ``kind`` or ``result`` is not one of the documented values (a bug in
                 the caller; labels must stay a closed set).
         """
-        if kind not in _KINDS or result not in _RESULTS:
-            raise ValueError(f"unknown verification label kind={kind!r} result={result!r}")
-        self._verifications.labels(kind, result).inc()
-        self._verification_latency.labels(kind).observe(max(seconds, 0.0))
+        children = self._verification_children.get((kind, result))
+        if children is None:
+            if kind not in _KINDS or result not in _RESULTS:
+                raise ValueError(f"unknown verification label kind={kind!r} result={result!r}")
+            # A closed set of 6: cached like the request counter's children.
+            children = self._verification_children[(kind, result)] = (
+                self._verifications.labels(kind, result),
+                self._verification_latency.labels(kind))
+        counter, latency = children
+        counter.inc()
+        latency.observe(max(seconds, 0.0))
 
     def observe_blocked(self, code: str) -> None:
         """Count one response withheld from the app, by failure code."""
@@ -257,7 +266,11 @@ class Telemetry:
         """Remember whether one completion exchange was end-to-end encrypted and to which
         attested model key (a public key; the client's keys never come here), for the status
         page. ``e2ee``: ``true``, ``false`` or ``unavailable``."""
-        self._exchanges_total.labels(e2ee if e2ee in _E2EE else "unavailable").inc()
+        label = e2ee if e2ee in _E2EE else "unavailable"
+        child = self._exchange_children.get(label)
+        if child is None:
+            child = self._exchange_children[label] = self._exchanges_total.labels(label)
+        child.inc()
         self._exchanges.append({"time": self._clock(), "model": model[:MAX_FAILURE_MODEL_CHARS],
                                 "e2ee": e2ee, "model_key": model_key})
 

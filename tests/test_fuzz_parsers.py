@@ -24,7 +24,12 @@ from hypothesis import strategies as st
 
 from sidecar.config import TrustAnchors
 from sidecar.errors import SidecarError, VerificationFailed
-from sidecar.providers.wire import parse_attestation_document, parse_signature_record
+from sidecar.providers.wire import (
+    SignatureRecordWire,
+    _plain_signature_record,
+    parse_attestation_document,
+    parse_signature_record,
+)
 from sidecar.simulator.nras import SIMULATOR_NRAS_ISSUER
 from sidecar.verify.binding import check_report_data_binding
 from sidecar.verify.signature import (
@@ -250,6 +255,22 @@ records = st.fixed_dictionaries({}, optional={
 @example(body=DEEP)
 def test_parse_signature_record_raises_only_sidecar_errors(body: bytes) -> None:
     only_sidecar_errors(parse_signature_record, body)
+
+
+@FUZZ
+@given(record=records | json_values)
+@example(record={"text": "a:" + "0" * 64, "signature": "0x1", "signing_address": "0x" + "a" * 40})
+@example(record={"text": "t", "signature": "s", "signing_address": "b" * 64,
+                 "signing_algo": "ed25519", "signature_kind": "gateway"})
+def test_the_plain_signature_record_path_accepts_only_what_pydantic_accepts(record: Any) -> None:
+    """``parse_signature_record``'s hand-checked fast path (bench/profile.py: pydantic was on
+    every completion) builds exactly the record ``model_validate`` builds, and nothing else."""
+    fast = _plain_signature_record(record)
+    if fast is None:
+        return
+    validated = SignatureRecordWire.model_validate(record)
+    assert fast.model_dump() == validated.model_dump()
+    assert type(fast.signature_kind) is type(validated.signature_kind)
 
 
 texts = st.one_of(

@@ -361,6 +361,64 @@ def test_rotation_keeps_every_line_across_files(tmp_path: Path) -> None:
     assert verify_receipts(path).total == 1
 
 
+def test_a_batch_that_crosses_max_bytes_rotates_between_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.jsonl"
+    line_size = len(encode_receipt_line(failed_receipt("chatcmpl-00"), GENESIS_PREV_SHA256))
+    with ReceiptLog(path, max_bytes=3 * line_size, backups=10) as log:
+        log.append_batch([failed_receipt(f"chatcmpl-{i:02d}") for i in range(2)])
+        log.append_batch([failed_receipt(f"chatcmpl-{i:02d}") for i in range(2, 10)])
+
+    files = receipts.rotated_paths(path) + [path]
+    assert all(f.stat().st_size <= 3 * line_size for f in files)
+    chat_ids = [obj["chat_id"] for f in files for obj in read_lines(f)]
+    assert chat_ids == [f"chatcmpl-{i:02d}" for i in range(10)]
+    assert verify_receipts(path, include_rotated=True).ok
+
+
+def test_a_batch_that_fits_is_one_write_and_chains_like_single_appends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    single, batched = tmp_path / "single.jsonl", tmp_path / "batched.jsonl"
+    batch = [failed_receipt(f"chatcmpl-{i}") for i in range(5)]
+    with ReceiptLog(single) as log:
+        for receipt in batch:
+            log.append(receipt)
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    with ReceiptLog(batched) as log:
+        monkeypatch.setattr("sidecar.receipts.os.write", counting_write)
+        log.append_batch(batch)
+        monkeypatch.undo()
+    assert len(writes) == 1
+    assert batched.read_bytes() == single.read_bytes()
+    assert verify_receipts(batched).ok
+
+
+def test_a_short_write_of_a_batch_undoes_all_of_it(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    log.append(failed_receipt("chatcmpl-1"))
+    size = path.stat().st_size
+    real_write = os.write
+
+    def half_write(fd: int, data: bytes | memoryview) -> int:
+        return real_write(fd, bytes(data)[: len(data) // 2])
+
+    monkeypatch.setattr("sidecar.receipts.os.write", half_write)
+    with pytest.raises(ReceiptLogError, match="short write"):
+        log.append_batch([failed_receipt("chatcmpl-2"), failed_receipt("chatcmpl-3")])
+    monkeypatch.undo()
+    assert path.stat().st_size == size
+    log.append(failed_receipt("chatcmpl-4"))
+    log.close()
+    assert verify_receipts(path).ok
+
+
 def test_rotation_drops_files_beyond_backups(tmp_path: Path) -> None:
     path = tmp_path / "receipts.jsonl"
     line_size = len(encode_receipt_line(failed_receipt("chatcmpl-00"), GENESIS_PREV_SHA256))
@@ -613,6 +671,34 @@ async def test_a_cancelled_caller_still_gets_its_line_written(tmp_path: Path) ->
     waiter.cancel()
     await log.aclose()  # waits for the pending batch
     assert verify_receipts(path).total == 1
+
+
+async def test_a_caller_cancelled_before_the_writer_takes_the_batch_still_gets_its_line(
+        tmp_path: Path) -> None:
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    waiter = asyncio.ensure_future(log.append_async(failed_receipt("chatcmpl-cancelled")))
+    await asyncio.sleep(0)
+    waiter.cancel()  # cancelled at its own await: only its future goes, not the queued line
+    await asyncio.gather(waiter, return_exceptions=True)
+    await log.aclose()
+    assert verify_receipts(path).total == 1
+
+
+async def test_the_writer_thread_leaves_when_idle_and_comes_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(receipts, "WRITER_IDLE_SECONDS", 0.05)
+    path = tmp_path / "receipts.jsonl"
+    log = ReceiptLog(path)
+    await log.append_async(failed_receipt("chatcmpl-1"))
+    for _ in range(100):
+        if not log._worker_running:
+            break
+        await asyncio.sleep(0.02)
+    assert not log._worker_running
+    await log.append_async(failed_receipt("chatcmpl-2"))  # a new writer takes it
+    await log.aclose()
+    assert verify_receipts(path).total == 2
 
 
 async def test_aclose_waits_for_every_pending_append(tmp_path: Path) -> None:

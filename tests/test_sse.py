@@ -37,6 +37,26 @@ def test_crlf_terminated_events_however_split(split: int) -> None:
     assert framer.done and framer.chat_id == "chatcmpl-abc"
 
 
+MIXED = (b'data: {"id": "chatcmpl-abc"}\n\n'  # \n only: the framer's find path
+         b"data: a\r\ndata: b\r\rdata: c\n\r"  # then \r in every form: the regex path
+         b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 5, 8, 13, len(MIXED)])
+def test_line_ends_mixed_across_chunks_frame_as_byte_by_byte(split: int) -> None:
+    def frame(step: int) -> list[tuple[bytes, bytes | None]]:
+        framer = SseFramer()
+        events = []
+        for i in range(0, len(MIXED), step):
+            events += framer.feed(MIXED[i:i + step])
+        events += framer.finish()
+        return [(e.raw, e.data) for e in events]
+
+    assert frame(split) == frame(1)
+    assert [data for _, data in frame(split)] == [b'{"id": "chatcmpl-abc"}', b"a\nb", b"c",
+                                                  b"[DONE]"]
+
+
 def test_a_line_break_inside_an_event_does_not_end_it() -> None:
     framer = SseFramer()
     events = framer.feed(b'event: message\ndata: {"id": "chatcmpl-x"}\n\ndata: [DONE]\r\n\n')

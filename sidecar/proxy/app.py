@@ -407,16 +407,22 @@ class _Completion:
         if failure is None and chat_id is None:
             failure = VerificationFailed("response carries no completion id",
                                          code="response.no_chat_id")
+        # The verdict is built once with its E2EE facts (a frozen dataclass's replace costs a
+        # whole __init__; bench/profile.py showed it on every completion).
+        sealing = self.sealing
         if failure is not None:
             verdict = CompletionVerdict(False, chat_id=chat_id, request_sha256=self.request_sha256,
-                                        response_sha256=response_sha256, failure=failure)
+                                        response_sha256=response_sha256, failure=failure,
+                                        e2ee=sealing.status, e2ee_model_key=sealing.model_key)
         else:
             assert chat_id is not None
             verdict = await state.verifier.verify(model=self.model, chat_id=chat_id,
                                                   request_body=self.request_body,
                                                   request_sha256=self.request_sha256,
                                                   response_sha256=response_sha256,
-                                                  e2ee_recipient=self.sealing.recipient)
+                                                  e2ee_recipient=sealing.recipient,
+                                                  e2ee=sealing.status,
+                                                  e2ee_model_key=sealing.model_key)
         if open_answer is not None:
             try:
                 self.opened = open_answer()
@@ -429,9 +435,7 @@ class _Completion:
                 # A genuine signature over an earlier answer to the same bytes: a replay.
                 verdict = dataclasses.replace(verdict, verified=False, failure=VerificationFailed(
                     f"completion {chat_id} was already delivered", code="response.replayed"))
-        verdict = dataclasses.replace(verdict, e2ee=self.sealing.status,
-                                      e2ee_model_key=self.sealing.model_key)
-        state.telemetry.record_exchange(self.model, self.sealing.status, self.sealing.model_key)
+        state.telemetry.record_exchange(self.model, sealing.status, sealing.model_key)
         if state.receipts is not None:
             try:
                 await state.receipts.append_async(verdict.receipt(self.model))

@@ -186,7 +186,8 @@ class CompletionVerifier:
         self._rules = rules
 
     async def verify(self, *, model: str, chat_id: str, request_body: bytes, request_sha256: str,
-                     response_sha256: str, e2ee_recipient: str | None = None
+                     response_sha256: str, e2ee_recipient: str | None = None,
+                     e2ee: str | None = None, e2ee_model_key: str | None = None
                      ) -> CompletionVerdict:
         """Verify one completion; never raises for bad evidence (it becomes the verdict).
 
@@ -199,6 +200,8 @@ class CompletionVerifier:
                 of the model node the prompt was sealed to: only that node's own
                 (``provider_tee`` or unkinded, model role) signature is then accepted
                 (``check_e2ee_signer``).
+            e2ee, e2ee_model_key: what the verdict records about end-to-end encryption
+                (``CompletionVerdict.e2ee``), set here so the verdict is built once.
         """
         started = time.perf_counter()
         record: SignatureRecordWire | None = None
@@ -230,7 +233,8 @@ class CompletionVerifier:
                                      failure=error,
                                      request_binding=report.request_binding if report else None,
                                      request_unbound=report is not None
-                                     and report.request_bound is False)
+                                     and report.request_bound is False,
+                                     e2ee=e2ee, e2ee_model_key=e2ee_model_key)
         self._telemetry.observe_verification("signature", "pass", time.perf_counter() - started)
         signer = attested.report.attested_signers.get(report.signer or "")
         return CompletionVerdict(True, chat_id, request_sha256, response_sha256, record,
@@ -241,7 +245,8 @@ class CompletionVerifier:
                                  # A gateway's attestation names no model: it served the one
                                  # the report resolved (whose node it routes to).
                                  served_model=(signer.model_name if signer and signer.model_name
-                                               else attested.canonical_model))
+                                               else attested.canonical_model),
+                                 e2ee=e2ee, e2ee_model_key=e2ee_model_key)
 
     def _check(self, signed: CompletionSignature, request_body: bytes, request_sha256: str,
                response_sha256: str, attested: CachedAttestation) -> CompletionSignatureReport:
