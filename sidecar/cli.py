@@ -348,7 +348,7 @@ def _pins(args: argparse.Namespace) -> int:
 
 def _pins_accept_saved(args: argparse.Namespace, settings: Settings, store: Any) -> int:
     from sidecar.pins import identities_from_saved_report
-    from sidecar.verify.policy import load_policy
+    from sidecar.policy_file import load_policy
 
     if args.context is None:
         raise UsageError("pins accept: --report needs --context FILE (its archived context)")
@@ -461,7 +461,7 @@ def _verify_saved_report(args: argparse.Namespace, settings: Settings,
         UsageError: missing or unreadable inputs.
         VerificationFailed: the report body does not parse.
     """
-    from sidecar.verify.policy import load_policy
+    from sidecar.policy_file import load_policy
 
     if not args.nonce and not args.context:
         raise UsageError(f"{command}: --report needs --nonce HEX (the nonce it was requested "

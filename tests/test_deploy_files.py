@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import Settings, load_settings
-from sidecar.verify.policy import load_policy
+from sidecar.policy_file import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -198,7 +198,7 @@ def _attest(report: dict[str, Any]) -> Any:
     """
     from sidecar.trust import load_anchors
     from sidecar.verify.attestation import verify_attestation
-    from sidecar.verify.policy import load_policy
+    from sidecar.policy_file import load_policy
 
     document = only_sidecar_errors(parse_attestation_document, json.dumps(report).encode())
     if document is None:

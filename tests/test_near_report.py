@@ -29,7 +29,8 @@ from sidecar.verify.attestation import (
     verify_attestation,
 )
 from sidecar.verify.checks import Status
-from sidecar.verify.policy import GATEWAY_DEFAULT, build_model_policy, load_policy
+from sidecar.policy_file import load_policy
+from sidecar.verify.policy import GATEWAY_DEFAULT, build_model_policy
 
 ASSETS = Path(__file__).parent / "assets"
 REPORT_FILE = ASSETS / "near" / "cloud_report_gateway_and_model.json"

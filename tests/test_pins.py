@@ -27,7 +27,8 @@ from sidecar.telemetry import Telemetry
 from sidecar.verify.attestation import AttestationReport, NodeReport
 from sidecar.verify.checks import Check
 from sidecar.verify.identity import DeploymentFacts, deployment_identity
-from sidecar.verify.policy import PolicySet, build_model_policy, load_policy
+from sidecar.policy_file import load_policy
+from sidecar.verify.policy import PolicySet, build_model_policy
 
 MODEL = "TEE/some-model"
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sidecar.errors import ConfigError, VerificationFailed
+from sidecar.policy_file import load_policy
 from sidecar.simulator.dstack import build_node_identity
 from sidecar.verify.checks import Check, Status
 from sidecar.verify.eventlog import verify_event_log
@@ -24,7 +25,6 @@ from sidecar.verify.policy import (
     RequireEvidence,
     ToleratedAdvisories,
     build_model_policy,
-    load_policy,
 )
 
 REPO = Path(__file__).resolve().parent.parent

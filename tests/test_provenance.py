@@ -204,7 +204,7 @@ def test_a_statement_that_is_not_build_provenance_fails(payload_type: str,
 
 def test_policy_file_provenance_table(tmp_path: Path) -> None:
     from sidecar.errors import ConfigError
-    from sidecar.verify.policy import load_policy
+    from sidecar.policy_file import load_policy
 
     path = tmp_path / "policy.toml"
     path.write_text(f'[models."TEE/x".provenance]\nrepository = "{REPOSITORY}"\n'

@@ -26,8 +26,9 @@ from sidecar.proxy.verdict import CompletionVerifier
 from sidecar.pins import IdentityGate, PinStore, pins_dir
 from sidecar.receipts import ReceiptLog, RecentChatIds
 from sidecar.telemetry import Telemetry
+from sidecar.policy_file import load_policy
 from sidecar.trust import load_anchors
-from sidecar.verify.policy import PolicySet, load_policy
+from sidecar.verify.policy import PolicySet
 
 
 def build_attester(settings: Settings, session: aiohttp.ClientSession,
