@@ -1,4 +1,5 @@
-"""Policy engine: rules, composition, per-model lookup, and the policy file loader."""
+"""Policy engine (``sidecar.verify.policy``): rules, composition, per-model lookup; and the policy
+file loader (``sidecar.policy_file``)."""
 
 from __future__ import annotations
 
