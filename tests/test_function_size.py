@@ -19,7 +19,6 @@ SIDECAR = Path(__file__).resolve().parent.parent / "sidecar"
 NOT_YET_SPLIT: dict[str, int] = {
     "sidecar/verify/attestation.py:verify_node": 140,
     "sidecar/verify/signature.py:verify_completion_signature": 121,
-    "sidecar/verify/tdx.py:verify_tdx_quote": 108,
 }
 
 
