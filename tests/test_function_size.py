@@ -18,7 +18,6 @@ SIDECAR = Path(__file__).resolve().parent.parent / "sidecar"
 # recipes are split there. Each may only shrink: the bound beside it is today's length.
 NOT_YET_SPLIT: dict[str, int] = {
     "sidecar/verify/attestation.py:verify_node": 140,
-    "sidecar/verify/signature.py:verify_completion_signature": 121,
 }
 
 
