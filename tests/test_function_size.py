@@ -10,18 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 MAX_BODY_LINES = 80
 SIDECAR = Path(__file__).resolve().parent.parent / "sidecar"
-# The verification core is being reorganised by issue 10 part 1 (sidecar/verify/); these four
-# recipes are split there. Each may only shrink: the bound beside it is today's length.
-NOT_YET_SPLIT: dict[str, int] = {
-    "sidecar/verify/attestation.py:verify_node": 140,
-    "sidecar/verify/signature.py:verify_completion_signature": 121,
-    "sidecar/verify/tdx.py:verify_tdx_quote": 108,
-    "sidecar/verify/nvidia.py:_verify_token": 81,
-}
 
 
 def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
@@ -46,11 +36,5 @@ def _function_lengths() -> dict[str, int]:
 
 def test_no_function_is_longer_than_the_bound() -> None:
     too_long = {key: lines for key, lines in _function_lengths().items()
-                if lines > NOT_YET_SPLIT.get(key, MAX_BODY_LINES)}
+                if lines > MAX_BODY_LINES}
     assert too_long == {}
-
-
-@pytest.mark.parametrize("key", sorted(NOT_YET_SPLIT))
-def test_the_exceptions_are_still_needed(key: str) -> None:
-    # Once split, a function leaves the list (so the list cannot hide a new long function).
-    assert _function_lengths().get(key, 0) > MAX_BODY_LINES, f"{key} is split: drop it"

@@ -39,7 +39,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sidecar.providers.wire import AttestationDocument, AttestedNodeClaim, compose_manager_label
+from sidecar.providers.wire import (
+    AttestationDocument,
+    AttestedNodeClaim,
+    NodeAttestationWire,
+    compose_manager_label,
+)
 from sidecar.verify.binding import (
     NONCE_LENGTH,
     check_public_key_binding,
@@ -54,12 +59,17 @@ from sidecar.verify.compose import (
     check_info_events,
     parse_info,
 )
-from sidecar.verify.eventlog import verify_event_log
+from sidecar.verify.eventlog import EventLogReport, verify_event_log
 from sidecar.verify.identity import DeploymentFacts
 from sidecar.verify.nvidia import GpuReport, check_gpu_payload_nonce, verify_nras_result
 from sidecar.verify.policy import GATEWAY_DEFAULT, ModelPolicy, NodeFacts
 from sidecar.verify.signature import AttestedSigner, normalise_key
-from sidecar.verify.tdx import TdxMeasurements, parse_quote_measurements, verify_tdx_quote
+from sidecar.verify.tdx import (
+    TdxMeasurements,
+    TdxQuoteReport,
+    parse_quote_measurements,
+    verify_tdx_quote,
+)
 
 @dataclass(frozen=True, slots=True)
 class TrustRoots:
@@ -284,31 +294,15 @@ def verify_node(
                           model_name=wire.model_name, **extra)
 
     # (1) The quote, verified, is the only source of measurements.
-    if not wire.intel_quote:
-        checks.append(Check.failed("tdx.quote", "tdx.quote_missing", "node carries no intel_quote"))
+    quote_checks, tdx, measurements = _verify_quote(wire.intel_quote, evidence, roots, now)
+    checks.extend(quote_checks)
+    if tdx is None:
         return report()
-    try:
-        quote = bytes.fromhex(wire.intel_quote.removeprefix("0x"))
-    except ValueError:
-        checks.append(Check.failed("tdx.quote", "tdx.quote_malformed", "intel_quote is not hex"))
-        return report()
-    tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
-                           now=now)
-    checks.extend(_explain_incomplete(tdx.checks, evidence.collateral_error))
-    measurements: TdxMeasurements | None = tdx.measurements
     if measurements is None:
         if any(c.status is Status.FAIL for c in tdx.checks):
             return report(tcb_status=tdx.tcb_status)
-        # Undecided (offline, no collateral): keep checking the rest against the parsed quote,
-        # so an offline report shows every check; the verdict stays "incomplete" at best.
-        measurements = parse_quote_measurements(quote)
-        if measurements is None:
-            return report()
-    measured = {
-        "mrtd": measurements.mrtd.hex(), "rtmr0": measurements.rtmr0.hex(),
-        "rtmr1": measurements.rtmr1.hex(), "rtmr2": measurements.rtmr2.hex(),
-        "rtmr3": measurements.rtmr3.hex(), "mr_config_id": measurements.mr_config_id.hex(),
-    }
+        return report()
+    measured = _measured(measurements)
     extra: dict[str, Any] = {"tcb_status": tdx.tcb_status, "advisory_ids": tdx.advisory_ids,
                              "measurements": measured}
 
@@ -321,24 +315,11 @@ def verify_node(
     nonce_bytes = bytes.fromhex(nonce)
     if len(nonce_bytes) != NONCE_LENGTH:
         raise ValueError(f"the session nonce must be {NONCE_LENGTH} bytes")  # a caller bug
-    checks.extend(check_report_data_binding(measurements.report_data,
-                                            signing_address=wire.signing_address, algo=algo,
-                                            nonce=nonce_bytes, tls_fingerprint=tls_fingerprint))
-    # Every echo present must name our nonce: one right echo does not excuse a wrong one.
-    for echo_field in ("request_nonce", "nonce"):
-        echoed = getattr(wire, echo_field)
-        if echoed is not None:
-            checks.append(_check_nonce_echo(f"binding.nonce_echo.{echo_field}", echo_field,
-                                            echoed, nonce_bytes))
-    if wire.signing_public_key is not None:
-        key_binding = check_public_key_binding(wire.signing_public_key,
-                                               signing_address=wire.signing_address, algo=algo)
-        checks.append(key_binding)
-        if key_binding.ok:
-            public_key = wire.signing_public_key.strip().removeprefix("0x").lower()
-            if algo == "ecdsa" and len(public_key) == 130:
-                public_key = public_key[2:]  # ACI's 04-prefixed form of the same point
-            extra["public_key"] = public_key
+    binding_checks, public_key = _check_binding(wire, measurements.report_data, nonce_bytes,
+                                                tls_fingerprint)
+    checks.extend(binding_checks)
+    if public_key is not None:
+        extra["public_key"] = public_key
 
     # (3) The TLS key of the connection is the attested one.
     if tls_fingerprint is not None:
@@ -351,25 +332,11 @@ def verify_node(
     checks.extend(eventlog.checks)
 
     # (5) The compose file and dstack identity events.
-    facts_compose: dict[str, str | None] = {"compose_hash": None, "app_id": None,
-                                            "os_image_hash": None}
-    info: NodeInfo | None
-    try:
-        info = parse_info(wire.info or {})
-    except VerificationFailed as exc:
-        checks.append(Check.failed("info.parse", exc.code, exc.message))
-        info = None
-    if info is not None:
-        checks.append(check_compose_binding(info.app_compose, measurements.mr_config_id))
-        if eventlog.ok:
-            checks.extend(check_info_events(info, eventlog.runtime_events))
-            events = eventlog.runtime_events
-            facts_compose = {
-                "compose_hash": events["compose-hash"].hex() if "compose-hash" in events else None,
-                "app_id": events["app-id"].hex() if "app-id" in events else None,
-                "os_image_hash": events["os-image-hash"].hex() if "os-image-hash" in events else None,
-            }
-            extra["deployment"] = DeploymentFacts.from_verified(info.app_compose, events)
+    compose_checks, info, facts_compose, deployment = _check_compose(
+        wire.info, measurements.mr_config_id, eventlog)
+    checks.extend(compose_checks)
+    if deployment is not None:
+        extra["deployment"] = deployment
     # (5b) The compose-manager attestation: a quote of its own, then its actions.
     if wire.compose_manager_attestation is not None:
         checks.extend(_verify_compose_manager(
@@ -378,8 +345,141 @@ def verify_node(
             roots=roots, policy=policy, now=now))
 
     # (6) GPU evidence.
-    gpus: tuple[GpuReport, ...] = ()
     payload = wire.nvidia_payload_text()
+    gpu_checks, gpus = _check_gpus(payload, nonce, evidence, roots, policy, now)
+    checks.extend(gpu_checks)
+    gpu_status = combine(c.status for c in gpu_checks)
+    extra["gpus"] = gpus
+
+    # (7) The user's policy over what was measured.
+    tdx_status = combine(c.status for c in tdx.checks)
+    facts = _node_facts(tdx, measured, facts_compose, has_nvidia=payload is not None,
+                        tdx_status=tdx_status, gpu_status=gpu_status)
+    checks.extend(_policy_checks(policy, facts, claim.role, tdx_status, gpu_status))
+    return report(**extra)
+
+
+def _measured(measurements: TdxMeasurements) -> dict[str, str]:
+    """The registers of a quote as lower-case hex, as reports and the policy show them."""
+    return {
+        "mrtd": measurements.mrtd.hex(), "rtmr0": measurements.rtmr0.hex(),
+        "rtmr1": measurements.rtmr1.hex(), "rtmr2": measurements.rtmr2.hex(),
+        "rtmr3": measurements.rtmr3.hex(), "mr_config_id": measurements.mr_config_id.hex(),
+    }
+
+
+def _node_facts(tdx: TdxQuoteReport, measured: Mapping[str, str],
+                facts_compose: Mapping[str, str | None], *, has_nvidia: bool,
+                tdx_status: Status, gpu_status: Status) -> NodeFacts:
+    """Step (7)'s input: what the node's evidence measured, for the policy to judge."""
+    return NodeFacts(
+        has_tdx=True,
+        has_nvidia=has_nvidia,
+        tdx_ok=tdx_status is not Status.FAIL,
+        gpu_ok=gpu_status is not Status.FAIL,
+        mrtd=measured["mrtd"], rtmr0=measured["rtmr0"], rtmr1=measured["rtmr1"],
+        rtmr2=measured["rtmr2"],
+        compose_hash=facts_compose["compose_hash"], app_id=facts_compose["app_id"],
+        os_image_hash=facts_compose["os_image_hash"],
+        tcb_status=tdx.tcb_status, advisory_ids=tuple(tdx.advisory_ids),
+    )
+
+
+def _verify_quote(intel_quote: str | None, evidence: NodeEvidence, roots: TrustRoots, now: int
+                  ) -> tuple[list[Check], TdxQuoteReport | None, TdxMeasurements | None]:
+    """Step (1): the node's quote, verified; its measurements, or the parsed ones when undecided.
+
+    Returns the checks, the quote report (``None`` when there is no hex quote to verify) and the
+    measurements (``None`` when the quote failed or cannot be parsed).
+    """
+    if not intel_quote:
+        return [Check.failed("tdx.quote", "tdx.quote_missing", "node carries no intel_quote")], \
+            None, None
+    try:
+        quote = bytes.fromhex(intel_quote.removeprefix("0x"))
+    except ValueError:
+        return [Check.failed("tdx.quote", "tdx.quote_malformed", "intel_quote is not hex")], \
+            None, None
+    tdx = verify_tdx_quote(quote, evidence.collateral_json, root_ca_der=roots.tdx_root_ca_der,
+                           now=now)
+    checks = _explain_incomplete(tdx.checks, evidence.collateral_error)
+    measurements: TdxMeasurements | None = tdx.measurements
+    if measurements is None and not any(c.status is Status.FAIL for c in tdx.checks):
+        # Undecided (offline, no collateral): keep checking the rest against the parsed quote,
+        # so an offline report shows every check; the verdict stays "incomplete" at best.
+        measurements = parse_quote_measurements(quote)
+    return checks, tdx, measurements
+
+
+def _check_binding(wire: NodeAttestationWire, report_data: bytes, nonce: bytes,
+                   tls_fingerprint: bytes | None) -> tuple[list[Check], str | None]:
+    """Step (2): REPORTDATA, the nonce echoes and ``signing_public_key``.
+
+    Returns the checks and the node's public key (lower-case hex) when it is proven to be the
+    key of the attested address, else ``None``.
+    """
+    algo = wire.signing_algo
+    checks = list(check_report_data_binding(report_data, signing_address=wire.signing_address,
+                                            algo=algo, nonce=nonce,
+                                            tls_fingerprint=tls_fingerprint))
+    # Every echo present must name our nonce: one right echo does not excuse a wrong one.
+    for echo_field in ("request_nonce", "nonce"):
+        echoed = getattr(wire, echo_field)
+        if echoed is not None:
+            checks.append(_check_nonce_echo(f"binding.nonce_echo.{echo_field}", echo_field,
+                                            echoed, nonce))
+    public_key: str | None = None
+    if wire.signing_public_key is not None:
+        key_binding = check_public_key_binding(wire.signing_public_key,
+                                               signing_address=wire.signing_address, algo=algo)
+        checks.append(key_binding)
+        if key_binding.ok:
+            public_key = wire.signing_public_key.strip().removeprefix("0x").lower()
+            if algo == "ecdsa" and len(public_key) == 130:
+                public_key = public_key[2:]  # ACI's 04-prefixed form of the same point
+    return checks, public_key
+
+
+def _check_compose(info_raw: Mapping[str, Any] | None, mr_config_id: bytes,
+                   eventlog: EventLogReport) -> tuple[list[Check], NodeInfo | None,
+                                                      dict[str, str | None],
+                                                      DeploymentFacts | None]:
+    """Step (5): ``info`` parsed, its compose bound to mr_config_id, its events to the log.
+
+    Returns the checks, the parsed info (``None`` if it does not parse), the compose facts for
+    the policy and the deployment facts (both only from a replayed event log).
+    """
+    checks: list[Check] = []
+    facts_compose: dict[str, str | None] = {"compose_hash": None, "app_id": None,
+                                            "os_image_hash": None}
+    deployment: DeploymentFacts | None = None
+    info: NodeInfo | None
+    try:
+        info = parse_info(info_raw or {})
+    except VerificationFailed as exc:
+        checks.append(Check.failed("info.parse", exc.code, exc.message))
+        info = None
+    if info is not None:
+        checks.append(check_compose_binding(info.app_compose, mr_config_id))
+        if eventlog.ok:
+            checks.extend(check_info_events(info, eventlog.runtime_events))
+            events = eventlog.runtime_events
+            facts_compose = {
+                "compose_hash": events["compose-hash"].hex() if "compose-hash" in events else None,
+                "app_id": events["app-id"].hex() if "app-id" in events else None,
+                "os_image_hash": events["os-image-hash"].hex() if "os-image-hash" in events else None,
+            }
+            deployment = DeploymentFacts.from_verified(info.app_compose, events)
+    return checks, info, facts_compose, deployment
+
+
+def _check_gpus(payload: str | None, nonce: str, evidence: NodeEvidence, roots: TrustRoots,
+                policy: ModelPolicy, now: int) -> tuple[list[Check], tuple[GpuReport, ...]]:
+    """Step (6): the GPU payload's nonce and NRAS's answer; returns the checks and GPU reports.
+
+    No payload gives no checks (the policy decides whether GPU evidence is required).
+    """
+    gpus: tuple[GpuReport, ...] = ()
     gpu_checks: list[Check] = []
     if payload is not None:
         gpu_checks.append(check_gpu_payload_nonce(payload, nonce))
@@ -395,25 +495,7 @@ def verify_node(
                 gpu_checks.append(Check.failed("gpu.count", "gpu.nras_response_malformed",
                                                "NRAS answer verified no GPU"))
             gpus = gpu.gpus
-    checks.extend(gpu_checks)
-    gpu_status = combine(c.status for c in gpu_checks)
-    extra["gpus"] = gpus
-
-    # (7) The user's policy over what was measured.
-    tdx_status = combine(c.status for c in tdx.checks)
-    facts = NodeFacts(
-        has_tdx=True,
-        has_nvidia=payload is not None,
-        tdx_ok=tdx_status is not Status.FAIL,
-        gpu_ok=gpu_status is not Status.FAIL,
-        mrtd=measured["mrtd"], rtmr0=measured["rtmr0"], rtmr1=measured["rtmr1"],
-        rtmr2=measured["rtmr2"],
-        compose_hash=facts_compose["compose_hash"], app_id=facts_compose["app_id"],
-        os_image_hash=facts_compose["os_image_hash"],
-        tcb_status=tdx.tcb_status, advisory_ids=tuple(tdx.advisory_ids),
-    )
-    checks.extend(_policy_checks(policy, facts, claim.role, tdx_status, gpu_status))
-    return report(**extra)
+    return gpu_checks, gpus
 
 
 # Policy checks over facts that only a verified quote with collateral provides.

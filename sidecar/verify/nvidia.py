@@ -496,31 +496,48 @@ def _verify_token(
     Returns the verified claims (``None`` when the signature does not verify: then nothing in the
     token may be read) and the checks ``{prefix}.signature|issuer|validity|eat_nonce``.
     """
-    name = f"{prefix}.signature"
+    claims, signature = _verify_token_signature(token, label, f"{prefix}.signature", keys)
+    if claims is None:
+        return None, [signature]
+    return claims, [
+        signature,
+        _check_issuer(claims, label, f"{prefix}.issuer", expected_issuer),
+        _check_validity(claims, label, f"{prefix}.validity", now),
+        _check_eat_nonce(claims, label, f"{prefix}.eat_nonce", expected_nonce),
+    ]
+
+
+def _verify_token_signature(
+    token: str, label: str, name: str, keys: Mapping[str, ec.EllipticCurvePublicKey | str]
+) -> tuple[dict[str, Any] | None, Check]:
+    """The ES384 signature of one NRAS token under the JWKS key its ``kid`` names.
+
+    Returns the claims (``None`` unless the signature verifies) and the ``name`` check.
+    """
     if len(token) > MAX_JWT_BYTES:
         failed = Check.failed(
             name, "gpu.jwt_malformed", f"{label} is larger than {MAX_JWT_BYTES} bytes"
         )
-        return None, [failed]
+        return None, failed
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
-        return None, [Check.failed(name, "gpu.jwt_malformed", f"{label} is not a JWT")]
+        return None, Check.failed(name, "gpu.jwt_malformed", f"{label} is not a JWT")
     alg = header.get("alg")
     if alg not in ALLOWED_JWT_ALGORITHMS:
         detail = f"{label} alg {_short(str(alg))!r} is not allowed (only ES384)"
-        return None, [Check.failed(name, "gpu.jwt_verification_failed", detail)]
+        return None, Check.failed(name, "gpu.jwt_verification_failed", detail)
     kid = header.get("kid")
     if not isinstance(kid, str):
         detail = f"{label} has no kid"
-        return None, [Check.failed(name, "gpu.jwt_verification_failed", detail)]
+        return None, Check.failed(name, "gpu.jwt_verification_failed", detail)
     key = keys.get(kid)
     if key is None:
         detail = f"{label} kid {_short(kid)!r} is not in the NRAS JWKS"
-        return None, [Check.failed(name, "gpu.jwt_unknown_kid", detail)]
+        return None, Check.failed(name, "gpu.jwt_unknown_kid", detail)
     if isinstance(key, str):
         detail = f"{label} kid {_short(kid)!r} is unusable: {key}"
-        return None, [Check.failed(name, "gpu.jwt_verification_failed", detail)]
+        return None, Check.failed(name, "gpu.jwt_verification_failed", detail)
     try:
         # Only the signature here: PyJWT reads the wall clock, we use the injected ``now``.
         claims = jwt.decode(
@@ -540,43 +557,42 @@ def _verify_token(
         )
     except jwt.InvalidSignatureError:
         detail = f"{label} signature does not verify under kid {_short(kid)!r}"
-        return None, [Check.failed(name, "gpu.jwt_verification_failed", detail)]
+        return None, Check.failed(name, "gpu.jwt_verification_failed", detail)
     except jwt.PyJWTError as error:
         detail = f"{label} is not a valid JWT ({type(error).__name__})"
-        return None, [Check.failed(name, "gpu.jwt_malformed", detail)]
-    checks = [Check.passed(name, f"{label} ES384 signature verifies under kid {_short(kid)!r}")]
+        return None, Check.failed(name, "gpu.jwt_malformed", detail)
+    return claims, Check.passed(
+        name, f"{label} ES384 signature verifies under kid {_short(kid)!r}"
+    )
 
+
+def _check_issuer(claims: Mapping[str, Any], label: str, name: str, expected_issuer: str) -> Check:
+    """``iss`` is NRAS's base URL."""
     issuer = claims.get("iss")
     if issuer == expected_issuer:
-        checks.append(Check.passed(f"{prefix}.issuer", f"{label} issuer is {expected_issuer}"))
-    else:
-        checks.append(
-            Check.failed(
-                f"{prefix}.issuer",
-                "gpu.jwt_issuer_mismatch",
-                f"{label} issuer {_short(str(issuer))!r} is not {expected_issuer!r}",
-            )
-        )
+        return Check.passed(name, f"{label} issuer is {expected_issuer}")
+    return Check.failed(
+        name,
+        "gpu.jwt_issuer_mismatch",
+        f"{label} issuer {_short(str(issuer))!r} is not {expected_issuer!r}",
+    )
 
-    checks.append(_check_validity(claims, label, f"{prefix}.validity", now))
 
+def _check_eat_nonce(
+    claims: Mapping[str, Any], label: str, name: str, expected_nonce: str
+) -> Check:
+    """``eat_nonce`` is our request nonce (hex, case-insensitive): no replayed NRAS answer."""
     eat_nonce = claims.get("eat_nonce")
     want = _hex_bytes(expected_nonce)
     got = _hex_bytes(eat_nonce) if isinstance(eat_nonce, str) else None
     if want is not None and got == want:
-        checks.append(
-            Check.passed(f"{prefix}.eat_nonce", f"{label} eat_nonce equals the request nonce")
-        )
-    else:
-        checks.append(
-            Check.failed(
-                f"{prefix}.eat_nonce",
-                "gpu.eat_nonce_mismatch",
-                f"{label} eat_nonce {_short(str(eat_nonce))} is not the request nonce "
-                f"{_short(expected_nonce)}",
-            )
-        )
-    return claims, checks
+        return Check.passed(name, f"{label} eat_nonce equals the request nonce")
+    return Check.failed(
+        name,
+        "gpu.eat_nonce_mismatch",
+        f"{label} eat_nonce {_short(str(eat_nonce))} is not the request nonce "
+        f"{_short(expected_nonce)}",
+    )
 
 
 def _check_validity(claims: Mapping[str, Any], label: str, name: str, now: int) -> Check:

@@ -405,14 +405,11 @@ def verify_completion_signature(
             signature_valid=valid, signer_attested=known is not None)
 
     # (1) The text's shape.
-    try:
-        parsed = parse_signed_text(signed.text)
-    except VerificationFailed as exc:
-        checks.append(Check.failed("signature.text", exc.code, exc.message))
+    parsed, text_check = _check_text(signed.text)
+    checks.append(text_check)
+    if parsed is None:
         return done()
     text_model = parsed.model
-    checks.append(Check.passed("signature.text", "text is '<sha256>:<sha256>'" if parsed.model is None
-                               else f"text is '{parsed.model}:<sha256>:<sha256>'"))
 
     # (2) The request hash binds the bytes sent, exactly or through the provider's model rename.
     binding, request_check = _bind_request(parsed, request_sha256, request_body, expected_model,
@@ -423,35 +420,22 @@ def verify_completion_signature(
         return done()
 
     # (3) The response hash covers the bytes received.
-    if not _equal(parsed.response_sha256, response_sha256):
-        checks.append(Check.failed(
-            "signature.response_hash", "signature.response_hash_mismatch",
-            f"signed response hash {parsed.response_sha256} != received bytes' hash {response_sha256}"))
+    response_check = _check_response_hash(parsed.response_sha256, response_sha256)
+    checks.append(response_check)
+    if not response_check.ok:
         return done()
-    checks.append(Check.passed("signature.response_hash", "covers the response bytes received"))
 
     # (4) The signature itself.
-    text = signed.text.encode()  # printable, checked in (1): it encodes
-    try:
-        if algo == "ecdsa":
-            signer = recover_eip191_signer(text, signed.signature)
-        elif algo == "ed25519":
-            signer = verify_ed25519(text, signed.signature, signed.signing_address)
-        else:
-            raise VerificationFailed(f"unknown signing_algo {algo!r}", code="signature.unknown_algo")
-    except VerificationFailed as exc:
-        checks.append(Check.failed("signature.cryptographic", exc.code, exc.message))
+    signer, cryptographic = _check_cryptographic(signed, algo)
+    checks.append(cryptographic)
+    if signer is None:
         return done()
-    checks.append(Check.passed("signature.cryptographic", f"{algo} signature by {signer}"))
 
     # (5) The named key is the one that signed.
-    claimed = normalise_key(signed.signing_address, algo)
-    if not _equal(claimed, signer):
-        checks.append(Check.failed(
-            "signature.signer", "signature.address_mismatch",
-            f"recovered {signer} but the signature names {claimed}"))
+    named = _check_named_signer(signed.signing_address, algo, signer)
+    checks.append(named)
+    if not named.ok:
         return done(signer)
-    checks.append(Check.passed("signature.signer", f"signed by the named key {signer}"))
     valid = True
 
     # (6) The key was attested this session.
@@ -464,49 +448,113 @@ def verify_completion_signature(
     known = candidate
     checks.append(Check.passed("signature.attested_key", f"{signer} is an attested {known.role} key"))
 
-    # (7) The kind of signature and the role of the key agree: a gateway key signs the client's
-    # bytes as the gateway re-serialised them, a model key the node's own (spec 0.2).
-    kind = signed.signature_kind
-    if kind is not None:
-        if known.role != _KIND_ROLE[kind]:
-            checks.append(Check.failed(
-                "signature.kind", "signature.kind_key_mismatch",
-                f"a {kind} signature by {signer}, which is attested as a {known.role} key"))
-            return done(signer)
-        checks.append(Check.passed("signature.kind", f"a {kind} signature by a {known.role} key"))
-    elif known.role not in unkinded_roles:
-        checks.append(Check.failed(
-            "signature.kind", "signature.unkinded_role_refused",
-            f"a record without signature_kind signed by a {known.role} key; this provider "
-            f"profile admits only {' or '.join(sorted(unkinded_roles)) or 'no'} keys for those"))
+    # (7) The kind of signature and the role of the key agree.
+    kind_check = _check_kind(signed.signature_kind, known, signer, unkinded_roles)
+    checks.append(kind_check)
+    if not kind_check.ok:
         return done(signer)
-    else:
-        checks.append(Check.passed("signature.kind", f"no signature_kind; a {known.role} key "
-                                                     "may sign such records here"))
 
     # (8) The model: the text's, the signer's attested one, and the one the app's request
-    # resolved to are the same (spec 0.2). A 2-part text names none; the key's attestation
-    # still does, when its report carries a model_name.
-    if parsed.model is not None:
+    # resolved to are the same (spec 0.2).
+    model_check = _check_model(parsed.model, known, signer, expected_model)
+    if model_check is not None:
+        checks.append(model_check)
+    return done(signer)
+
+
+def _check_text(text: str) -> tuple[SignedText | None, Check]:
+    """Step (1): the signed text is 2-part or 3-part; returns it parsed (``None`` if not)."""
+    try:
+        parsed = parse_signed_text(text)
+    except VerificationFailed as exc:
+        return None, Check.failed("signature.text", exc.code, exc.message)
+    return parsed, Check.passed("signature.text", "text is '<sha256>:<sha256>'"
+                                if parsed.model is None
+                                else f"text is '{parsed.model}:<sha256>:<sha256>'")
+
+
+def _check_response_hash(signed_response_sha256: str, response_sha256: str) -> Check:
+    """Step (3): the signed response hash is the hash of the bytes received."""
+    if not _equal(signed_response_sha256, response_sha256):
+        return Check.failed(
+            "signature.response_hash", "signature.response_hash_mismatch",
+            f"signed response hash {signed_response_sha256} != received bytes' hash "
+            f"{response_sha256}")
+    return Check.passed("signature.response_hash", "covers the response bytes received")
+
+
+def _check_cryptographic(signed: CompletionSignature, algo: str) -> tuple[str | None, Check]:
+    """Step (4): the signature recovers (ecdsa) or verifies (ed25519); returns the signer key
+    (``None`` if it does not)."""
+    text = signed.text.encode()  # printable, checked in (1): it encodes
+    try:
+        if algo == "ecdsa":
+            signer = recover_eip191_signer(text, signed.signature)
+        elif algo == "ed25519":
+            signer = verify_ed25519(text, signed.signature, signed.signing_address)
+        else:
+            raise VerificationFailed(f"unknown signing_algo {algo!r}", code="signature.unknown_algo")
+    except VerificationFailed as exc:
+        return None, Check.failed("signature.cryptographic", exc.code, exc.message)
+    return signer, Check.passed("signature.cryptographic", f"{algo} signature by {signer}")
+
+
+def _check_named_signer(signing_address: str, algo: str, signer: str) -> Check:
+    """Step (5): the key the record names is the one that signed."""
+    claimed = normalise_key(signing_address, algo)
+    if not _equal(claimed, signer):
+        return Check.failed(
+            "signature.signer", "signature.address_mismatch",
+            f"recovered {signer} but the signature names {claimed}")
+    return Check.passed("signature.signer", f"signed by the named key {signer}")
+
+
+def _check_kind(kind: SignatureKind | None, known: AttestedSigner, signer: str,
+                unkinded_roles: Collection[Role]) -> Check:
+    """Step (7): the record's ``signature_kind`` and the key's attested role agree.
+
+    A gateway key signs the client's bytes as the gateway re-serialised them, a model key the
+    node's own (spec 0.2); a record without a kind only from the roles the profile admits.
+    """
+    if kind is not None:
+        if known.role != _KIND_ROLE[kind]:
+            return Check.failed(
+                "signature.kind", "signature.kind_key_mismatch",
+                f"a {kind} signature by {signer}, which is attested as a {known.role} key")
+        return Check.passed("signature.kind", f"a {kind} signature by a {known.role} key")
+    if known.role not in unkinded_roles:
+        return Check.failed(
+            "signature.kind", "signature.unkinded_role_refused",
+            f"a record without signature_kind signed by a {known.role} key; this provider "
+            f"profile admits only {' or '.join(sorted(unkinded_roles)) or 'no'} keys for those")
+    return Check.passed("signature.kind", f"no signature_kind; a {known.role} key "
+                                          "may sign such records here")
+
+
+def _check_model(text_model: str | None, known: AttestedSigner, signer: str,
+                 expected_model: str | None) -> Check | None:
+    """Step (8): the text's model, the signer's attested one and the requested one agree.
+
+    A 2-part text names none; the key's attestation still does, when its report carries a
+    model_name. Returns ``None`` when there is no model to compare at all.
+    """
+    if text_model is not None:
         if known.model_name is None:
-            checks.append(Check.failed(
+            return Check.failed(
                 "signature.model", "signature.model_unattested",
-                f"the text names {parsed.model!r} but the attestation of {signer} names no model"))
-            return done(signer)
-        if parsed.model != known.model_name:
-            checks.append(Check.failed(
+                f"the text names {text_model!r} but the attestation of {signer} names no model")
+        if text_model != known.model_name:
+            return Check.failed(
                 "signature.model", "signature.text_model_mismatch",
-                f"the text names {parsed.model!r} but {signer} is attested for "
-                f"{known.model_name!r}"))
-            return done(signer)
+                f"the text names {text_model!r} but {signer} is attested for "
+                f"{known.model_name!r}")
     if known.model_name is not None and expected_model is not None \
             and known.model_name != expected_model:
-        checks.append(Check.failed(
+        return Check.failed(
             "signature.model", "signature.model_mismatch",
-            f"{signer} is attested for {known.model_name!r}, not the requested {expected_model!r}"))
-        return done(signer)
+            f"{signer} is attested for {known.model_name!r}, not the requested {expected_model!r}")
     if known.model_name is not None:
-        checks.append(Check.passed("signature.model", f"signed for {known.model_name!r}"
-                                   + ("" if expected_model is not None
-                                      else " (no expected model to compare)")))
-    return done(signer)
+        return Check.passed("signature.model", f"signed for {known.model_name!r}"
+                            + ("" if expected_model is not None
+                               else " (no expected model to compare)"))
+    return None

@@ -333,22 +333,11 @@ def verify_tdx_quote(
     def finish(tcb_status: str | None = None, advisories: tuple[str, ...] = ()) -> TdxQuoteReport:
         return TdxQuoteReport(tuple(checks), tcb_status, advisories, None)
 
-    # (1) Structure, before any library parses the bytes.
-    try:
-        layout, embedded_chain = _check_quote_layout(bytes(quote))
-    except _Malformed as exc:
-        checks.append(Check.failed(_CHECK_FORMAT, "tdx.quote_invalid", str(exc)))
+    # (1) Structure, before any library parses the bytes; then the DEBUG attribute.
+    structure, embedded_chain = _check_structure(bytes(quote))
+    checks.extend(structure)
+    if embedded_chain is None:
         return finish()
-    checks.append(Check.passed(_CHECK_FORMAT, layout))
-    # A DEBUG TD is refused from the body itself, before and without collateral, so an offline
-    # check fails it too (dcap-qvl refuses it as well, but only once collateral is at hand).
-    attributes = td_attributes(bytes(quote))
-    if attributes[0] & _TD_ATTRIBUTES_DEBUG:
-        checks.append(Check.failed(_CHECK_ATTRIBUTES, "tdx.debug_enabled",
-                                   f"TD attributes {attributes.hex()} have DEBUG set: the host "
-                                   "can read and change the TD"))
-        return finish()
-    checks.append(Check.passed(_CHECK_ATTRIBUTES, f"TD attributes {attributes.hex()}: DEBUG clear"))
 
     # (2) Without collateral nothing can be decided.
     if collateral_json is None:
@@ -362,48 +351,19 @@ def verify_tdx_quote(
         return finish()
 
     # (3) Collateral document.
-    try:
-        collateral = _decode_collateral(collateral_json)
-    except BaseException as exc:
-        if not _is_library_failure(exc):
-            raise
-        checks.append(
-            Check.failed(
-                _CHECK_COLLATERAL, "tdx.collateral_invalid", f"collateral: {_one_line(exc)}"
-            )
-        )
+    collateral, decoded = _check_collateral(collateral_json)
+    checks.append(decoded)
+    if not decoded.ok:
         return finish()
-    checks.append(Check.passed(_CHECK_COLLATERAL, "collateral decoded"))
 
-    # (4) Chains, CRLs, signatures, validity windows, TCB level: dcap-qvl. webpki builds the
-    # path to the anchor we pass and never looks at the root *copy* inside the quote, so those
-    # bytes would be malleable; a genuine quote carries exactly the root we trust.
-    if embedded_chain[-1:] != [root_ca_der]:
-        checks.append(
-            Check.failed(
-                _CHECK_SIGNATURE,
-                "tdx.quote_invalid",
-                "the quote's PCK chain does not end in the trusted root CA certificate",
-            )
-        )
-        return finish()
-    try:
-        verified = dcap_qvl.verify_with_root_ca(bytes(quote), collateral, root_ca_der, now)
-        parsed = dcap_qvl.parse_quote(bytes(quote))
-        tcb_status = str(verified.status)
-        advisories = tuple(str(a) for a in verified.advisory_ids)
-    except BaseException as exc:
-        if not _is_library_failure(exc):
-            raise
-        message = _one_line(exc)
-        checks.append(Check.failed(_CHECK_SIGNATURE, _classify_library_error(message), message))
-        return finish()
-    checks.append(
-        Check.passed(
-            _CHECK_SIGNATURE,
-            f"quote, QE report and collateral verify to the given root (FMSPC {parsed.fmspc()})",
-        )
+    # (4) Chains, CRLs, signatures, validity windows, TCB level: dcap-qvl.
+    signature, verified = _check_signatures(
+        bytes(quote), collateral, embedded_chain, root_ca_der, now
     )
+    checks.append(signature)
+    if verified is None:
+        return finish()
+    tcb_status, advisories, parsed = verified
 
     # (5) The TCB status and advisories are facts of the verified platform, reported here and
     # judged once, by the policy (``policy.tcb_status``, ``policy.advisories``).
@@ -415,6 +375,79 @@ def verify_tdx_quote(
 
     # (6) Measurements, from the bytes that just verified.
     return TdxQuoteReport(tuple(checks), tcb_status, advisories, _measurements(parsed.report))
+
+
+def _check_structure(quote: bytes) -> tuple[list[Check], list[bytes] | None]:
+    """Step (1): the quote's layout, then its TD attributes.
+
+    Returns the checks and the quote's embedded PCK chain (``None`` when a check failed).
+    """
+    try:
+        layout, embedded_chain = _check_quote_layout(quote)
+    except _Malformed as exc:
+        return [Check.failed(_CHECK_FORMAT, "tdx.quote_invalid", str(exc))], None
+    checks = [Check.passed(_CHECK_FORMAT, layout)]
+    # A DEBUG TD is refused from the body itself, before and without collateral, so an offline
+    # check fails it too (dcap-qvl refuses it as well, but only once collateral is at hand).
+    attributes = td_attributes(quote)
+    if attributes[0] & _TD_ATTRIBUTES_DEBUG:
+        checks.append(Check.failed(_CHECK_ATTRIBUTES, "tdx.debug_enabled",
+                                   f"TD attributes {attributes.hex()} have DEBUG set: the host "
+                                   "can read and change the TD"))
+        return checks, None
+    checks.append(Check.passed(_CHECK_ATTRIBUTES, f"TD attributes {attributes.hex()}: DEBUG clear"))
+    return checks, embedded_chain
+
+
+def _check_collateral(collateral_json: str) -> tuple[Any, Check]:
+    """Step (3): decode the collateral document; returns it (``None`` if it failed) and the check.
+
+    Raises:
+        BaseException: anything that is not a library failure (an interrupt) propagates.
+    """
+    try:
+        collateral = _decode_collateral(collateral_json)
+    except BaseException as exc:
+        if not _is_library_failure(exc):
+            raise
+        return None, Check.failed(
+            _CHECK_COLLATERAL, "tdx.collateral_invalid", f"collateral: {_one_line(exc)}"
+        )
+    return collateral, Check.passed(_CHECK_COLLATERAL, "collateral decoded")
+
+
+def _check_signatures(
+    quote: bytes, collateral: Any, embedded_chain: list[bytes], root_ca_der: bytes, now: int
+) -> tuple[Check, tuple[str, tuple[str, ...], Any] | None]:
+    """Step (4): the embedded root, then ``dcap_qvl.verify_with_root_ca``.
+
+    Returns the check and, when it passed, the TCB status, the advisory ids and the parsed quote.
+
+    Raises:
+        BaseException: anything that is not a library failure (an interrupt) propagates.
+    """
+    # webpki builds the path to the anchor we pass and never looks at the root *copy* inside the
+    # quote, so those bytes would be malleable; a genuine quote carries exactly the root we trust.
+    if embedded_chain[-1:] != [root_ca_der]:
+        return Check.failed(
+            _CHECK_SIGNATURE,
+            "tdx.quote_invalid",
+            "the quote's PCK chain does not end in the trusted root CA certificate",
+        ), None
+    try:
+        verified = dcap_qvl.verify_with_root_ca(quote, collateral, root_ca_der, now)
+        parsed = dcap_qvl.parse_quote(quote)
+        tcb_status = str(verified.status)
+        advisories = tuple(str(a) for a in verified.advisory_ids)
+    except BaseException as exc:
+        if not _is_library_failure(exc):
+            raise
+        message = _one_line(exc)
+        return Check.failed(_CHECK_SIGNATURE, _classify_library_error(message), message), None
+    return Check.passed(
+        _CHECK_SIGNATURE,
+        f"quote, QE report and collateral verify to the given root (FMSPC {parsed.fmspc()})",
+    ), (tcb_status, advisories, parsed)
 
 
 def quote_platform(quote: bytes) -> tuple[str, str]:
