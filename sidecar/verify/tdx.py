@@ -403,7 +403,7 @@ def _check_collateral(collateral_json: str) -> tuple[Any, Check]:
     """Step (3): decode the collateral document; returns it (``None`` if it failed) and the check.
 
     Raises:
-        BaseException: anything that is not a library failure (an interrupt) propagates.
+        Nothing of its own: an interrupt (or any error that is not the library's) propagates.
     """
     try:
         collateral = _decode_collateral(collateral_json)
@@ -424,7 +424,7 @@ def _check_signatures(
     Returns the check and, when it passed, the TCB status, the advisory ids and the parsed quote.
 
     Raises:
-        BaseException: anything that is not a library failure (an interrupt) propagates.
+        Nothing of its own: an interrupt (or any error that is not the library's) propagates.
     """
     # webpki builds the path to the anchor we pass and never looks at the root *copy* inside the
     # quote, so those bytes would be malleable; a genuine quote carries exactly the root we trust.
