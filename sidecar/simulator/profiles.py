@@ -140,6 +140,19 @@ def _parse(body: bytes, kind: Kind, dialect: answers.Dialect
     return payload, plan
 
 
+async def _read_legacy(request: web.Request, faults: Faults, kind: Kind
+                       ) -> tuple[bytes, dict[str, Any], answers.Plan] | web.Response:
+    """A legacy-dialect completion request: the body, its JSON and the answer's plan, or the
+    error the provider would answer (a simulated failure status, a malformed body)."""
+    if faults.completion_status:
+        return _error(faults.completion_status, "simulated upstream failure", "simulated")
+    body = await request.read()
+    parsed = _parse(body, kind, "legacy")
+    if isinstance(parsed, web.Response):
+        return parsed
+    return (body, *parsed)
+
+
 def _nonce_param(request: web.Request, *, strict: bool) -> tuple[str, bytes] | web.Response:
     """The caller's nonce (or a fresh one). ``strict``: exactly 64 hex, else 400 (NEAR, 0.4)."""
     nonce_hex = request.query.get("nonce") or secrets.token_hex(32)
@@ -175,13 +188,10 @@ def _legacy_routes(app: web.Application, provider: SimulatedProvider, profile: s
     def completions(kind: Kind) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             faults = provider.faults
-            if faults.completion_status:
-                return _error(faults.completion_status, "simulated upstream failure", "simulated")
-            body = await request.read()
-            parsed = _parse(body, kind, "legacy")
-            if isinstance(parsed, web.Response):
-                return parsed
-            payload, plan = parsed
+            read = await _read_legacy(request, faults, kind)
+            if isinstance(read, web.Response):
+                return read
+            body, payload, plan = read
             model = payload["model"]
             if model not in (TEE_MODEL, PLAIN_MODEL):
                 return _error(404, f"model {model} not found", "model_not_found")
@@ -595,13 +605,10 @@ def _redpill_routes(app: web.Application, provider: SimulatedProvider, prefix: s
     def completions(kind: Kind) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             faults = provider.faults
-            if faults.completion_status:
-                return _error(faults.completion_status, "simulated upstream failure", "simulated")
-            body = await request.read()
-            parsed = _parse(body, kind, "legacy")
-            if isinstance(parsed, web.Response):
-                return parsed
-            payload, plan = parsed
+            read = await _read_legacy(request, faults, kind)
+            if isinstance(read, web.Response):
+                return read
+            body, payload, plan = read
             if payload["model"] != REDPILL_MODEL:
                 return _error(404, f"model {payload['model']} not found", "model_not_found")
             chat_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
