@@ -165,6 +165,31 @@ def targets(results: list[Result], meta: dict[str, Any]) -> list[tuple[str, str,
         verdicts.append((f"sidecar CPU per verified completion ≤ {limit}× {label} "
                          "(c=16, c=128)", "; ".join(parts), ok if parts else None))
 
+    # For reference, not a target: what the verifying floor itself costs against the same two
+    # baselines (bench/floor.py): the part of a ratio no proxy doing this work can go under.
+    parts = []
+    for config in ("floor", "floor+receipts"):
+        shown = []
+        for kind in ("plain", "stream"):
+            for concurrency in (16, 128):
+                f = get(phase="zero-delay", kind=kind, config=config, concurrency=concurrency)
+                m = get(phase="zero-delay", kind=kind, config="manual", concurrency=concurrency)
+                p = get(phase="zero-delay", kind=kind, config="pass-through",
+                        concurrency=concurrency)
+                if not (f and m and p):
+                    continue
+                cpu = cpu_per_completion(f, "server")
+                manual = cpu_per_completion(m, "client")
+                passed = cpu_per_completion(p, "server")
+                if cpu == cpu and manual > 0 and passed > 0:
+                    shown.append(f"{kind} c={concurrency} {cpu:.3f} ms = {cpu / manual:.2f}× "
+                                 f"manual, {cpu / passed:.2f}× pass")
+        if shown:
+            parts.append(f"{config}: " + ", ".join(shown))
+    verdicts.append(("(reference) the verifying floor, bench/floor.py: pass-through + signature "
+                     "fetch, hashes, one recovery; + the durable receipt",
+                     "; ".join(parts) or "not measured", None))
+
     # (3) Time to first token, relay vs pass-through, within 1 ms.
     parts, ok = [], True
     for phase in ("zero-delay", "paced"):
@@ -272,7 +297,7 @@ def write_doc(path: Path, results_text: str, meta: dict[str, Any]) -> None:
 
 COLOURS = {"direct": "#9e9e9e", "manual": "#616161", "pass-through": "#1f77b4",
            "sidecar": "#d62728", "sidecar-buffer": "#d62728", "sidecar-relay": "#ff7f0e",
-           "litellm": "#2ca02c"}
+           "litellm": "#2ca02c", "floor": "#9467bd", "floor+receipts": "#8c564b"}
 
 
 def chart(results: list[Result], path: Path, meta: dict[str, Any]) -> None:

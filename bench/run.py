@@ -6,6 +6,9 @@ One run on this machine, every server in its own process on loopback:
   direct         the load client straight to the simulator, no verification
   manual         the same, plus what an app would code itself: hash, signature fetch, recovery
   pass-through   ``bench/passthrough.py``: a bare aiohttp proxy, no verification (the floor)
+  floor          ``bench/floor.py``: the pass-through plus only what verifying must cost (the
+                 signature fetch, both hashes, one recovery); ``floor+receipts`` adds the
+                 sidecar's durable receipt (zero-delay phase only)
   sidecar        ``python -m sidecar serve`` in enforce mode, streams ``buffer`` and ``relay``
   litellm        LiteLLM's proxy from ``bench/.venv-litellm`` (``--install-litellm``), if present
 
@@ -149,6 +152,18 @@ class Bench:
         wait_completion(server, "sk-bench", verified=False)
         return server
 
+    def floor(self, sim: Server, name: str, *, receipts: bool) -> Server:
+        """``bench/floor.py`` under uvloop (as the sidecar runs): the verifying floor, with the
+        sidecar's own group-committed receipts when ``receipts``."""
+        port = free_port()
+        argv = [PY, str(ROOT / "bench" / "floor.py"), "--port", str(port), "--uvloop",
+                "--upstream", sim.url + "/api"]
+        if receipts:
+            argv += ["--receipts", str(self.tmp / f"{name}-receipts.jsonl")]
+        server = self.start(name, argv, f"http://127.0.0.1:{port}")
+        wait_completion(server, "sk-bench", verified=True)
+        return server
+
     def sidecar(self, sim: Server, stream: str, name: str, *, uvloop: bool = False,
                 env: dict[str, str] | None = None) -> Server:
         """``python -m sidecar serve`` in enforce mode with a TOML config in the temp dir."""
@@ -224,8 +239,8 @@ class Bench:
             argv.append("--stream")
         if config == "manual":
             argv += ["--verify", "manual", "--sim", sim.url + "/api"]
-        elif config.startswith("sidecar"):
-            argv += ["--verify", "sidecar"]
+        elif config.startswith(("sidecar", "floor")):
+            argv += ["--verify", "sidecar"]  # the floor says x-tee-verified: true as well
         if config == "litellm":
             argv += ["--api-key", self.litellm_key]
         done = subprocess.run(argv, capture_output=True, cwd=ROOT, timeout=duration + warmup + 120)
@@ -412,6 +427,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             sim = bench.simulator()
             passthrough = bench.passthrough(sim)
+            floor = bench.floor(sim, "floor", receipts=False)
+            floor_receipts = bench.floor(sim, "floor+receipts", receipts=True)
             buffer = bench.sidecar(sim, "buffer", "sidecar-buffer")
             relay = bench.sidecar(sim, "relay", "sidecar-relay")
             extra: dict[str, Server] = {}
@@ -424,10 +441,14 @@ def run(args: argparse.Namespace) -> int:
 
             configs: dict[str, dict[str, Server | None]] = {
                 "plain": {"direct": None, "manual": None, "pass-through": passthrough,
+                          "floor": floor, "floor+receipts": floor_receipts,
                           "sidecar": buffer, **extra},
                 "stream": {"direct": None, "manual": None, "pass-through": passthrough,
+                           "floor": floor, "floor+receipts": floor_receipts,
                            "sidecar-buffer": buffer, "sidecar-relay": relay, **extra},
             }
+            # The floors are measured where CPU is the question (zero delay) only.
+            floors = {"floor": floor, "floor+receipts": floor_receipts}
             if litellm is not None:
                 configs["plain"]["litellm"] = litellm
                 configs["stream"]["litellm"] = litellm
@@ -443,8 +464,12 @@ def run(args: argparse.Namespace) -> int:
 
             # (B) A realistic pace: streams only (the simulator paces streamed events only).
             bench.set_token_delay(sim, args.token_delay)
+            for server in floors.values():
+                bench.stop(server)
             for concurrency in () if args.smoke else CONCURRENCY:
                 for config, server in configs["stream"].items():
+                    if config in floors:
+                        continue
                     bench.measure("paced", "stream", config, concurrency, server, sim, **paced)
 
             attestations = {s.name: attestations_in_log(s.log) for s in (buffer, relay,
