@@ -1,4 +1,4 @@
-"""Print the package import graph of ``sidecar`` and fail on a cycle through ``sidecar.verify``.
+"""Print the package import graph of ``sidecar``; fail on a cycle or an upward arrow.
 
 Usage: ``python scripts/import_graph.py [ROOT]`` (ROOT: the repository, default: this script's).
 
@@ -8,11 +8,12 @@ A package is ``sidecar.X``: a subpackage (``sidecar/verify/``) or a top-level mo
 Read from the source with ``ast``; nothing is imported.
 
 Output: one ``sidecar.X -> sidecar.Y`` line per arrow, sorted, then one ``cycle:`` line per set
-of packages that import each other (a strongly connected component).
+of packages that import each other (a strongly connected component) and one ``upward:`` line
+per arrow against the layer order of issue 10, ``errors <- config <- providers <- verify <-
+proxy <- cli`` (a layer imports only layers to its left; packages outside the order, such as
+``receipts`` or ``simulator``, are free but still may not close a cycle).
 
-Exit status: 0, or 1 when ``sidecar.verify`` is in a cycle: the verification core must sit
-below everything that uses it (issue 10: ``errors <- config <- providers <- verify <- proxy``),
-so no package it imports may import it back. Other cycles are printed, not failed on.
+Exit status: 0 when there is no cycle and no upward arrow, else 1.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 PACKAGE = "sidecar"
-CORE = "verify"
+# Issue 10's order, bottom first: each layer may import only the layers before it.
+LAYERS = ("errors", "config", "providers", "verify", "proxy", "cli")
 
 
 def package_of(module: str) -> str | None:
@@ -116,8 +118,16 @@ def cycles(arrows: Iterable[tuple[str, str]]) -> list[list[str]]:
     return sorted(components)
 
 
+def upward(arrows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The arrows from a layer of ``LAYERS`` to one above it, sorted."""
+    rank = {name: position for position, name in enumerate(LAYERS)}
+    return sorted((source, destination) for source, destination in arrows
+                  if source in rank and destination in rank
+                  and rank[destination] > rank[source])
+
+
 def main(argv: list[str]) -> int:
-    """Print the graph and its cycles; 1 when ``sidecar.verify`` is in one."""
+    """Print the graph, its cycles and upward arrows; 1 when there is either."""
     root = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent
     arrows = edges(root)
     for source, destination in sorted(arrows):
@@ -125,10 +135,14 @@ def main(argv: list[str]) -> int:
     found = cycles(arrows)
     for component in found:
         print("cycle: " + ", ".join(f"{PACKAGE}.{name}" for name in component))
-    if any(CORE in component for component in found):
-        print(f"error: {PACKAGE}.{CORE} is in a cycle: a package it imports imports it back",
-              file=sys.stderr)
+    against = upward(arrows)
+    for source, destination in against:
+        print(f"upward: {PACKAGE}.{source} -> {PACKAGE}.{destination}")
+    if found or against:
+        print("error: the package graph must have no cycle and no arrow up the order "
+              + " <- ".join(LAYERS), file=sys.stderr)
         return 1
+    print("no cycle, no upward arrow (" + " <- ".join(LAYERS) + ")")
     return 0
 
 

@@ -128,23 +128,46 @@ def _import_graph() -> dict[str, object]:
     return runpy.run_path(str(ROOT / "scripts" / "import_graph.py"))
 
 
-def test_verify_is_in_no_package_cycle(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_package_graph_has_no_cycle_and_no_upward_arrow(
+        capsys: pytest.CaptureFixture[str]) -> None:
     graph = _import_graph()
     assert graph["main"]([str(ROOT)]) == 0  # type: ignore[operator]
     out = capsys.readouterr().out
     assert "sidecar.proxy -> sidecar.verify" in out
-    assert not any(line.startswith("cycle:") and "sidecar.verify" in line
-                   for line in out.splitlines())
+    assert not any(line.startswith(("cycle:", "upward:")) for line in out.splitlines())
+    assert "no cycle, no upward arrow" in out
 
 
-def test_the_import_graph_script_fails_on_a_cycle_through_verify(tmp_path: Path) -> None:
+def _package_tree(tmp_path: Path, **modules: str) -> Path:
     package = tmp_path / "sidecar"
-    (package / "verify").mkdir(parents=True)
+    (package / "verify").mkdir(parents=True, exist_ok=True)
     (package / "__init__.py").write_text("")
     (package / "verify" / "__init__.py").write_text("")
-    (package / "verify" / "core.py").write_text("from sidecar.providers import wire\n")
-    (package / "providers.py").write_text("def f():\n    from sidecar.verify import core\n")
+    for name, source in modules.items():
+        (package / f"{name.replace('__', '/')}.py").write_text(source)
+    return tmp_path
+
+
+def test_the_import_graph_script_fails_on_a_cycle(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     graph = _import_graph()
-    assert graph["main"]([str(tmp_path)]) == 1  # type: ignore[operator]
-    (package / "providers.py").write_text("import json\n")
-    assert graph["main"]([str(tmp_path)]) == 0  # type: ignore[operator]
+    # A cycle between two packages outside the layer order fails as well.
+    root = _package_tree(tmp_path, receipts="from sidecar import archive\n",
+                 archive="def f():\n    from sidecar import receipts\n")
+    assert graph["main"]([str(root)]) == 1  # type: ignore[operator]
+    assert "cycle: sidecar.archive, sidecar.receipts" in capsys.readouterr().out
+    (root / "sidecar" / "archive.py").write_text("import json\n")
+    assert graph["main"]([str(root)]) == 0  # type: ignore[operator]
+
+
+def test_the_import_graph_script_fails_on_an_upward_arrow(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = _import_graph()
+    # providers sits below verify: a deferred import of verify from providers is an arrow up.
+    root = _package_tree(tmp_path, verify__core="import json\n",
+                 providers="def f():\n    from sidecar.verify import core\n")
+    assert graph["main"]([str(root)]) == 1  # type: ignore[operator]
+    assert "upward: sidecar.providers -> sidecar.verify" in capsys.readouterr().out
+    (root / "sidecar" / "providers.py").write_text("import json\n")
+    (root / "sidecar" / "verify" / "core.py").write_text("from sidecar import providers\n")
+    assert graph["main"]([str(root)]) == 0  # type: ignore[operator]
