@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sidecar.errors import BadRequest
 from sidecar.proxy.verdict import (
@@ -40,6 +40,10 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost
 # A listener on every interface is reached under addresses it cannot list in advance (kubelet
 # probes use the pod IP); an IP literal cannot be re-bound, so any one is accepted there.
 WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+# Host values already accepted are remembered (the verdict depends on the value and this
+# listener's fixed policy only), so the usual request skips the parsing; bounded, so a caller
+# sending ever new (accepted) names cannot grow it.
+MAX_ACCEPTED_HOSTS = 64
 
 
 def host_name(header: str) -> str | None:
@@ -82,6 +86,7 @@ class LocalCallerPolicy:
     hosts: frozenset[str]
     origins: frozenset[str]
     any_ip_literal: bool
+    _accepted: set[str] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def for_listener(cls, listen_host: str, allowed_hosts: Iterable[str],
@@ -101,13 +106,15 @@ class LocalCallerPolicy:
         Raises:
             BadRequest: ``request.host_not_allowed`` (421).
         """
-        if header is None:
+        if header is None or header in self._accepted:
             return
         name = host_name(header)
         if name is not None:
             ip = _ip(name)
             if (name in LOOPBACK_NAMES or name.endswith(".localhost") or name in self.hosts
                     or (ip is not None and (ip.is_loopback or self.any_ip_literal))):
+                if len(self._accepted) < MAX_ACCEPTED_HOSTS:
+                    self._accepted.add(header)
                 return
         raise BadRequest(
             "Host is not one this sidecar answers to (a DNS-rebinding page?); add it to "

@@ -78,6 +78,28 @@ def test_a_wildcard_admin_listener_answers_to_ip_literals_only() -> None:
         policy.check_host("evil.example:8788")
 
 
+def test_remembered_hosts_never_let_another_host_in() -> None:
+    from sidecar.errors import BadRequest
+    from sidecar.proxy.local_origin import MAX_ACCEPTED_HOSTS
+
+    policy = LocalCallerPolicy.for_listener("127.0.0.1", ())
+    for _ in range(3):
+        policy.check_host("127.0.0.1:8787")  # accepted, then answered from memory
+        with pytest.raises(BadRequest) as refused:
+            policy.check_host("evil.example:8787")  # a refusal is decided every time
+        assert refused.value.code == "request.host_not_allowed"
+    # Another listener's policy has its own memory: what one accepted does not carry over.
+    wildcard = LocalCallerPolicy.for_listener("0.0.0.0", ())
+    wildcard.check_host("10.1.2.3:8788")
+    with pytest.raises(BadRequest):
+        LocalCallerPolicy.for_listener("127.0.0.1", ()).check_host("10.1.2.3:8788")
+    # Bounded: ever new accepted names stop being remembered, and are still accepted.
+    for port in range(MAX_ACCEPTED_HOSTS * 2):
+        wildcard.check_host(f"10.0.0.1:{port}")
+    assert len(wildcard._accepted) == MAX_ACCEPTED_HOSTS
+    wildcard.check_host("10.0.0.1:65000")
+
+
 @pytest.mark.parametrize("header, name", [("[::1]:8787", "::1"), ("LocalHost.:80", "localhost"),
                                           ("[::1", None), ("a b", None), ("", None)])
 def test_host_name(header: str, name: str | None) -> None:
