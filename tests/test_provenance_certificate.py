@@ -110,22 +110,29 @@ def test_a_long_form_der_length_is_read() -> None:
 
 
 @pytest.mark.parametrize(("value", "reason"), [
-    (b"", "not a DER UTF8String"),
-    (b"\x0c", "not a DER UTF8String"),
-    (b"\x13\x05refs/", "not a DER UTF8String"),  # PrintableString: another tag
-    (b"\x0c\x80", "bad DER length"),  # indefinite length: not DER
-    (b"\x0c\x83\x00\x00\x05refs/", "bad DER length"),  # more length bytes than a value needs
-    (b"\x0c\x82\x01", "bad DER length"),  # the length bytes cut short
-    (b"\x0c\x06refs/", "DER length does not match the value"),  # one byte short
-    (b"\x0c\x04refs/", "DER length does not match the value"),  # one byte over
-    (b"\x0c\x81\x06refs/", "DER length does not match the value"),
-    (b"\x0c\x02\xc3\x28", "invalid continuation byte"),  # not UTF-8
+    (b"", "ShortData"),
+    (b"\x0c", "ShortData"),
+    (b"\x13\x05refs/", "UnexpectedTag"),  # PrintableString: another tag
+    (b"\x0c\x80", "InvalidLength"),  # indefinite length: BER, not DER
+    (b"\x0c\x81\x05refs/", "InvalidLength"),  # long form for a short length: not DER
+    (b"\x0c\x82\x00\x05refs/", "InvalidLength"),  # a leading zero length byte: not DER
+    (b"\x0c\x82\x01", "ShortData"),  # the length bytes cut short
+    (b"\x0c\x06refs/", "ShortData"),  # one byte short
+    (b"\x0c\x04refs/", "ExtraData"),  # one byte over
+    (b"\x0c\x02\xc3\x28", "InvalidValue"),  # not UTF-8
 ])
 def test_a_malformed_extension_is_a_malformed_bundle(value: bytes, reason: str) -> None:
     result = check(**{SOURCE_REPOSITORY_REF: value})
-    assert (result.status, result.code) == (Status.FAIL, "provenance.bundle_malformed")
-    assert result.detail.startswith("certificate extension malformed: ")
+    assert (result.name, result.status, result.code) == (
+        "provenance.image", Status.FAIL, "provenance.bundle_malformed")
+    assert result.detail.startswith("certificate extension malformed: error parsing asn1 value")
     assert reason in result.detail
+
+
+def test_an_empty_extension_value_is_read_as_empty() -> None:
+    result = check(**{SOURCE_REPOSITORY_REF: b"\x0c\x00"})
+    assert (result.code, result.detail) == (
+        "provenance.ref_mismatch", f"image {DIGEST} was built from ref , not {REF}")
 
 
 @pytest.mark.parametrize("oid", [ISSUER, SOURCE_REPOSITORY_URI, SOURCE_REPOSITORY_REF,
