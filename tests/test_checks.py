@@ -90,3 +90,9 @@ def test_attestation_raises_unless_a_model_node_is_attested() -> None:
         attestation(node("gateway", PASSED)).raise_unless_attested()
     assert gateway_only.value.code == "attestation.failed"
     assert attestation(node("gateway", PASSED)).verdict == "verified"
+
+
+def test_the_error_for_nothing_checked_says_so() -> None:
+    with pytest.raises(VerificationFailed) as info:
+        Report(()).raise_for_failure()
+    assert info.value.message == "nothing was verified"

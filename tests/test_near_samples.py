@@ -16,6 +16,7 @@ import pytest
 
 from sidecar.errors import VerificationFailed
 from sidecar.providers.wire import parse_signature_record
+from sidecar.verify.checks import Check, Status
 from sidecar.verify.exchange import verify_exchange
 from sidecar.verify.signature import (
     AttestedSigner,
@@ -250,3 +251,33 @@ def test_each_cloud_record_with_one_text_character_changed_fails(name: str) -> N
             attested={key: AttestedSigner(key, "ed25519", role, model)}, expected_model=None,
             unkinded_roles=frozenset({"model"}))
         assert code(report) == "signature.invalid", index
+
+
+# --- verify_exchange's own step: the record is parsed first, its outcome the first check -----
+
+@pytest.mark.parametrize(("record_body", "code", "detail"), [
+    (b"not json", "signature.record_malformed", "signature record is not JSON"),
+    (b'{"error_code": "not_found", "message": "gone"}', "signature.unavailable",
+     "the provider has no signature for this completion (error_code not_found)"),
+])
+def test_a_record_that_does_not_parse_is_a_report_of_one_failed_check(
+        record_body: bytes, code: str, detail: str) -> None:
+    report = verify_exchange(REQUEST, RESPONSE, record_body, attested=NODE,
+                             expected_model=NODE_MODEL, unkinded_roles=frozenset({"model"}),
+                             accept_model_renamed=False)
+    assert [(c.name, c.status, c.code, c.detail) for c in report.checks] == [
+        ("signature.record", Status.FAIL, code, detail)]
+    # Nothing was recovered or attested; the algorithm read is the default one (ecdsa).
+    assert (report.signer, report.algo, report.signature_valid, report.signer_attested) == (
+        None, "ecdsa", False, False)
+
+
+@pytest.mark.parametrize(("kind", "detail"), [
+    (None, "ecdsa record, no signature_kind"),
+    ("provider_tee", "ecdsa record, signature_kind provider_tee"),
+])
+def test_the_parsed_record_check_says_what_was_read(kind: str | None, detail: str) -> None:
+    record = RECORD if kind is None else {**RECORD, "signature_kind": kind}
+    report = exchange(record=record)
+    assert report.ok, report.failure
+    assert report.checks[0] == Check.passed("signature.record", detail)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
+from cryptography.hazmat import asn1
 from cryptography.x509 import Certificate, ExtensionNotFound, ObjectIdentifier
 
 from sidecar.errors import VerificationFailed
@@ -124,24 +125,19 @@ class ProvenanceReport(CheckedReport):
 def _utf8_extension(cert: Certificate, oid: ObjectIdentifier) -> str | None:
     """A Fulcio extension whose value is a DER UTF8String, decoded; ``None`` when absent.
 
+    Decoded by cryptography's strict DER parser, as sigstore-python decodes the same extensions
+    (``sigstore.verify.policy._SingleX509ExtPolicyV2``): another tag, a non-minimal or wrong
+    length, trailing bytes or invalid UTF-8 are refused.
+
     Raises:
-        ValueError: the value is not a well-formed UTF8String.
+        ValueError: the value is not a well-formed DER UTF8String.
     """
     try:
         raw: bytes = cert.extensions.get_extension_for_oid(oid).value.value  # type: ignore[attr-defined]
     except ExtensionNotFound:
         return None
-    if len(raw) < 2 or raw[0] != 0x0C:
-        raise ValueError("not a DER UTF8String")
-    length, offset = raw[1], 2
-    if length & 0x80:  # long form: the next (length & 0x7f) bytes hold the length
-        count = length & 0x7F
-        if count == 0 or count > 2 or len(raw) < 2 + count:
-            raise ValueError("bad DER length")
-        length, offset = int.from_bytes(raw[2:2 + count], "big"), 2 + count
-    if offset + length != len(raw):
-        raise ValueError("DER length does not match the value")
-    return raw[offset:].decode("utf-8")
+    value: str = asn1.decode_der(str, raw)
+    return value
 
 
 def check_bundle(bundle_json: bytes, digest: str, requirement: ProvenanceRequirement,
