@@ -45,10 +45,11 @@ EVIDENCE = SimulatedEvidence()
 
 
 def attest(nodes: Sequence[SigningNode], *, algo: str = "ecdsa", faults: Faults | None = None,
-           edit: Callable[[dict[str, Any]], None] | None = None) -> Attestation:
+           edit: Callable[[dict[str, Any]], None] | None = None,
+           evidence: SimulatedEvidence = EVIDENCE) -> Attestation:
     """The simulator's report for ``nodes``, optionally edited before it is archived."""
     nonce = secrets.token_hex(32)
-    report = EVIDENCE(list(nodes), algo, nonce, bytes.fromhex(nonce), faults or Faults())
+    report = evidence(list(nodes), algo, nonce, bytes.fromhex(nonce), faults or Faults())
     if edit is not None:
         edit(report)
     body = json.dumps(report).encode()
@@ -159,6 +160,23 @@ def test_a_tls_fingerprint_that_is_not_hex(node: SigningNode) -> None:
     (result,) = recheck(chain([signed_receipt(node, attestation)]), attestation).lines
     assert failures(result) == [
         ("binding.tls", "binding.tls_malformed", "tls_cert_fingerprint is not hex")]
+
+
+def test_a_tls_bound_quote_is_checked_with_the_archived_fingerprint(node: SigningNode) -> None:
+    # NEAR AI Cloud binds its TLS key into REPORTDATA (include_tls_fingerprint, spec 0.1).
+    tls = SimulatedEvidence()
+    tls.tls_spki_sha256 = hashlib.sha256(b"simulated TLS certificate").digest()
+    attestation = attest([node], evidence=tls)
+    (result,) = recheck(chain([signed_receipt(node, attestation)]), attestation).lines
+    assert result.outcome is ReceiptOutcome.VERIFIED, result.failures
+    key = next(c.detail for c in result.checks if c.name == "binding.signing_key")
+    assert f"TLS fingerprint {tls.tls_spki_sha256.hex()}" in key
+
+    other = hashlib.sha256(b"another certificate").hexdigest()
+    swapped = attest([node], evidence=tls, edit=lambda r: r.update(tls_cert_fingerprint=other))
+    (result,) = recheck(chain([signed_receipt(node, swapped)]), swapped).lines
+    assert result.outcome is ReceiptOutcome.INVALID
+    assert [c.code for c in result.failures] == ["binding.signing_key_mismatch"]
 
 
 # -- which node of the evidence ----------------------------------------------------------------
@@ -275,6 +293,26 @@ def test_a_model_record_names_the_model_its_node_serves(node: SigningNode) -> No
     assert failures(report.lines[2]) == [
         ("receipt.signer_role", "receipt.served_model_mismatch",
          "the evidence names model 'simulated' for the signer, not 'other-model'")]
+
+
+def _three_part(signer: SigningNode, attestation: Attestation, served_model: str | None,
+                text_model: str = "simulated") -> Receipt:
+    receipt = signed_receipt(signer, attestation)
+    text = f"{text_model}:{receipt.request_sha256}:{receipt.response_sha256}"
+    return replace(receipt, text=text, signature=signer.sign(text, "ecdsa"),
+                   signature_kind="provider_tee", served_model=served_model)
+
+
+def test_the_model_a_three_part_text_names_is_the_recorded_one(node: SigningNode) -> None:
+    attestation = _near(node, SigningNode())
+    report = recheck(chain([_three_part(node, attestation, "simulated"),
+                            _three_part(node, attestation, None),
+                            _three_part(node, attestation, "simulated", text_model="other")]),
+                     attestation)
+    assert report.lines[0].outcome is ReceiptOutcome.VERIFIED, report.lines[0].failures
+    # A record that names no served model cannot vouch for the model the text names.
+    assert [c.code for c in report.lines[1].failures] == ["signature.model_unattested"]
+    assert [c.code for c in report.lines[2].failures] == ["signature.text_model_mismatch"]
 
 
 def test_a_renamed_request_whose_text_does_not_parse(node: SigningNode) -> None:
