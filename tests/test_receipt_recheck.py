@@ -320,8 +320,9 @@ def test_a_renamed_request_whose_text_does_not_parse(node: SigningNode) -> None:
     receipt = replace(signed_receipt(node, attestation), request_binding="model_renamed",
                       text="not a signed text")
     (result,) = recheck(chain([receipt]), attestation).lines
-    (failure,) = result.failures
-    assert (failure.name, failure.code) == ("receipt.signature", "signature.text_malformed")
+    assert failures(result) == [
+        ("receipt.signature", "signature.text_malformed",
+         "signed text is neither '<sha256>:<sha256>' nor '<model>:<sha256>:<sha256>'")]
     # Nothing else of the signature was judged (no rename check passed before it).
     assert [c.name for c in result.checks][:2] == ["receipt.format", "receipt.signature"]
     assert "receipt.request_binding" not in [c.name for c in result.checks]
@@ -334,8 +335,11 @@ def test_a_renamed_request_is_taken_as_recorded_and_says_so(node: SigningNode) -
                       request_sha256=hashlib.sha256(b"what the app sent").hexdigest())
     (result,) = recheck(chain([renamed]), attestation).lines
     assert result.outcome is ReceiptOutcome.VERIFIED, result.failures
-    assert [c.name for c in result.checks][:3] == [
-        "receipt.format", "receipt.request_binding", "receipt.signature"]
+    assert rows(result)[1] == (
+        "receipt.request_binding", P, None,
+        "the provider renamed the model in the request (spec 0.1): the sidecar checked the "
+        "rename when it delivered; without the request bytes it is taken as recorded")
+    assert [c.name for c in result.checks][2] == "receipt.signature"
 
 
 # -- the evidence archive ---------------------------------------------------------------------
