@@ -206,6 +206,17 @@ def test_a_key_listed_twice_verifies_by_the_node_whose_quote_binds_it(node: Sign
     assert next(c.detail for c in result.checks if c.name == "receipt.node").endswith("node-1")
 
 
+def test_a_node_with_a_malformed_fingerprint_does_not_hide_the_next_one(
+        node: SigningNode) -> None:
+    def first_fingerprint_garbled(report: dict[str, Any]) -> None:
+        report["all_attestations"][0]["tls_cert_fingerprint"] = "not hex"
+
+    attestation = attest([node, node], edit=first_fingerprint_garbled)
+    (result,) = recheck(chain([signed_receipt(node, attestation)]), attestation).lines
+    assert result.outcome is ReceiptOutcome.VERIFIED, result.failures
+    assert next(c.detail for c in result.checks if c.name == "receipt.node").endswith("node-1")
+
+
 def test_when_no_listed_node_binds_the_key_the_first_ones_reasons_are_shown(
         node: SigningNode) -> None:
     def both_broken(report: dict[str, Any]) -> None:
@@ -227,6 +238,17 @@ def test_a_key_of_another_algorithm_is_not_that_node(node: SigningNode) -> None:
     assert failures(result) == [("receipt.node", "receipt.signer_not_in_evidence",
                                  f"{claimed} is not an ecdsa node of evidence "
                                  f"{attestation.digest}")]
+
+
+def test_a_signature_over_other_hashes_fails_the_signature_check(node: SigningNode) -> None:
+    attestation = attest([node])
+    receipt = signed_receipt(node, attestation)
+    moved = replace(receipt, response_sha256="ab" * 32)
+    (result,) = recheck(chain([moved]), attestation).lines
+    (failure,) = result.failures
+    assert (failure.name, failure.code) == ("receipt.signature",
+                                            "signature.response_hash_mismatch")
+    assert failure.detail.startswith(f"signed response hash {receipt.response_sha256}")
 
 
 def test_the_signature_check_names_both_keys_on_a_mismatch(node: SigningNode) -> None:
