@@ -368,3 +368,42 @@ def test_a_relay_whose_judge_raises_ends_in_an_internal_error_event(
     last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
     assert json.loads(last)["error"]["message"] == "tee-sidecar: internal error in tee-sidecar"
     assert b"a bug" not in body
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+def test_data_events_after_done_are_never_relayed(adv: AdversarialStack, mode: str) -> None:
+    # Events after [DONE] are judged (data after [DONE]) but never forwarded, in any mode: the
+    # relay holds [DONE] and stops forwarding there, so the app never reads what follows it.
+    url = adv.sidecar(verification={"stream": "relay", "mode": mode})
+    injected = [b'data: {"id":"x","choices":[{"delta":{"content":"injected"}}]}\n\n',
+                b"data: [DONE]\n\n"]
+    adv.mitm.on("completion", rewrite_events(lambda events: events + injected))
+    status, headers, body = post(url + "/chat/completions", _request("stream"))
+    assert status == 200 and headers["x-tee-verified"] == "pending"
+    assert b"injected" not in body
+    assert body.count(b"data: [DONE]") == (1 if mode == "monitor" else 0)
+    if mode == "monitor":
+        assert body.endswith(b"\n\n: x-tee-verified false\n\ndata: [DONE]\n\n")
+    else:
+        assert relay_verdict(body) == "stream.data_after_done"
+
+
+@pytest.mark.parametrize("kind, stream_mode", MODES, ids=IDS)
+def test_a_stream_timeout_names_the_limit(adv: AdversarialStack, kind: str,
+                                          stream_mode: str) -> None:
+    from tests.adversarial.mitm import drip
+
+    # One byte every 50 ms: the read timeout never trips, the total bound does.
+    url = adv.sidecar(upstream={"read_timeout": 0.5}, verification={"stream": stream_mode},
+                      limits={"stream_timeout": 0.75})
+    post(url + "/chat/completions", _request(kind))
+    adv.mitm.on("completion", drip(0.05))
+    status, headers, body = post(url + "/chat/completions", _request(kind))
+    message = "tee-sidecar: the response took longer than limits.stream_timeout (0.75 s)"
+    if stream_mode == "relay" and kind == "stream":
+        assert relay_verdict(body) == "limits.stream_timeout"
+        last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
+        assert json.loads(last)["error"]["message"] == message
+    else:
+        assert_blocked(status, headers, body, "limits.stream_timeout")
+        assert _error(body)["message"] == message
