@@ -407,3 +407,22 @@ def test_a_stream_timeout_names_the_limit(adv: AdversarialStack, kind: str,
     else:
         assert_blocked(status, headers, body, "limits.stream_timeout")
         assert _error(body)["message"] == message
+
+
+@pytest.mark.parametrize("stream_mode", ["buffer", "relay"])
+def test_an_e2ee_stream_that_does_not_frame_is_malformed_not_an_internal_error(
+        adv: AdversarialStack, stream_mode: str) -> None:
+    # End-to-end encrypted (NEAR Cloud): the answer is opened only from the events the framer
+    # read; a stream it refuses at its first event opens nothing and fails with the framer's code.
+    from sidecar.simulator.provider import CANONICAL_MODEL
+
+    url = adv.sidecar(profile="near-cloud", verification={"stream": stream_mode},
+                      attestation={"only_known_models": False})
+    adv.mitm.on("completion", rewrite_events(lambda events: [b"data: {not json\n\n", *events]))
+    request = json.dumps({"model": CANONICAL_MODEL, "messages": MESSAGES, "stream": True})
+    status, headers, body = post(url + "/chat/completions", request.encode())
+    assert headers["x-tee-e2ee"] == "true"
+    if stream_mode == "relay":
+        assert relay_verdict(body) == "response.malformed"
+    else:
+        assert_blocked(status, headers, body, "response.malformed")
