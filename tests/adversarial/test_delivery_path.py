@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from tests.adversarial.conftest import assert_blocked, assert_no_unverified_delivery, relay_verdict
 from tests.adversarial.harness import MESSAGES, TEE_MODEL, AdversarialStack, post
@@ -179,7 +181,10 @@ def test_a_delivered_plain_answer_is_labelled_json_by_the_sidecar(adv: Adversari
     (lambda events: events[:-1], "stream.truncated", "stream ended before data: [DONE]"),
     (lambda events: events + [b": late\n\n"], "stream.data_after_done",
      "stream carries data after [DONE]"),
-], ids=["truncated", "after_done"])
+    # The SDK ends on any data starting with [DONE]; only the exact marker is the contract.
+    (lambda events: [*events[:-1], b"data: [DONE] and more\n\n"], "stream.malformed_done",
+     "stream ends on a data line that only starts with [DONE]"),
+], ids=["truncated", "after_done", "malformed_done"])
 def test_stream_shape_messages(adv: AdversarialStack, edit: object, code: str,
                                message: str) -> None:
     url = adv.sidecar(verification={"stream": "buffer"})
@@ -295,12 +300,17 @@ def test_a_cut_answer_says_the_connection_broke(adv: AdversarialStack, kind: str
     if stream_mode == "relay" and kind == "stream":
         assert relay_verdict(body) == "stream.truncated"
         last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
-        assert json.loads(last)["error"]["message"].startswith(
-            "tee-sidecar: upstream stream broke: ")
+        message = json.loads(last)["error"]["message"]
+        assert message.startswith("tee-sidecar: upstream stream broke: ")
+        # The detail names the transport error (aiohttp's class, which varies by version).
+        broke = getattr(aiohttp, message.rsplit(": ", 1)[1], None)
+        assert isinstance(broke, type) and issubclass(broke, aiohttp.ClientError), message
     else:
         assert_blocked(status, headers, body, "stream.truncated")
-        assert _error(body)["message"].startswith(
-            "tee-sidecar: upstream connection broke mid-body: ")
+        message = _error(body)["message"]
+        assert message.startswith("tee-sidecar: upstream connection broke mid-body: ")
+        broke = getattr(aiohttp, message.rsplit(": ", 1)[1], None)
+        assert isinstance(broke, type) and issubclass(broke, aiohttp.ClientError), message
 
 
 @pytest.mark.parametrize("kind, stream_mode", MODES, ids=IDS)
@@ -362,7 +372,11 @@ def test_a_relay_whose_judge_raises_ends_in_an_internal_error_event(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(app._Completion, "judge", boom)
-    status, headers, body = post(url + "/chat/completions", _request("stream"))
+    with capture_logs() as logs:
+        status, headers, body = post(url + "/chat/completions", _request("stream"))
+    # The operator reads the bug in the log, with its traceback; the app only its code.
+    assert [e for e in logs if e["event"] == "relay_judge_failed"] == [
+        {"event": "relay_judge_failed", "log_level": "error", "exc_info": True}]
     assert status == 200 and headers["x-tee-verified"] == "pending"
     assert relay_verdict(body) == "sidecar.internal_error"
     last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
@@ -426,3 +440,19 @@ def test_an_e2ee_stream_that_does_not_frame_is_malformed_not_an_internal_error(
         assert relay_verdict(body) == "response.malformed"
     else:
         assert_blocked(status, headers, body, "response.malformed")
+
+
+def test_monitor_never_delivers_an_e2ee_relay_whose_event_does_not_open(
+        adv: AdversarialStack) -> None:
+    # Monitor mode ends a refused relay with [DONE]; not one whose sealed fields did not open:
+    # what would follow is ciphertext or text a gateway injected (docs/e2ee.md).
+    from sidecar.simulator.provider import CANONICAL_MODEL
+
+    url = adv.sidecar(profile="near-cloud", verification={"stream": "relay", "mode": "monitor"},
+                      attestation={"only_known_models": False})
+    adv.simulator.faults.e2ee_tamper_field = True
+    request = json.dumps({"model": CANONICAL_MODEL, "messages": MESSAGES, "stream": True})
+    status, headers, body = post(url + "/chat/completions", request.encode())
+    assert status == 200 and headers["x-tee-e2ee"] == "true"
+    assert b"x-tee-verified false" not in body
+    assert relay_verdict(body) == "e2ee.decrypt_failed"
