@@ -456,3 +456,27 @@ def test_monitor_never_delivers_an_e2ee_relay_whose_event_does_not_open(
     assert status == 200 and headers["x-tee-e2ee"] == "true"
     assert b"x-tee-verified false" not in body
     assert relay_verdict(body) == "e2ee.decrypt_failed"
+
+
+@pytest.mark.parametrize("kind", ["plain", "stream"])
+@pytest.mark.parametrize("edit, code, binding", [
+    # NanoGPT (the default profile) renames the model on the way in: model_renamed.
+    (lambda body: body.replace(b"enclave", b"Enclave"), "signature.response_hash_mismatch",
+     "model_renamed"),
+    (None, "signature.request_hash_mismatch", "signature.request_hash_mismatch"),
+], ids=["response-tampered", "request-altered"])
+def test_a_blocked_answer_says_how_the_request_was_bound(adv: AdversarialStack, kind: str,
+                                                         edit: object, code: str,
+                                                         binding: str) -> None:
+    # Spec 0.1: every verdict says how the signed request hash covered the bytes sent, the
+    # refused ones too (a tampered answer to a bound request, or the request itself unbound).
+    from tests.adversarial.mitm import rewrite_response
+
+    url = adv.sidecar(verification={"stream": "buffer"})
+    if edit is None:
+        adv.simulator.faults.alter_request = True
+    else:
+        adv.mitm.on("completion", rewrite_response(edit))  # type: ignore[arg-type]
+    status, headers, body = post(url + "/chat/completions", _request(kind))
+    assert_blocked(status, headers, body, code)
+    assert headers["x-tee-request-binding"] == binding
