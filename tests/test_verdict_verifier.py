@@ -144,6 +144,20 @@ def test_a_gateway_signer_serves_the_model_the_report_resolved() -> None:
     assert verdict.verified and verdict.served_model == MODEL
 
 
+def test_the_served_model_is_the_one_the_signers_attestation_names() -> None:
+    # A report whose model nodes name no model resolves none; a signer that names its model
+    # (here a gateway's attestation that does) is what the verdict records as served.
+    gateway = SigningNode()
+    verdict = verify(Upstream(signed(gateway, f"{REQUEST_SHA}:{RESPONSE_SHA}",
+                                     signature_kind="gateway")),
+                     Cache(attestation((gateway, "gateway", MODEL), canonical=None)))
+    assert verdict.verified and verdict.served_model == MODEL
+    node = SigningNode()
+    unnamed = verify(Upstream(signed(node, f"{REQUEST_SHA}:{RESPONSE_SHA}")),
+                     Cache(attestation((node, "model", None), canonical=None)))
+    assert unnamed.verified and unnamed.served_model is None
+
+
 def test_a_two_part_record_over_the_bytes_renamed_to_the_attested_model() -> None:
     # A 2-part text names no model: the rename is found with the model the attestation names.
     node = SigningNode()

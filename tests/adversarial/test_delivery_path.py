@@ -480,3 +480,19 @@ def test_a_blocked_answer_says_how_the_request_was_bound(adv: AdversarialStack, 
     status, headers, body = post(url + "/chat/completions", _request(kind))
     assert_blocked(status, headers, body, code)
     assert headers["x-tee-request-binding"] == binding
+
+
+@pytest.mark.parametrize("kind, stream_mode", MODES[:2], ids=IDS[:2])
+def test_the_request_log_line_of_a_refused_answer(adv: AdversarialStack, kind: str,
+                                                  stream_mode: str) -> None:
+    # The log line is fed by the same verdict as the headers: "false", never another spelling.
+    from tests.adversarial.mitm import rewrite_response
+
+    url = adv.sidecar(verification={"stream": stream_mode})
+    post(url + "/chat/completions", _request(kind))
+    adv.mitm.on("completion", rewrite_response(lambda body: body.replace(b"enclave", b"Enclave")))
+    with capture_logs() as logs:
+        post(url + "/chat/completions", _request(kind))
+    [line] = [e for e in logs if e["event"] == "request"]
+    assert (line["verified"], line["failure"], line["request_binding"]) == (
+        "false", "signature.response_hash_mismatch", "model_renamed")
