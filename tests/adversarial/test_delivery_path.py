@@ -409,11 +409,11 @@ def test_a_stream_timeout_names_the_limit(adv: AdversarialStack, kind: str,
 
     # One byte every 50 ms: the read timeout never trips, the total bound does.
     url = adv.sidecar(upstream={"read_timeout": 0.5}, verification={"stream": stream_mode},
-                      limits={"stream_timeout": 0.75})
+                      limits={"stream_timeout": 1.0})
     post(url + "/chat/completions", _request(kind))
     adv.mitm.on("completion", drip(0.05))
     status, headers, body = post(url + "/chat/completions", _request(kind))
-    message = "tee-sidecar: the response took longer than limits.stream_timeout (0.75 s)"
+    message = "tee-sidecar: the response took longer than limits.stream_timeout (1.0 s)"
     if stream_mode == "relay" and kind == "stream":
         assert relay_verdict(body) == "limits.stream_timeout"
         last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
