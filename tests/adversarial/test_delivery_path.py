@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from tests.adversarial.conftest import assert_blocked, assert_no_unverified_delivery, relay_verdict
 from tests.adversarial.harness import MESSAGES, TEE_MODEL, AdversarialStack, post
@@ -179,7 +181,10 @@ def test_a_delivered_plain_answer_is_labelled_json_by_the_sidecar(adv: Adversari
     (lambda events: events[:-1], "stream.truncated", "stream ended before data: [DONE]"),
     (lambda events: events + [b": late\n\n"], "stream.data_after_done",
      "stream carries data after [DONE]"),
-], ids=["truncated", "after_done"])
+    # The SDK ends on any data starting with [DONE]; only the exact marker is the contract.
+    (lambda events: [*events[:-1], b"data: [DONE] and more\n\n"], "stream.malformed_done",
+     "stream ends on a data line that only starts with [DONE]"),
+], ids=["truncated", "after_done", "malformed_done"])
 def test_stream_shape_messages(adv: AdversarialStack, edit: object, code: str,
                                message: str) -> None:
     url = adv.sidecar(verification={"stream": "buffer"})
@@ -295,12 +300,17 @@ def test_a_cut_answer_says_the_connection_broke(adv: AdversarialStack, kind: str
     if stream_mode == "relay" and kind == "stream":
         assert relay_verdict(body) == "stream.truncated"
         last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
-        assert json.loads(last)["error"]["message"].startswith(
-            "tee-sidecar: upstream stream broke: ")
+        message = json.loads(last)["error"]["message"]
+        assert message.startswith("tee-sidecar: upstream stream broke: ")
+        # The detail names the transport error (aiohttp's class, which varies by version).
+        broke = getattr(aiohttp, message.rsplit(": ", 1)[1], None)
+        assert isinstance(broke, type) and issubclass(broke, aiohttp.ClientError), message
     else:
         assert_blocked(status, headers, body, "stream.truncated")
-        assert _error(body)["message"].startswith(
-            "tee-sidecar: upstream connection broke mid-body: ")
+        message = _error(body)["message"]
+        assert message.startswith("tee-sidecar: upstream connection broke mid-body: ")
+        broke = getattr(aiohttp, message.rsplit(": ", 1)[1], None)
+        assert isinstance(broke, type) and issubclass(broke, aiohttp.ClientError), message
 
 
 @pytest.mark.parametrize("kind, stream_mode", MODES, ids=IDS)
@@ -362,9 +372,127 @@ def test_a_relay_whose_judge_raises_ends_in_an_internal_error_event(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(app._Completion, "judge", boom)
-    status, headers, body = post(url + "/chat/completions", _request("stream"))
+    with capture_logs() as logs:
+        status, headers, body = post(url + "/chat/completions", _request("stream"))
+    # The operator reads the bug in the log, with its traceback; the app only its code.
+    assert [e for e in logs if e["event"] == "relay_judge_failed"] == [
+        {"event": "relay_judge_failed", "log_level": "error", "exc_info": True}]
     assert status == 200 and headers["x-tee-verified"] == "pending"
     assert relay_verdict(body) == "sidecar.internal_error"
     last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
     assert json.loads(last)["error"]["message"] == "tee-sidecar: internal error in tee-sidecar"
     assert b"a bug" not in body
+
+
+@pytest.mark.parametrize("mode", ["enforce", "monitor"])
+def test_data_events_after_done_are_never_relayed(adv: AdversarialStack, mode: str) -> None:
+    # Events after [DONE] are judged (data after [DONE]) but never forwarded, in any mode: the
+    # relay holds [DONE] and stops forwarding there, so the app never reads what follows it.
+    url = adv.sidecar(verification={"stream": "relay", "mode": mode})
+    injected = [b'data: {"id":"x","choices":[{"delta":{"content":"injected"}}]}\n\n',
+                b"data: [DONE]\n\n"]
+    adv.mitm.on("completion", rewrite_events(lambda events: events + injected))
+    status, headers, body = post(url + "/chat/completions", _request("stream"))
+    assert status == 200 and headers["x-tee-verified"] == "pending"
+    assert b"injected" not in body
+    assert body.count(b"data: [DONE]") == (1 if mode == "monitor" else 0)
+    if mode == "monitor":
+        assert body.endswith(b"\n\n: x-tee-verified false\n\ndata: [DONE]\n\n")
+    else:
+        assert relay_verdict(body) == "stream.data_after_done"
+
+
+@pytest.mark.parametrize("kind, stream_mode", MODES, ids=IDS)
+def test_a_stream_timeout_names_the_limit(adv: AdversarialStack, kind: str,
+                                          stream_mode: str) -> None:
+    from tests.adversarial.mitm import drip
+
+    # One byte every 50 ms: the read timeout never trips, the total bound does.
+    url = adv.sidecar(upstream={"read_timeout": 0.5}, verification={"stream": stream_mode},
+                      limits={"stream_timeout": 1.0})
+    post(url + "/chat/completions", _request(kind))
+    adv.mitm.on("completion", drip(0.05))
+    status, headers, body = post(url + "/chat/completions", _request(kind))
+    message = "tee-sidecar: the response took longer than limits.stream_timeout (1.0 s)"
+    if stream_mode == "relay" and kind == "stream":
+        assert relay_verdict(body) == "limits.stream_timeout"
+        last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].removeprefix(b"data: ")
+        assert json.loads(last)["error"]["message"] == message
+    else:
+        assert_blocked(status, headers, body, "limits.stream_timeout")
+        assert _error(body)["message"] == message
+
+
+@pytest.mark.parametrize("stream_mode", ["buffer", "relay"])
+def test_an_e2ee_stream_that_does_not_frame_is_malformed_not_an_internal_error(
+        adv: AdversarialStack, stream_mode: str) -> None:
+    # End-to-end encrypted (NEAR Cloud): the answer is opened only from the events the framer
+    # read; a stream it refuses at its first event opens nothing and fails with the framer's code.
+    from sidecar.simulator.provider import CANONICAL_MODEL
+
+    url = adv.sidecar(profile="near-cloud", verification={"stream": stream_mode},
+                      attestation={"only_known_models": False})
+    adv.mitm.on("completion", rewrite_events(lambda events: [b"data: {not json\n\n", *events]))
+    request = json.dumps({"model": CANONICAL_MODEL, "messages": MESSAGES, "stream": True})
+    status, headers, body = post(url + "/chat/completions", request.encode())
+    assert headers["x-tee-e2ee"] == "true"
+    if stream_mode == "relay":
+        assert relay_verdict(body) == "response.malformed"
+    else:
+        assert_blocked(status, headers, body, "response.malformed")
+
+
+def test_monitor_never_delivers_an_e2ee_relay_whose_event_does_not_open(
+        adv: AdversarialStack) -> None:
+    # Monitor mode ends a refused relay with [DONE]; not one whose sealed fields did not open:
+    # what would follow is ciphertext or text a gateway injected (docs/e2ee.md).
+    from sidecar.simulator.provider import CANONICAL_MODEL
+
+    url = adv.sidecar(profile="near-cloud", verification={"stream": "relay", "mode": "monitor"},
+                      attestation={"only_known_models": False})
+    adv.simulator.faults.e2ee_tamper_field = True
+    request = json.dumps({"model": CANONICAL_MODEL, "messages": MESSAGES, "stream": True})
+    status, headers, body = post(url + "/chat/completions", request.encode())
+    assert status == 200 and headers["x-tee-e2ee"] == "true"
+    assert b"x-tee-verified false" not in body
+    assert relay_verdict(body) == "e2ee.decrypt_failed"
+
+
+@pytest.mark.parametrize("kind", ["plain", "stream"])
+@pytest.mark.parametrize("edit, code, binding", [
+    # NanoGPT (the default profile) renames the model on the way in: model_renamed.
+    (lambda body: body.replace(b"enclave", b"Enclave"), "signature.response_hash_mismatch",
+     "model_renamed"),
+    (None, "signature.request_hash_mismatch", "signature.request_hash_mismatch"),
+], ids=["response-tampered", "request-altered"])
+def test_a_blocked_answer_says_how_the_request_was_bound(adv: AdversarialStack, kind: str,
+                                                         edit: object, code: str,
+                                                         binding: str) -> None:
+    # Spec 0.1: every verdict says how the signed request hash covered the bytes sent, the
+    # refused ones too (a tampered answer to a bound request, or the request itself unbound).
+    from tests.adversarial.mitm import rewrite_response
+
+    url = adv.sidecar(verification={"stream": "buffer"})
+    if edit is None:
+        adv.simulator.faults.alter_request = True
+    else:
+        adv.mitm.on("completion", rewrite_response(edit))  # type: ignore[arg-type]
+    status, headers, body = post(url + "/chat/completions", _request(kind))
+    assert_blocked(status, headers, body, code)
+    assert headers["x-tee-request-binding"] == binding
+
+
+@pytest.mark.parametrize("kind, stream_mode", MODES[:2], ids=IDS[:2])
+def test_the_request_log_line_of_a_refused_answer(adv: AdversarialStack, kind: str,
+                                                  stream_mode: str) -> None:
+    # The log line is fed by the same verdict as the headers: "false", never another spelling.
+    from tests.adversarial.mitm import rewrite_response
+
+    url = adv.sidecar(verification={"stream": stream_mode})
+    post(url + "/chat/completions", _request(kind))
+    adv.mitm.on("completion", rewrite_response(lambda body: body.replace(b"enclave", b"Enclave")))
+    with capture_logs() as logs:
+        post(url + "/chat/completions", _request(kind))
+    [line] = [e for e in logs if e["event"] == "request"]
+    assert (line["verified"], line["failure"], line["request_binding"]) == (
+        "false", "signature.response_hash_mismatch", "model_renamed")
