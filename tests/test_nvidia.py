@@ -1068,7 +1068,8 @@ def _unusable(why: str) -> tuple[str, Status, str | None, str]:
         ({**_jwk(), "x5c": "MIIB"}, "JWK x5c is not a list of base64 certificates"),
         ({**_jwk(), "x5c": []}, "JWK x5c is not a list of base64 certificates"),
         ({**_jwk(), "x5c": [7]}, "JWK x5c is not a list of base64 certificates"),
-        ({**_jwk(), "x5c": ["not base64!"]}, "JWK is not a usable EC key (Error)"),
+        # Strict base64: "AAAA*" is refused, not read as "AAAA" with the "*" dropped.
+        ({**_jwk(), "x5c": ["AAAA*"]}, "JWK is not a usable EC key (Error)"),
         ({k: v for k, v in _jwk().items() if k != "y"}, "JWK is not a usable EC key (InvalidKeyError)"),
         ({k: v for k, v in _jwk().items() if k not in ("x", "y")}, "JWK holds no EC public key"),
     ],
@@ -1096,6 +1097,24 @@ def test_a_kid_listed_twice_is_ambiguous_even_when_a_bad_entry_is_skipped() -> N
     assert _signature_failure(keys) == _unusable(f"kid {KID!r} appears more than once in the JWKS")
     # Entries without a string kid are skipped, not fatal: the good key still verifies.
     assert verify(attest(), jwks={"keys": ["not an object", {"kid": 5}, _jwk()]}).ok
+    # A duplicated kid poisons only itself: the keys after it are still loaded.
+    other = {**_jwk(), "kid": "rotated-out"}
+    assert verify(attest(), jwks={"keys": [other, other, _jwk()]}).ok
+
+
+def test_only_the_injected_clock_and_our_own_claim_checks_decide() -> None:
+    # PyJWT's own claim checks stay off: it would read the wall clock (tokens issued in 2099
+    # verify at an injected 2099 "now") and refuse claims NRAS may add (aud, or a non-string
+    # sub or jti) that this module does not rely on.
+    later = 4_100_000_000
+    nras = SimulatedNras()
+    answer = nras.attest(nras.make_nvidia_payload(NONCE), later)
+
+    def extra(claims: Claims) -> None:
+        claims.update(aud="someone", sub=5, jti=5)
+
+    report = verify(rebuild(answer, overall=extra), now=later)
+    assert report.ok, _not_passed_rows(report)
 
 
 # --- Token signatures ----------------------------------------------------------------------------
