@@ -1019,6 +1019,12 @@ def test_a_token_of_exactly_the_size_bound_is_verified() -> None:
     token = _token_of_length(MAX_JWT_BYTES)
     report = verify([["JWT", token], attest()[1]])
     assert _check(report.checks, "gpu.overall.signature").ok
+    longer = _token_of_length(MAX_JWT_BYTES + 1)
+    report = verify([["JWT", longer], attest()[1]])
+    assert _rows(report.failures)[0] == (
+        "gpu.overall.signature", FAIL, "gpu.jwt_malformed",
+        f"overall token is larger than {MAX_JWT_BYTES} bytes",
+    )
 
 
 # --- Shape of the answer -------------------------------------------------------------------------
@@ -1071,10 +1077,13 @@ def _unusable(why: str) -> tuple[str, Status, str | None, str]:
         # Strict base64: "AAAA*" is refused, not read as "AAAA" with the "*" dropped.
         ({**_jwk(), "x5c": ["AAAA*"]}, "JWK is not a usable EC key (Error)"),
         ({k: v for k, v in _jwk().items() if k != "y"}, "JWK is not a usable EC key (InvalidKeyError)"),
+        ({k: v for k, v in _jwk().items() if k != "x"}, "JWK is not a usable EC key (InvalidKeyError)"),
         ({k: v for k, v in _jwk().items() if k not in ("x", "y")}, "JWK holds no EC public key"),
+        ({**_jwk(), "x5c": [_self_signed_der_b64(ec.generate_private_key(ec.SECP384R1()))]},
+         "JWK x/y and x5c certificate name different keys"),
     ],
     ids=["private", "okp", "es256", "enc", "x5c_string", "x5c_empty", "x5c_int", "x5c_not_b64",
-         "no_y", "no_key"],
+         "no_y", "no_x", "no_key", "x5c_other_key"],
 )
 def test_an_unusable_jwk_is_refused_with_its_reason(jwk: dict[str, Any], why: str) -> None:
     assert _signature_failure({"keys": [jwk]}) == _unusable(why)
