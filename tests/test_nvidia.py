@@ -1129,6 +1129,16 @@ def test_only_the_injected_clock_and_our_own_claim_checks_decide() -> None:
 # --- Token signatures ----------------------------------------------------------------------------
 
 
+def test_tokens_that_are_not_jwts_fail_their_signature_checks() -> None:
+    report = verify([["JWT", "a.b.c"], {"GPU-0": "a.b.c"}])
+    assert _not_passed_rows(report) == [
+        ("gpu.overall.signature", FAIL, "gpu.jwt_malformed", "overall token is not a JWT"),
+        ("gpu.submod_digest", INCOMPLETE, "gpu.submod_digest_unverified",
+         "GPU-0: the overall token did not verify, so nothing binds this token to it"),
+        ("gpu.token.signature", FAIL, "gpu.jwt_malformed", "GPU-0 token is not a JWT"),
+    ]
+
+
 def test_a_token_without_a_kid_is_refused() -> None:
     good = attest()
     token = sign(unverified(good[0][1]), {"typ": "JWT"})
