@@ -1054,6 +1054,25 @@ def test_malformed_answers_say_what_is_wrong(answer: Any, detail: str) -> None:
 # --- The JWKS ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("keys", "detail"),
+    [
+        ([], "JWKS is not a JSON object"),
+        ({"keys": {}}, "JWKS has no keys list"),
+        ({"keys": [{}] * (MAX_JWKS_KEYS + 1)},
+         f"JWKS has {MAX_JWKS_KEYS + 1} keys, more than {MAX_JWKS_KEYS}"),
+    ],
+    ids=["list", "keys_not_a_list", "too_many"],
+)
+def test_a_jwks_that_is_not_a_key_set_is_the_jwks_check(keys: Any, detail: str) -> None:
+    report = verify(attest(), jwks=keys)
+    assert _rows(report.checks) == [
+        ("gpu.nras_response", PASS, None, "overall token and 1 GPU token(s)"),
+        ("gpu.jwks", FAIL, "gpu.jwks_invalid", detail),
+    ]
+    assert report.gpus == ()
+
+
 def _signature_failure(keys: Any) -> tuple[str, Status, str | None, str]:
     report = verify(attest(), jwks=keys)
     return _rows([_check(report.checks, "gpu.overall.signature")])[0]
@@ -1177,6 +1196,7 @@ def test_a_long_hostile_alg_and_kid_are_shortened_in_details() -> None:
 def test_an_overall_token_that_does_not_verify_binds_nothing() -> None:
     report = verify(attest(NrasFaults(sign_with_other_key=True)))
     assert [c.name for c in report.checks] == ["gpu.nras_response", "gpu.overall.signature"]
+    assert [(gpu.gpu_id, dict(gpu.claims)) for gpu in report.gpus] == [("GPU-0", {})]
     assert _rows([_check(report.gpus[0].checks, "gpu.submod_digest")]) == [
         ("gpu.submod_digest", INCOMPLETE, "gpu.submod_digest_unverified",
          "GPU-0: the overall token did not verify, so nothing binds this token to it")
