@@ -287,3 +287,60 @@ def test_a_nonce_that_is_not_32_bytes_is_a_caller_bug() -> None:
     report = attest(nonce="00" * 31, answer_nonce="00" * 32)
     assert report.nodes[0].checks == (Check.failed(
         "attestation.internal", "attestation.internal_error", "verification raised ValueError"),)
+
+
+@pytest.mark.parametrize(("echo", "shown"), [
+    ("00" * 32, "00" * 32),
+    ("ab" * 100, "ab" * 40),  # a hostile echo is shown cut to 80 characters
+    (5, "int"),  # not a string: its type, never its value
+    ({"nonce": "x"}, "dict"),
+], ids=["other-nonce", "long", "number", "object"])
+def test_a_wrong_compose_manager_nonce_echo_says_what_it_echoed(echo: object, shown: str) -> None:
+    report = near.tampered(lambda r: near.cma(r).update(nonce=echo))
+    assert cm_checks(report)["compose_manager.nonce_echo"] == Check.failed(
+        "compose_manager.nonce_echo", "binding.nonce_mismatch",
+        f"compose_manager_attestation.nonce echoes {shown}, not the nonce sent")
+    near.assert_only_failure(report, "binding.nonce_mismatch")
+
+
+def test_echo_details_name_their_field() -> None:
+    checks = checks_of(near.verify().nodes[1])
+    assert checks["binding.nonce_echo.request_nonce"] == Check.passed(
+        "binding.nonce_echo.request_nonce", "request_nonce echoes the nonce sent")
+    assert checks["compose_manager.nonce_echo"] == Check.passed(
+        "compose_manager.nonce_echo", "compose_manager_attestation.nonce echoes the nonce sent")
+    report = near.tampered(lambda r: near.model_entry(r).update(request_nonce="11" * 32))
+    assert checks_of(report.nodes[1])["binding.nonce_echo.request_nonce"].detail \
+        == f"request_nonce echoes {'11' * 32}, not the nonce sent"
+
+
+def test_a_node_without_info_binds_no_compose_and_reports_no_deployment() -> None:
+    report = near.tampered(lambda r: near.model_entry(r).pop("info"))
+    assert near.failures(report) == {"info.parse": "info.malformed",
+                                     "compose_manager.binding.compose": "binding.compose_mismatch"}
+    model = report.nodes[1]
+    checks = checks_of(model)
+    assert checks["info.parse"].detail == "info.tcb_info must be an object, got NoneType"
+    assert checks["compose_manager.binding.compose"] == Check.failed(
+        "compose_manager.binding.compose", "binding.compose_mismatch",
+        "the node serves no app_compose to bind the quote to")
+    assert "binding.compose" not in checks and model.deployment is None
+
+
+# --- (7) the policy, read with what the evidence could not decide --------------------------------
+
+
+def test_undecided_evidence_keeps_the_policy_undecided_and_says_why() -> None:
+    gateway, model = near.verify().nodes
+    checks = checks_of(model)
+    for name in ("policy.tdx_evidence", "policy.gpu_evidence"):
+        assert checks[name] == Check.incomplete(
+            name, "policy.evidence_undecided",
+            "evidence present but its verification was not decided")
+    assert checks["policy.tcb_status"] == Check.incomplete(
+        "policy.tcb_status", "policy.evidence_undecided",
+        "no TCB status: no verified TDX quote (quote verification undecided)")
+    # The gateway carries no GPU evidence and needs none; its TDX evidence is as undecided.
+    assert checks_of(gateway)["policy.gpu_evidence"] == Check.passed(
+        "policy.gpu_evidence", "gateway node: no GPU evidence expected")
+    assert checks_of(gateway)["policy.tdx_evidence"].status is Status.INCOMPLETE
