@@ -6,6 +6,8 @@ fail with that thing's code, and nothing else about the verdict may pass it.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -40,8 +42,11 @@ def attest(*, faults: Faults | None = None, authority: TestTdxAuthority | None =
            nras_faults: NrasFaults | None = None, policy: ModelPolicy | None = None,
            nonce: str | None = None, answer_nonce: str | None = None,
            edit: Any = None, tls_spki: bytes | None = None,
-           collateral: bool = True, nras: bool = True, nodes: int = 1) -> AttestationReport:
-    """Build a simulator report for ``nonce`` and verify it as the sidecar would."""
+           collateral: bool = True, nras: bool = True, nodes: int = 1,
+           gathered_edit: Any = None) -> AttestationReport:
+    """Build a simulator report for ``nonce`` and verify it as the sidecar would.
+
+    ``gathered_edit`` may change what the I/O layer gathered (label -> ``NodeEvidence``)."""
     nonce = nonce or secrets.token_hex(32)
     evidence = SimulatedEvidence(authority=authority or TestTdxAuthority(),
                                  nras=SimulatedNras(faults=nras_faults or NrasFaults()))
@@ -62,6 +67,8 @@ def attest(*, faults: Faults | None = None, authority: TestTdxAuthority | None =
             jwks=ANCHORS.pinned_jwks,
             tls_spki_sha256=tls_spki,
         )
+    if gathered_edit is not None:
+        gathered_edit(gathered)
     return verify_attestation(document, model="TEE/m", nonce=nonce, evidence=gathered,
                               roots=ANCHORS.roots, policy=policy or build_model_policy("*"),
                               now=NOW)
@@ -777,3 +784,120 @@ def test_undecided_evidence_keeps_the_policy_undecided_and_says_why() -> None:
     assert checks_of(gateway)["policy.gpu_evidence"] == Check.passed(
         "policy.gpu_evidence", "gateway node: no GPU evidence expected")
     assert checks_of(gateway)["policy.tdx_evidence"].status is Status.INCOMPLETE
+
+
+# --- (6) GPU evidence ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["nras_response", "jwks"])
+def test_gpu_evidence_is_undecided_without_the_nras_answer_or_the_jwks(missing: str) -> None:
+    def drop(gathered: dict[str, NodeEvidence]) -> None:
+        gathered["node-0"] = dataclasses.replace(gathered["node-0"], **{missing: None},
+                                                 nras_error="NRAS timed out")
+
+    (only,) = attest(gathered_edit=drop).nodes
+    assert checks_of(only)["gpu.nras"] == Check.incomplete("gpu.nras", "gpu.nras_unavailable",
+                                                           "NRAS timed out")
+    assert {(c.name, c.code) for c in only.checks if not c.ok} == {
+        ("gpu.nras", "gpu.nras_unavailable"), ("policy.gpu_evidence", "policy.evidence_undecided")}
+    assert only.gpus == ()
+
+
+def test_an_nras_answer_that_verifies_no_gpu_fails() -> None:
+    (only,) = attest(nras_faults=NrasFaults(drop_gpu_token=True)).nodes
+    assert checks_of(only)["gpu.count"] == Check.failed("gpu.count", "gpu.nras_response_malformed",
+                                                        "NRAS answer verified no GPU")
+    assert {(c.name, c.code) for c in only.checks if not c.ok} == {
+        ("gpu.nras_response", "gpu.nras_response_malformed"),
+        ("gpu.count", "gpu.nras_response_malformed"), GPU_NOT_VERIFIED}
+
+
+def test_the_node_report_carries_its_verified_gpus() -> None:
+    (only,) = attest().nodes
+    assert len(only.gpus) == 1 and only.gpus[0].ok
+    assert checks_of(only)["policy.gpu_evidence"].ok
+
+
+# --- (2) nonce echoes and the signing public key ------------------------------------------------
+
+
+def _echo_report(echo: Any) -> AttestationReport:
+    nonce = "a1" * 32
+    return attest(nonce=nonce, edit=lambda r: r.update(nonce=echo(nonce)))
+
+
+@pytest.mark.parametrize("echo", [
+    lambda n: n.upper(), lambda n: "0x" + n, lambda n: f"  {n}\n",
+    lambda n: " " + base64.b64encode(bytes.fromhex(n)).decode() + " ",
+], ids=["upper-case", "0x", "padded", "base64-padded"])
+def test_a_nonce_echo_names_the_nonce_in_any_spelling(echo: Any) -> None:
+    report = _echo_report(echo)
+    assert report.verdict == "verified", report.failure
+
+
+@pytest.mark.parametrize("echo", [
+    lambda n: n[:-2],
+    lambda n: "0X" + n,  # only the lower-case prefix is a hex prefix
+    lambda n: base64.b64encode(bytes.fromhex(n)).decode()[:8] + "!"
+        + base64.b64encode(bytes.fromhex(n)).decode()[8:],  # not base64: never decoded leniently
+    lambda n: base64.b64encode(bytes.fromhex(n)[:31]).decode(),
+], ids=["short", "0X", "base64-with-junk", "base64-short"])
+def test_a_nonce_echo_that_is_not_the_nonce_fails(echo: Any) -> None:
+    report = _echo_report(echo)
+    assert not_passed(report) == {("binding.nonce_echo.nonce", "binding.nonce_mismatch")}
+
+
+def _near_with_key(key: Any) -> NodeReport:
+    """The real NEAR report's model node, its ``signing_public_key`` respelt by ``key``."""
+    def edit(report: dict[str, Any]) -> None:
+        entry = near.model_entry(report)
+        entry["signing_public_key"] = key(entry["signing_public_key"])
+
+    report = near.tampered(edit)
+    assert not near.failures(report)
+    return report.nodes[1]
+
+
+@pytest.mark.parametrize("key", [
+    lambda k: k, lambda k: "04" + k, lambda k: "0x" + k.upper(), lambda k: f" {k} "],
+    ids=["plain", "sec1-04", "0x-upper", "padded"])
+def test_the_proven_public_key_is_reported_in_one_spelling(key: Any) -> None:
+    served = near.model_entry(json.loads(near.RAW))["signing_public_key"]
+    node = _near_with_key(key)
+    assert node.public_key == served.lower() and len(served) == 128
+    assert checks_of(node)["binding.public_key"].ok
+
+
+def test_a_public_key_of_another_address_is_not_reported() -> None:
+    report = near.tampered(lambda r: near.model_entry(r).update(signing_public_key="11" * 64))
+    assert report.nodes[1].public_key is None
+    assert near.failures(report) == {"binding.public_key": "binding.public_key_mismatch"}
+
+
+# --- a verifier that raises fails its node closed, and only its node ----------------------------
+
+
+def test_a_node_whose_verifier_raised_is_reported_failed_with_its_identity(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidecar.verify.attestation as recipe
+
+    genuine = recipe.verify_event_log
+    calls: list[int] = []
+
+    def first_call_raises(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("boom")
+        return genuine(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "verify_event_log", first_call_raises)
+    seen: dict[str, Any] = {}
+    report = attest(faults=Faults(evidence={"shape": "near"}), nodes=2, edit=seen.update)
+    broken, healthy = report.nodes
+    entry = seen["model_attestations"][0]
+    assert broken == NodeReport(
+        "model-0", "model", entry["signing_address"].lower(), "ecdsa",
+        (Check.failed("attestation.internal", "attestation.internal_error",
+                      "verification raised KeyError"),), model_name="simulated")
+    assert healthy.status is Status.PASS
+    assert report.attested_keys == {healthy.signing_key}
