@@ -901,3 +901,39 @@ def test_a_node_whose_verifier_raised_is_reported_failed_with_its_identity(
                       "verification raised KeyError"),), model_name="simulated")
     assert healthy.status is Status.PASS
     assert report.attested_keys == {healthy.signing_key}
+
+
+# --- (5) a replayed log that lacks a dstack event ------------------------------------------------
+
+
+def _drop_event_and_requote(report: dict[str, Any], event: str) -> None:
+    """Leave ``event`` out of the log and re-make the quote so that the log still replays: a
+    node that never measured that event (RTMR3 = sha384 fold of the imr-3 digests, spec 2)."""
+    import dcap_qvl
+
+    report["event_log"] = [e for e in report["event_log"] if e.get("event") != event]
+    rtmr3 = b"\0" * 48
+    for entry in report["event_log"]:
+        if entry["imr"] == 3:
+            rtmr3 = hashlib.sha384(rtmr3 + bytes.fromhex(entry["digest"])).digest()
+    body = dcap_qvl.parse_quote(bytes.fromhex(report["intel_quote"])).report
+    report["intel_quote"] = TestTdxAuthority().make_quote(
+        report_data=bytes(body.report_data), mrtd=bytes(body.mr_td), rtmr0=bytes(body.rt_mr0),
+        rtmr1=bytes(body.rt_mr1), rtmr2=bytes(body.rt_mr2), rtmr3=rtmr3,
+        mr_config_id=bytes(body.mr_config_id)).hex()
+
+
+@pytest.mark.parametrize(("event", "fact", "missing"), [
+    ("compose-hash", "compose_hash", {("binding.compose_hash_event", "binding.compose_hash_mismatch")}),
+    ("app-id", "app_id", {("binding.app_id_event", "binding.app_id_mismatch")}),
+    ("os-image-hash", "os_image_hash", set()),  # info names no OS image: only a pin needs it
+])
+def test_a_fact_whose_event_was_never_measured_is_not_established(
+        event: str, fact: str, missing: set[tuple[str, str]]) -> None:
+    genuine = attest(edit=lambda r: _drop_event_and_requote(r, event))
+    pinned = attest(edit=lambda r: _drop_event_and_requote(r, event),
+                    policy=build_model_policy("*", measurement_sets=[{fact: ["ab" * 32]}]))
+    assert checks_of(genuine.nodes[0])["eventlog.rtmr3_replay"].ok
+    # Not an internal error: the fact is simply absent, and a pin on it cannot be met.
+    assert not_passed(genuine) == missing
+    assert not_passed(pinned) == missing | {(f"policy.{fact}", f"policy.{fact}_not_allowed")}
