@@ -937,3 +937,13 @@ def test_a_fact_whose_event_was_never_measured_is_not_established(
     # Not an internal error: the fact is simply absent, and a pin on it cannot be met.
     assert not_passed(genuine) == missing
     assert not_passed(pinned) == missing | {(f"policy.{fact}", f"policy.{fact}_not_allowed")}
+
+
+def test_the_gpus_are_judged_by_the_models_gpu_policy() -> None:
+    from sidecar.verify.nvidia import GpuPolicy
+
+    pinned = build_model_policy("*", gpu=GpuPolicy(allowed_driver_versions=frozenset({"1.0"})))
+    assert not_passed(attest(policy=pinned)) == {
+        ("gpu.driver_version", "gpu.driver_version_not_allowed"), GPU_NOT_VERIFIED}
+    assert attest(nras_faults=NrasFaults(driver_version="1.0"), policy=pinned).verdict \
+        == "verified"
