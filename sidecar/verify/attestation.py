@@ -239,7 +239,10 @@ def verify_attestation(
             ``GATEWAY_DEFAULT``: TDX required, UpToDate only, no pins, no GPU.
 
     Raises:
-        ValueError: ``nonce`` is not 32 bytes of hex (a caller bug, never the evidence).
+        Nothing: every node is reported, failed closed if its verifier raised. A ``nonce`` that
+        is not 32 bytes of hex (a caller bug: ``verify_node`` raises ``ValueError``; the CLI and
+        the attester never pass one) fails each node that carries a quote with
+        ``attestation.internal_error``.
     """
     nodes = tuple(
         _verify_node_closed(
