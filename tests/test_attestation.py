@@ -947,3 +947,11 @@ def test_the_gpus_are_judged_by_the_models_gpu_policy() -> None:
         ("gpu.driver_version", "gpu.driver_version_not_allowed"), GPU_NOT_VERIFIED}
     assert attest(nras_faults=NrasFaults(driver_version="1.0"), policy=pinned).verdict \
         == "verified"
+
+
+def test_a_node_that_serves_no_public_key_gives_none_to_seal_to() -> None:
+    report = attest()
+    assert report.verdict == "verified", report.failure
+    assert report.nodes[0].public_key is None
+    assert "binding.public_key" not in checks_of(report.nodes[0])
+    assert report.e2ee_keys == {}
