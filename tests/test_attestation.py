@@ -211,7 +211,7 @@ def test_without_collateral_or_nras_the_verdict_is_incomplete_never_verified() -
 SPKI = hashlib.sha256(b"the attested TLS public key").digest()
 
 
-def attest_tls(live_spki: bytes | None) -> AttestationReport:
+def attest_tls(live_spki: bytes | None, *, fingerprint: str | None = None) -> AttestationReport:
     """A report bound to a TLS key as NEAR does: report_data[0:32] = sha256(address ‖ SPKI hash)."""
     nonce = secrets.token_hex(32)
     evidence = SimulatedEvidence()
@@ -225,7 +225,7 @@ def attest_tls(live_spki: bytes | None) -> AttestationReport:
         rtmr2=identity.rtmr2, rtmr3=identity.rtmr3, mr_config_id=identity.mr_config_id)
     obj = evidence.node_report(0, node, "ecdsa", nonce, bytes.fromhex(nonce), Faults())
     obj.update(intel_quote=quote.hex(), report_data=report_data.hex(),
-               tls_cert_fingerprint=SPKI.hex())
+               tls_cert_fingerprint=fingerprint or SPKI.hex())
     document = parse_attestation_document(json.dumps(obj).encode())
     gathered = {"node-0": NodeEvidence(
         collateral_json=evidence.authority.collateral_json(NOW),
@@ -697,6 +697,9 @@ def test_an_undecided_quote_says_why_and_still_reports_what_it_measured() -> Non
     (only,) = report.nodes
     collateral = checks_of(only)["tdx.collateral"]
     assert collateral.status is Status.INCOMPLETE and collateral.detail.endswith(" (offline)")
+    # Only the undecided check is explained: what passed says nothing about the collateral.
+    passed = [c for c in only.checks if c.name.startswith("tdx.") and c.ok]
+    assert passed and not any("offline" in c.detail for c in passed)
     assert only.tcb_status is None
     assert set(only.measurements) == {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id"}
 
@@ -955,3 +958,12 @@ def test_a_node_that_serves_no_public_key_gives_none_to_seal_to() -> None:
     assert report.nodes[0].public_key is None
     assert "binding.public_key" not in checks_of(report.nodes[0])
     assert report.e2ee_keys == {}
+
+
+def test_0x_prefixed_hex_fields_are_the_same_bytes() -> None:
+    genuine = near.verify()
+    actions = near.tampered(lambda r: near.cma(r).update(actions_hash="0x" + near.cma(r)["actions_hash"]))
+    assert actions.nodes == genuine.nodes
+    tls = attest_tls(SPKI, fingerprint="0x" + SPKI.hex())
+    assert tls.verdict == "verified", tls.failure
+    assert tls.nodes[0].bound_tls_spki == SPKI

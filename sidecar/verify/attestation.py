@@ -248,8 +248,7 @@ def verify_attestation(
         _verify_node_closed(
             claim, nonce=nonce,
             evidence=evidence.get(claim.label, NodeEvidence()),
-            compose_manager_evidence=evidence.get(compose_manager_label(claim.label),
-                                                  NodeEvidence()),
+            compose_manager_evidence=evidence.get(compose_manager_label(claim.label)),
             roots=roots,
             policy=(gateway_policy or GATEWAY_DEFAULT) if claim.role == "gateway" else policy,
             now=now)
