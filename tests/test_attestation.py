@@ -43,7 +43,7 @@ def attest(*, faults: Faults | None = None, authority: TestTdxAuthority | None =
            nonce: str | None = None, answer_nonce: str | None = None,
            edit: Any = None, tls_spki: bytes | None = None,
            collateral: bool = True, nras: bool = True, nodes: int = 1,
-           gathered_edit: Any = None) -> AttestationReport:
+           gathered_edit: Any = None, algo: str = "ecdsa") -> AttestationReport:
     """Build a simulator report for ``nonce`` and verify it as the sidecar would.
 
     ``gathered_edit`` may change what the I/O layer gathered (label -> ``NodeEvidence``)."""
@@ -52,7 +52,7 @@ def attest(*, faults: Faults | None = None, authority: TestTdxAuthority | None =
                                  nras=SimulatedNras(faults=nras_faults or NrasFaults()))
     signing = [SigningNode() for _ in range(nodes)]
     answered = answer_nonce or nonce
-    report = evidence(signing, "ecdsa", answered, bytes.fromhex(answered), faults or Faults())
+    report = evidence(signing, algo, answered, bytes.fromhex(answered), faults or Faults())
     if edit is not None:
         edit(report)
     document = parse_attestation_document(json.dumps(report).encode())
@@ -967,3 +967,22 @@ def test_0x_prefixed_hex_fields_are_the_same_bytes() -> None:
     tls = attest_tls(SPKI, fingerprint="0x" + SPKI.hex())
     assert tls.verdict == "verified", tls.failure
     assert tls.nodes[0].bound_tls_spki == SPKI
+
+
+def test_an_ed25519_node_is_known_by_its_bare_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    report = attest(algo="ed25519", edit=seen.update)
+    assert report.verdict == "verified", report.failure
+    key = seen["signing_address"].lower()
+    assert not key.startswith("0x")
+    assert report.attested_keys == {key}
+    assert report.attested_signers[key].algo == "ed25519"
+
+    import sidecar.verify.attestation as recipe
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a verifier bug")
+
+    monkeypatch.setattr(recipe, "verify_event_log", boom)
+    (failed,) = attest(algo="ed25519", edit=seen.update).nodes
+    assert (failed.signing_key, failed.algo) == (seen["signing_address"].lower(), "ed25519")

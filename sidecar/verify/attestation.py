@@ -298,11 +298,9 @@ def verify_node(
     # (1) The quote, verified, is the only source of measurements.
     quote_checks, tdx, measurements = _verify_quote(wire.intel_quote, evidence, roots, now)
     checks.extend(quote_checks)
-    if tdx is None:
-        return report()
-    if measurements is None:
-        if any(c.status is Status.FAIL for c in tdx.checks):
-            return report(tcb_status=tdx.tcb_status)
+    if tdx is None or measurements is None:
+        # No quote, or one that failed: nothing it carries is read (a quote that did not
+        # verify has no TCB status either: verify_tdx_quote reports one only with measurements).
         return report()
     measured = _measured(measurements)
     extra: dict[str, Any] = {"tcb_status": tdx.tcb_status, "advisory_ids": tdx.advisory_ids,
