@@ -862,8 +862,8 @@ def _near_with_key(key: Any) -> NodeReport:
 
 
 @pytest.mark.parametrize("key", [
-    lambda k: k, lambda k: "04" + k, lambda k: "0x" + k.upper(), lambda k: f" {k} "],
-    ids=["plain", "sec1-04", "0x-upper", "padded"])
+    lambda k: k, lambda k: "04" + k, lambda k: "0x" + k.upper(), lambda k: f" {k} ",
+    lambda k: "0x04" + k], ids=["plain", "sec1-04", "0x-upper", "padded", "0x-sec1-04"])
 def test_the_proven_public_key_is_reported_in_one_spelling(key: Any) -> None:
     served = near.model_entry(json.loads(near.RAW))["signing_public_key"]
     node = _near_with_key(key)
@@ -986,3 +986,15 @@ def test_an_ed25519_node_is_known_by_its_bare_key(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(recipe, "verify_event_log", boom)
     (failed,) = attest(algo="ed25519", edit=seen.update).nodes
     assert (failed.signing_key, failed.algo) == (seen["signing_address"].lower(), "ed25519")
+
+
+def test_an_ed25519_public_key_is_reported_without_its_0x() -> None:
+    def serve_key(report: dict[str, Any]) -> None:
+        report["signing_public_key"] = "0x" + report["signing_address"].upper()
+
+    seen: dict[str, Any] = {}
+    report = attest(algo="ed25519", edit=lambda r: (serve_key(r), seen.update(r)))
+    assert report.verdict == "verified", report.failure
+    key = seen["signing_address"].lower()
+    assert report.nodes[0].public_key == key
+    assert report.e2ee_keys == {key: key}
