@@ -998,3 +998,11 @@ def test_an_ed25519_public_key_is_reported_without_its_0x() -> None:
     key = seen["signing_address"].lower()
     assert report.nodes[0].public_key == key
     assert report.e2ee_keys == {key: key}
+
+
+def test_a_node_without_an_event_log_replays_nothing() -> None:
+    # Absent is an empty log (nothing measured at runtime), not a malformed one: RTMR3 of the
+    # quote is then the unreplayed all-zero register's mismatch.
+    report = attest(edit=lambda r: r.pop("event_log"))
+    assert not_passed(report) == {("eventlog.rtmr3_replay", "measurement.rtmr3_mismatch")}
+    assert checks_of(report.nodes[0])["eventlog.parse"].ok
