@@ -6,6 +6,8 @@ fail with that thing's code, and nothing else about the verdict may pass it.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -14,16 +16,23 @@ from typing import Any
 
 import pytest
 
-from sidecar.providers.wire import parse_attestation_document
+from sidecar.providers.wire import compose_manager_label, parse_attestation_document
 from sidecar.simulator.evidence import SimulatedEvidence
 from sidecar.simulator.nras import NrasFaults, SimulatedNras
 from sidecar.simulator.provider import Faults, SigningNode
 from sidecar.simulator.tdx_authority import TestTdxAuthority
 from sidecar.trust import load_anchors
 from sidecar.config import TrustAnchors
-from sidecar.verify.attestation import AttestationReport, NodeEvidence, verify_attestation
-from sidecar.verify.checks import Status
-from sidecar.verify.policy import ModelPolicy, build_model_policy
+from sidecar.verify.attestation import (
+    AttestationReport,
+    NodeEvidence,
+    NodeReport,
+    verify_attestation,
+)
+from sidecar.verify.checks import Check, Status
+from sidecar.verify.policy import FACT_FIELDS, ModelPolicy, build_model_policy
+from sidecar.verify.signature import AttestedSigner
+from tests import test_near_report as near
 
 NOW = int(time.time())
 ANCHORS = load_anchors(TrustAnchors.SIMULATOR)
@@ -33,14 +42,17 @@ def attest(*, faults: Faults | None = None, authority: TestTdxAuthority | None =
            nras_faults: NrasFaults | None = None, policy: ModelPolicy | None = None,
            nonce: str | None = None, answer_nonce: str | None = None,
            edit: Any = None, tls_spki: bytes | None = None,
-           collateral: bool = True, nras: bool = True, nodes: int = 1) -> AttestationReport:
-    """Build a simulator report for ``nonce`` and verify it as the sidecar would."""
+           collateral: bool = True, nras: bool = True, nodes: int = 1,
+           gathered_edit: Any = None, algo: str = "ecdsa") -> AttestationReport:
+    """Build a simulator report for ``nonce`` and verify it as the sidecar would.
+
+    ``gathered_edit`` may change what the I/O layer gathered (label -> ``NodeEvidence``)."""
     nonce = nonce or secrets.token_hex(32)
     evidence = SimulatedEvidence(authority=authority or TestTdxAuthority(),
                                  nras=SimulatedNras(faults=nras_faults or NrasFaults()))
     signing = [SigningNode() for _ in range(nodes)]
     answered = answer_nonce or nonce
-    report = evidence(signing, "ecdsa", answered, bytes.fromhex(answered), faults or Faults())
+    report = evidence(signing, algo, answered, bytes.fromhex(answered), faults or Faults())
     if edit is not None:
         edit(report)
     document = parse_attestation_document(json.dumps(report).encode())
@@ -55,6 +67,8 @@ def attest(*, faults: Faults | None = None, authority: TestTdxAuthority | None =
             jwks=ANCHORS.pinned_jwks,
             tls_spki_sha256=tls_spki,
         )
+    if gathered_edit is not None:
+        gathered_edit(gathered)
     return verify_attestation(document, model="TEE/m", nonce=nonce, evidence=gathered,
                               roots=ANCHORS.roots, policy=policy or build_model_policy("*"),
                               now=NOW)
@@ -197,7 +211,7 @@ def test_without_collateral_or_nras_the_verdict_is_incomplete_never_verified() -
 SPKI = hashlib.sha256(b"the attested TLS public key").digest()
 
 
-def attest_tls(live_spki: bytes | None) -> AttestationReport:
+def attest_tls(live_spki: bytes | None, *, fingerprint: str | None = None) -> AttestationReport:
     """A report bound to a TLS key as NEAR does: report_data[0:32] = sha256(address ‖ SPKI hash)."""
     nonce = secrets.token_hex(32)
     evidence = SimulatedEvidence()
@@ -211,7 +225,7 @@ def attest_tls(live_spki: bytes | None) -> AttestationReport:
         rtmr2=identity.rtmr2, rtmr3=identity.rtmr3, mr_config_id=identity.mr_config_id)
     obj = evidence.node_report(0, node, "ecdsa", nonce, bytes.fromhex(nonce), Faults())
     obj.update(intel_quote=quote.hex(), report_data=report_data.hex(),
-               tls_cert_fingerprint=SPKI.hex())
+               tls_cert_fingerprint=fingerprint or SPKI.hex())
     document = parse_attestation_document(json.dumps(obj).encode())
     gathered = {"node-0": NodeEvidence(
         collateral_json=evidence.authority.collateral_json(NOW),
@@ -443,3 +457,552 @@ def test_the_compose_manager_quote_tcb_is_judged_by_the_same_policy() -> None:
                                  "compose_manager.policy.tcb_status":
                                      "policy.tcb_status_not_allowed"}
     assert accepted.verdict == "verified", accepted.failure
+
+
+# --- What the recipe reports, exactly ----------------------------------------------------------
+# The paths above are seen pass or fail; these pin each check's name, code and the detail a user
+# reads (``attest`` prints it), the facts a node report carries and the policy's view of every
+# measured register. Simulator evidence for the node recipe; the real NEAR report
+# (tests/assets/near) for the compose-manager attestation (spec 0.4). Written against the
+# survivors of mutation testing (docs/mutation.md).
+
+
+def checks_of(node: NodeReport) -> dict[str, Check]:
+    return {c.name: c for c in node.checks}
+
+
+def event_payload(report: dict[str, Any], event: str) -> str:
+    payload: str = next(e["event_payload"] for e in report["event_log"] if e.get("event") == event)
+    return payload
+
+
+# --- (7) every measured fact reaches the policy ------------------------------------------------
+
+
+def genuine_facts() -> dict[str, str]:
+    """The genuine report's facts, read from the report itself (the quote's registers as the
+    node report shows them; the runtime events' payloads from the event log)."""
+    seen: dict[str, Any] = {}
+
+    def keep(report: dict[str, Any]) -> None:
+        seen.update(report)
+
+    measurements = attest(edit=keep).nodes[0].measurements
+    return {**{k: measurements[k] for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2")},
+            "compose_hash": event_payload(seen, "compose-hash"),
+            "app_id": event_payload(seen, "app-id"),
+            "os_image_hash": event_payload(seen, "os-image-hash")}
+
+
+@pytest.mark.parametrize("fact", FACT_FIELDS)
+def test_every_measured_fact_is_judged_by_its_pin(fact: str) -> None:
+    genuine = genuine_facts()[fact]
+    pinned = attest(policy=build_model_policy("*", measurement_sets=[{fact: [genuine]}]))
+    assert pinned.verdict == "verified", pinned.failure
+    other = "ab" * (len(genuine) // 2)
+    refused = attest(policy=build_model_policy("*", measurement_sets=[{fact: [other]}]))
+    assert not_passed(refused) == {(f"policy.{fact}", f"policy.{fact}_not_allowed")}
+
+
+# --- (3) the TLS key of the connection -----------------------------------------------------------
+
+OTHER_SPKI = hashlib.sha256(b"a man in the middle's key").digest()
+
+
+def test_tls_binding_details_and_the_pinned_key() -> None:
+    passed = attest_tls(SPKI).nodes[0]
+    check = checks_of(passed)["binding.tls_certificate"]
+    assert check.ok and check.detail == f"the connection's TLS key {SPKI.hex()} is the attested one"
+    assert passed.bound_tls_spki == SPKI
+
+    mismatch = attest_tls(OTHER_SPKI).nodes[0]
+    assert checks_of(mismatch)["binding.tls_certificate"] == Check.failed(
+        "binding.tls_certificate", "binding.tls_mismatch",
+        f"connection's TLS key {OTHER_SPKI.hex()} != attested {SPKI.hex()}")
+    assert mismatch.bound_tls_spki is None
+
+    plain = attest_tls(None).nodes[0]
+    assert checks_of(plain)["binding.tls_certificate"] == Check.failed(
+        "binding.tls_certificate", "binding.tls_not_observed",
+        "report binds a TLS key but the report did not arrive over TLS")
+    assert plain.bound_tls_spki is None
+
+
+def test_a_report_without_a_tls_fingerprint_pins_no_tls_key() -> None:
+    node = attest(tls_spki=SPKI).nodes[0]
+    assert "binding.tls_certificate" not in checks_of(node)
+    assert node.bound_tls_spki is None
+
+
+# --- the compose-manager attestation, on the real NEAR report (spec 0.4) ----------------------
+
+
+def cm_checks(report: AttestationReport) -> dict[str, Check]:
+    model = report.nodes[1]
+    return {c.name: c for c in model.checks if c.name.startswith("compose_manager.")}
+
+
+@pytest.mark.parametrize("quote", ["", 123, None], ids=["empty", "number", "null"])
+def test_a_compose_manager_without_a_hex_quote_string_is_missing(quote: object) -> None:
+    report = near.tampered(lambda r: near.cma(r).update(quote=quote))
+    assert cm_checks(report) == {"compose_manager.tdx.quote": Check.failed(
+        "compose_manager.tdx.quote", "tdx.quote_missing",
+        "compose_manager_attestation carries no quote")}
+    near.assert_only_failure(report, "tdx.quote_missing")
+
+
+def test_a_compose_manager_quote_that_is_not_hex_is_malformed() -> None:
+    report = near.tampered(lambda r: near.cma(r).update(quote="zz" + near.cma(r)["quote"]))
+    assert cm_checks(report) == {"compose_manager.tdx.quote": Check.failed(
+        "compose_manager.tdx.quote", "tdx.quote_malformed",
+        "compose_manager_attestation quote is not hex")}
+    near.assert_only_failure(report, "tdx.quote_malformed")
+
+
+def test_a_0x_prefixed_compose_manager_quote_is_the_same_quote() -> None:
+    genuine = near.verify()
+    report = near.tampered(lambda r: near.cma(r).update(quote="0x" + near.cma(r)["quote"]))
+    assert report.nodes == genuine.nodes
+
+
+@pytest.mark.parametrize("actions_hash", [
+    "ab" * 31, "ab" * 33, "zz" * 32, 7, None], ids=["31-bytes", "33-bytes", "not-hex", "number",
+                                                   "null"])
+def test_an_actions_hash_that_is_not_32_bytes_of_hex_is_malformed(actions_hash: object) -> None:
+    report = near.tampered(lambda r: near.cma(r).update(actions_hash=actions_hash))
+    checks = cm_checks(report)
+    assert checks["compose_manager.report_data"] == Check.failed(
+        "compose_manager.report_data", "binding.actions_malformed",
+        "actions_hash is not 32 bytes of hex")
+    near.assert_only_failure(report, "binding.actions_malformed")
+    # Nothing after it is checked: without a hash the quote binds, the rest proves nothing.
+    assert "compose_manager.nonce_echo" not in checks
+    assert "binding.compose_manager_actions" not in checks_of(report.nodes[1])
+
+
+def test_compose_manager_report_data_details() -> None:
+    genuine = json.loads(near.RAW)
+    bound = near.cma(genuine)["actions_hash"] + near.NONCE
+    check = cm_checks(near.verify())["compose_manager.report_data"]
+    assert check == Check.passed("compose_manager.report_data",
+                                 "report_data = actions_hash ‖ this session's nonce")
+
+    def rehash(report: dict[str, Any]) -> None:
+        near.cma(report)["actions_hash"] = "cd" * 32
+
+    check = cm_checks(near.tampered(rehash))["compose_manager.report_data"]
+    assert check == Check.failed(
+        "compose_manager.report_data", "compose_manager.report_data_mismatch",
+        f"report_data {bound} is not actions_hash ‖ nonce {'cd' * 32}{near.NONCE}")
+
+
+def test_the_compose_manager_quote_is_undecided_for_its_own_collateral_reason() -> None:
+    document = parse_attestation_document(near.RAW)
+    evidence = {compose_manager_label("model-0"): NodeEvidence(
+        collateral_error="PCCS answered 503")}
+    report = near.verify_attestation(document, model=near.MODEL, nonce=near.NONCE,
+                                     evidence=evidence, roots=near.ROOTS,
+                                     policy=build_model_policy("*"), now=near.NOW)
+    checks = cm_checks(report)
+    undecided = checks["compose_manager.tdx.collateral"]
+    assert undecided.status is Status.INCOMPLETE
+    assert undecided.detail.endswith(" (PCCS answered 503)")
+    # The node's own quote had no evidence entry: the default reason, not the compose manager's.
+    assert checks_of(report.nodes[1])["tdx.collateral"].detail.endswith(" (no collateral)")
+
+
+# --- the report as a whole ----------------------------------------------------------------------
+
+
+def test_the_report_names_what_was_attested_when_and_for_which_nonce() -> None:
+    seen: dict[str, Any] = {}
+    nonce = secrets.token_hex(32)
+    report = attest(nonce=nonce, edit=seen.update)
+    assert (report.model, report.nonce, report.verified_at) == ("TEE/m", nonce, NOW)
+    # The digest of the exact bytes received (the attester hashes what it parsed).
+    assert report.evidence_sha256 == hashlib.sha256(json.dumps(seen).encode()).hexdigest()
+
+
+def node(role: str, status: Status, *, public_key: str | None = None, key: str = "0x" + "11" * 20,
+         model_name: str | None = None) -> NodeReport:
+    check = {Status.PASS: Check.passed("a", "fine"), Status.FAIL: Check.failed("a", "a.bad", "bad"),
+             Status.INCOMPLETE: Check.incomplete("a", "a.undecided", "undecided")}[status]
+    return NodeReport(f"{role}-{key[-2:]}", role, key, "ecdsa", (check,), public_key=public_key,
+                      model_name=model_name)
+
+
+def test_only_attested_model_nodes_give_keys_and_e2ee_keys() -> None:
+    model = node("model", Status.PASS, key="0x" + "11" * 20, public_key="aa" * 64, model_name="m")
+    no_public_key = node("model", Status.PASS, key="0x" + "22" * 20)
+    gateway = node("gateway", Status.PASS, key="0x" + "33" * 20, public_key="bb" * 64)
+    failed = node("model", Status.FAIL, key="0x" + "44" * 20, public_key="cc" * 64)
+    undecided = node("model", Status.INCOMPLETE, key="0x" + "55" * 20, public_key="dd" * 64)
+    report = AttestationReport("TEE/m", "00" * 32, "ee" * 32,
+                               (model, no_public_key, gateway, failed, undecided), NOW)
+
+    assert report.attested_keys == {"0x" + "11" * 20, "0x" + "22" * 20}
+    assert report.e2ee_keys == {"0x" + "11" * 20: "aa" * 64}
+    # Every attested node is a signer (the signature verifier decides what a gateway may sign).
+    assert report.attested_signers == {
+        "0x" + "11" * 20: AttestedSigner("0x" + "11" * 20, "ecdsa", "model", "m"),
+        "0x" + "22" * 20: AttestedSigner("0x" + "22" * 20, "ecdsa", "model", None),
+        "0x" + "33" * 20: AttestedSigner("0x" + "33" * 20, "ecdsa", "gateway", None)}
+    assert report.status is Status.FAIL and not report.ok
+    assert report.checks == tuple(c for n in report.nodes for c in n.checks)
+
+
+def test_a_report_of_undecided_and_passed_nodes_is_incomplete() -> None:
+    report = AttestationReport("TEE/m", "00" * 32, "ee" * 32,
+                               (node("model", Status.PASS), node("model", Status.INCOMPLETE)), NOW)
+    assert report.status is Status.INCOMPLETE and report.verdict == "incomplete"
+    assert not report.ok
+    empty = AttestationReport("TEE/m", "00" * 32, "ee" * 32, (), NOW)
+    assert empty.verdict == "failed" and not empty.ok
+
+
+# --- (1) the node's quote -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quote", ["", None], ids=["empty", "absent"])
+def test_a_node_without_a_quote_is_checked_no_further(quote: str | None) -> None:
+    report = attest(edit=lambda r: r.update(intel_quote=quote))
+    (only,) = report.nodes
+    assert only.checks == (Check.failed("tdx.quote", "tdx.quote_missing",
+                                        "node carries no intel_quote"),)
+    assert (only.tcb_status, only.measurements, only.gpus) == (None, {}, ())
+
+
+def test_a_node_quote_that_is_not_hex_is_checked_no_further() -> None:
+    report = attest(edit=lambda r: r.update(intel_quote=r["intel_quote"] + "zz"))
+    assert report.nodes[0].checks == (Check.failed("tdx.quote", "tdx.quote_malformed",
+                                                   "intel_quote is not hex"),)
+
+
+def test_a_0x_prefixed_node_quote_is_the_same_quote() -> None:
+    report = attest(edit=lambda r: r.update(intel_quote="0x" + r["intel_quote"]))
+    assert report.verdict == "verified", report.failure
+
+
+def test_a_failed_quote_reports_nothing_it_measured() -> None:
+    report = attest(edit=lambda r: _resign_quote(r, debug=True))
+    (only,) = report.nodes
+    assert only.tcb_status is None
+    assert only.measurements == {} and only.deployment is None and only.gpus == ()
+    assert {c.name for c in only.checks} == {c.name for c in only.checks
+                                             if c.name.startswith("tdx.")}
+
+
+def test_an_undecided_quote_says_why_and_still_reports_what_it_measured() -> None:
+    report = attest(collateral=False)
+    (only,) = report.nodes
+    collateral = checks_of(only)["tdx.collateral"]
+    assert collateral.status is Status.INCOMPLETE and collateral.detail.endswith(" (offline)")
+    # Only the undecided check is explained: what passed says nothing about the collateral.
+    passed = [c for c in only.checks if c.name.startswith("tdx.") and c.ok]
+    assert passed and not any("offline" in c.detail for c in passed)
+    assert only.tcb_status is None
+    assert set(only.measurements) == {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id"}
+
+
+# --- (2) the bindings ---------------------------------------------------------------------------
+
+
+def test_a_tls_fingerprint_that_is_not_hex_stops_the_node_after_its_quote() -> None:
+    report = attest(edit=lambda r: r.update(tls_cert_fingerprint="not hex"))
+    (only,) = report.nodes
+    assert only.checks[-1] == Check.failed("binding.tls", "binding.tls_malformed",
+                                           "tls_cert_fingerprint is not hex")
+    assert all(c.name.startswith("tdx.") for c in only.checks[:-1])
+    assert only.tcb_status == "UpToDate" and set(only.measurements) >= {"mrtd"}
+
+
+def test_a_nonce_that_is_not_32_bytes_is_a_caller_bug() -> None:
+    from sidecar.verify.attestation import TrustRoots, verify_node
+
+    seen: dict[str, Any] = {}
+    attest(edit=seen.update)
+    claim = parse_attestation_document(json.dumps(seen).encode()).nodes[0]
+    roots: TrustRoots = ANCHORS.roots
+    with pytest.raises(ValueError, match="the session nonce must be 32 bytes"):
+        verify_node(claim, nonce="00" * 31, evidence=NodeEvidence(), roots=roots,
+                    policy=build_model_policy("*"), now=NOW)
+    # verify_attestation fails that node closed instead of raising.
+    report = attest(nonce="00" * 31, answer_nonce="00" * 32)
+    assert report.nodes[0].checks == (Check.failed(
+        "attestation.internal", "attestation.internal_error", "verification raised ValueError"),)
+
+
+@pytest.mark.parametrize(("echo", "shown"), [
+    ("00" * 32, "00" * 32),
+    ("ab" * 100, "ab" * 40),  # a hostile echo is shown cut to 80 characters
+    (5, "int"),  # not a string: its type, never its value
+    ({"nonce": "x"}, "dict"),
+], ids=["other-nonce", "long", "number", "object"])
+def test_a_wrong_compose_manager_nonce_echo_says_what_it_echoed(echo: object, shown: str) -> None:
+    report = near.tampered(lambda r: near.cma(r).update(nonce=echo))
+    assert cm_checks(report)["compose_manager.nonce_echo"] == Check.failed(
+        "compose_manager.nonce_echo", "binding.nonce_mismatch",
+        f"compose_manager_attestation.nonce echoes {shown}, not the nonce sent")
+    near.assert_only_failure(report, "binding.nonce_mismatch")
+
+
+def test_echo_details_name_their_field() -> None:
+    checks = checks_of(near.verify().nodes[1])
+    assert checks["binding.nonce_echo.request_nonce"] == Check.passed(
+        "binding.nonce_echo.request_nonce", "request_nonce echoes the nonce sent")
+    assert checks["compose_manager.nonce_echo"] == Check.passed(
+        "compose_manager.nonce_echo", "compose_manager_attestation.nonce echoes the nonce sent")
+    report = near.tampered(lambda r: near.model_entry(r).update(request_nonce="11" * 32))
+    assert checks_of(report.nodes[1])["binding.nonce_echo.request_nonce"].detail \
+        == f"request_nonce echoes {'11' * 32}, not the nonce sent"
+
+
+def test_a_node_without_info_binds_no_compose_and_reports_no_deployment() -> None:
+    report = near.tampered(lambda r: near.model_entry(r).pop("info"))
+    assert near.failures(report) == {"info.parse": "info.malformed",
+                                     "compose_manager.binding.compose": "binding.compose_mismatch"}
+    model = report.nodes[1]
+    checks = checks_of(model)
+    assert checks["info.parse"].detail == "info.tcb_info must be an object, got NoneType"
+    assert checks["compose_manager.binding.compose"] == Check.failed(
+        "compose_manager.binding.compose", "binding.compose_mismatch",
+        "the node serves no app_compose to bind the quote to")
+    assert "binding.compose" not in checks and model.deployment is None
+
+
+# --- (7) the policy, read with what the evidence could not decide --------------------------------
+
+
+def test_undecided_evidence_keeps_the_policy_undecided_and_says_why() -> None:
+    gateway, model = near.verify().nodes
+    checks = checks_of(model)
+    for name in ("policy.tdx_evidence", "policy.gpu_evidence"):
+        assert checks[name] == Check.incomplete(
+            name, "policy.evidence_undecided",
+            "evidence present but its verification was not decided")
+    assert checks["policy.tcb_status"] == Check.incomplete(
+        "policy.tcb_status", "policy.evidence_undecided",
+        "no TCB status: no verified TDX quote (quote verification undecided)")
+    # The gateway carries no GPU evidence and needs none; its TDX evidence is as undecided.
+    assert checks_of(gateway)["policy.gpu_evidence"] == Check.passed(
+        "policy.gpu_evidence", "gateway node: no GPU evidence expected")
+    assert checks_of(gateway)["policy.tdx_evidence"].status is Status.INCOMPLETE
+
+
+# --- (6) GPU evidence ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["nras_response", "jwks"])
+def test_gpu_evidence_is_undecided_without_the_nras_answer_or_the_jwks(missing: str) -> None:
+    def drop(gathered: dict[str, NodeEvidence]) -> None:
+        gathered["node-0"] = dataclasses.replace(gathered["node-0"], **{missing: None},
+                                                 nras_error="NRAS timed out")
+
+    (only,) = attest(gathered_edit=drop).nodes
+    assert checks_of(only)["gpu.nras"] == Check.incomplete("gpu.nras", "gpu.nras_unavailable",
+                                                           "NRAS timed out")
+    assert {(c.name, c.code) for c in only.checks if not c.ok} == {
+        ("gpu.nras", "gpu.nras_unavailable"), ("policy.gpu_evidence", "policy.evidence_undecided")}
+    assert only.gpus == ()
+
+
+def test_an_nras_answer_that_verifies_no_gpu_fails() -> None:
+    (only,) = attest(nras_faults=NrasFaults(drop_gpu_token=True)).nodes
+    assert checks_of(only)["gpu.count"] == Check.failed("gpu.count", "gpu.nras_response_malformed",
+                                                        "NRAS answer verified no GPU")
+    assert {(c.name, c.code) for c in only.checks if not c.ok} == {
+        ("gpu.nras_response", "gpu.nras_response_malformed"),
+        ("gpu.count", "gpu.nras_response_malformed"), GPU_NOT_VERIFIED}
+
+
+def test_the_node_report_carries_its_verified_gpus() -> None:
+    (only,) = attest().nodes
+    assert len(only.gpus) == 1 and only.gpus[0].ok
+    assert checks_of(only)["policy.gpu_evidence"].ok
+
+
+# --- (2) nonce echoes and the signing public key ------------------------------------------------
+
+
+def _echo_report(echo: Any) -> AttestationReport:
+    nonce = "a1" * 32
+    return attest(nonce=nonce, edit=lambda r: r.update(nonce=echo(nonce)))
+
+
+@pytest.mark.parametrize("echo", [
+    lambda n: n.upper(), lambda n: "0x" + n, lambda n: f"  {n}\n",
+    lambda n: " " + base64.b64encode(bytes.fromhex(n)).decode() + " ",
+], ids=["upper-case", "0x", "padded", "base64-padded"])
+def test_a_nonce_echo_names_the_nonce_in_any_spelling(echo: Any) -> None:
+    report = _echo_report(echo)
+    assert report.verdict == "verified", report.failure
+
+
+@pytest.mark.parametrize("echo", [
+    lambda n: n[:-2],
+    lambda n: "0X" + n,  # only the lower-case prefix is a hex prefix
+    lambda n: base64.b64encode(bytes.fromhex(n)).decode()[:8] + "!"
+        + base64.b64encode(bytes.fromhex(n)).decode()[8:],  # not base64: never decoded leniently
+    lambda n: base64.b64encode(bytes.fromhex(n)[:31]).decode(),
+], ids=["short", "0X", "base64-with-junk", "base64-short"])
+def test_a_nonce_echo_that_is_not_the_nonce_fails(echo: Any) -> None:
+    report = _echo_report(echo)
+    assert not_passed(report) == {("binding.nonce_echo.nonce", "binding.nonce_mismatch")}
+
+
+def _near_with_key(key: Any) -> NodeReport:
+    """The real NEAR report's model node, its ``signing_public_key`` respelt by ``key``."""
+    def edit(report: dict[str, Any]) -> None:
+        entry = near.model_entry(report)
+        entry["signing_public_key"] = key(entry["signing_public_key"])
+
+    report = near.tampered(edit)
+    assert not near.failures(report)
+    return report.nodes[1]
+
+
+@pytest.mark.parametrize("key", [
+    lambda k: k, lambda k: "04" + k, lambda k: "0x" + k.upper(), lambda k: f" {k} ",
+    lambda k: "0x04" + k], ids=["plain", "sec1-04", "0x-upper", "padded", "0x-sec1-04"])
+def test_the_proven_public_key_is_reported_in_one_spelling(key: Any) -> None:
+    served = near.model_entry(json.loads(near.RAW))["signing_public_key"]
+    node = _near_with_key(key)
+    assert node.public_key == served.lower() and len(served) == 128
+    assert checks_of(node)["binding.public_key"].ok
+
+
+def test_a_public_key_of_another_address_is_not_reported() -> None:
+    report = near.tampered(lambda r: near.model_entry(r).update(signing_public_key="11" * 64))
+    assert report.nodes[1].public_key is None
+    assert near.failures(report) == {"binding.public_key": "binding.public_key_mismatch"}
+
+
+# --- a verifier that raises fails its node closed, and only its node ----------------------------
+
+
+def test_a_node_whose_verifier_raised_is_reported_failed_with_its_identity(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sidecar.verify.attestation as recipe
+
+    genuine = recipe.verify_event_log
+    calls: list[int] = []
+
+    def first_call_raises(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("boom")
+        return genuine(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "verify_event_log", first_call_raises)
+    seen: dict[str, Any] = {}
+    report = attest(faults=Faults(evidence={"shape": "near"}), nodes=2, edit=seen.update)
+    broken, healthy = report.nodes
+    entry = seen["model_attestations"][0]
+    assert broken == NodeReport(
+        "model-0", "model", entry["signing_address"].lower(), "ecdsa",
+        (Check.failed("attestation.internal", "attestation.internal_error",
+                      "verification raised KeyError"),), model_name="simulated")
+    assert healthy.status is Status.PASS
+    assert report.attested_keys == {healthy.signing_key}
+
+
+# --- (5) a replayed log that lacks a dstack event ------------------------------------------------
+
+
+def _drop_event_and_requote(report: dict[str, Any], event: str) -> None:
+    """Leave ``event`` out of the log and re-make the quote so that the log still replays: a
+    node that never measured that event (RTMR3 = sha384 fold of the imr-3 digests, spec 2)."""
+    import dcap_qvl
+
+    report["event_log"] = [e for e in report["event_log"] if e.get("event") != event]
+    rtmr3 = b"\0" * 48
+    for entry in report["event_log"]:
+        if entry["imr"] == 3:
+            rtmr3 = hashlib.sha384(rtmr3 + bytes.fromhex(entry["digest"])).digest()
+    body = dcap_qvl.parse_quote(bytes.fromhex(report["intel_quote"])).report
+    report["intel_quote"] = TestTdxAuthority().make_quote(
+        report_data=bytes(body.report_data), mrtd=bytes(body.mr_td), rtmr0=bytes(body.rt_mr0),
+        rtmr1=bytes(body.rt_mr1), rtmr2=bytes(body.rt_mr2), rtmr3=rtmr3,
+        mr_config_id=bytes(body.mr_config_id)).hex()
+
+
+@pytest.mark.parametrize(("event", "fact", "missing"), [
+    ("compose-hash", "compose_hash", {("binding.compose_hash_event", "binding.compose_hash_mismatch")}),
+    ("app-id", "app_id", {("binding.app_id_event", "binding.app_id_mismatch")}),
+    ("os-image-hash", "os_image_hash", set()),  # info names no OS image: only a pin needs it
+])
+def test_a_fact_whose_event_was_never_measured_is_not_established(
+        event: str, fact: str, missing: set[tuple[str, str]]) -> None:
+    genuine = attest(edit=lambda r: _drop_event_and_requote(r, event))
+    pinned = attest(edit=lambda r: _drop_event_and_requote(r, event),
+                    policy=build_model_policy("*", measurement_sets=[{fact: ["ab" * 32]}]))
+    assert checks_of(genuine.nodes[0])["eventlog.rtmr3_replay"].ok
+    # Not an internal error: the fact is simply absent, and a pin on it cannot be met.
+    assert not_passed(genuine) == missing
+    assert not_passed(pinned) == missing | {(f"policy.{fact}", f"policy.{fact}_not_allowed")}
+
+
+def test_the_gpus_are_judged_by_the_models_gpu_policy() -> None:
+    from sidecar.verify.nvidia import GpuPolicy
+
+    pinned = build_model_policy("*", gpu=GpuPolicy(allowed_driver_versions=frozenset({"1.0"})))
+    assert not_passed(attest(policy=pinned)) == {
+        ("gpu.driver_version", "gpu.driver_version_not_allowed"), GPU_NOT_VERIFIED}
+    assert attest(nras_faults=NrasFaults(driver_version="1.0"), policy=pinned).verdict \
+        == "verified"
+
+
+def test_a_node_that_serves_no_public_key_gives_none_to_seal_to() -> None:
+    report = attest()
+    assert report.verdict == "verified", report.failure
+    assert report.nodes[0].public_key is None
+    assert "binding.public_key" not in checks_of(report.nodes[0])
+    assert report.e2ee_keys == {}
+
+
+def test_0x_prefixed_hex_fields_are_the_same_bytes() -> None:
+    genuine = near.verify()
+    actions = near.tampered(lambda r: near.cma(r).update(actions_hash="0x" + near.cma(r)["actions_hash"]))
+    assert actions.nodes == genuine.nodes
+    tls = attest_tls(SPKI, fingerprint="0x" + SPKI.hex())
+    assert tls.verdict == "verified", tls.failure
+    assert tls.nodes[0].bound_tls_spki == SPKI
+
+
+def test_an_ed25519_node_is_known_by_its_bare_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    report = attest(algo="ed25519", edit=seen.update)
+    assert report.verdict == "verified", report.failure
+    key = seen["signing_address"].lower()
+    assert not key.startswith("0x")
+    assert report.attested_keys == {key}
+    assert report.attested_signers[key].algo == "ed25519"
+
+    import sidecar.verify.attestation as recipe
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a verifier bug")
+
+    monkeypatch.setattr(recipe, "verify_event_log", boom)
+    (failed,) = attest(algo="ed25519", edit=seen.update).nodes
+    assert (failed.signing_key, failed.algo) == (seen["signing_address"].lower(), "ed25519")
+
+
+def test_an_ed25519_public_key_is_reported_without_its_0x() -> None:
+    def serve_key(report: dict[str, Any]) -> None:
+        report["signing_public_key"] = "0x" + report["signing_address"].upper()
+
+    seen: dict[str, Any] = {}
+    report = attest(algo="ed25519", edit=lambda r: (serve_key(r), seen.update(r)))
+    assert report.verdict == "verified", report.failure
+    key = seen["signing_address"].lower()
+    assert report.nodes[0].public_key == key
+    assert report.e2ee_keys == {key: key}
+
+
+def test_a_node_without_an_event_log_replays_nothing() -> None:
+    # Absent is an empty log (nothing measured at runtime), not a malformed one: RTMR3 of the
+    # quote is then the unreplayed all-zero register's mismatch.
+    report = attest(edit=lambda r: r.pop("event_log"))
+    assert not_passed(report) == {("eventlog.rtmr3_replay", "measurement.rtmr3_mismatch")}
+    assert checks_of(report.nodes[0])["eventlog.parse"].ok

@@ -239,14 +239,16 @@ def verify_attestation(
             ``GATEWAY_DEFAULT``: TDX required, UpToDate only, no pins, no GPU.
 
     Raises:
-        ValueError: ``nonce`` is not 32 bytes of hex (a caller bug, never the evidence).
+        Nothing: every node is reported, failed closed if its verifier raised. A ``nonce`` that
+        is not 32 bytes of hex (a caller bug: ``verify_node`` raises ``ValueError``; the CLI and
+        the attester never pass one) fails each node that carries a quote with
+        ``attestation.internal_error``.
     """
     nodes = tuple(
         _verify_node_closed(
             claim, nonce=nonce,
             evidence=evidence.get(claim.label, NodeEvidence()),
-            compose_manager_evidence=evidence.get(compose_manager_label(claim.label),
-                                                  NodeEvidence()),
+            compose_manager_evidence=evidence.get(compose_manager_label(claim.label)),
             roots=roots,
             policy=(gateway_policy or GATEWAY_DEFAULT) if claim.role == "gateway" else policy,
             now=now)
@@ -296,11 +298,9 @@ def verify_node(
     # (1) The quote, verified, is the only source of measurements.
     quote_checks, tdx, measurements = _verify_quote(wire.intel_quote, evidence, roots, now)
     checks.extend(quote_checks)
-    if tdx is None:
-        return report()
-    if measurements is None:
-        if any(c.status is Status.FAIL for c in tdx.checks):
-            return report(tcb_status=tdx.tcb_status)
+    if tdx is None or measurements is None:
+        # No quote, or one that failed: nothing it carries is read (a quote that did not
+        # verify has no TCB status either: verify_tdx_quote reports one only with measurements).
         return report()
     measured = _measured(measurements)
     extra: dict[str, Any] = {"tcb_status": tdx.tcb_status, "advisory_ids": tdx.advisory_ids,
