@@ -360,8 +360,8 @@ def test_compose_binding_check_reads_exactly() -> None:
     assert check_compose_binding(node.app_compose, other) == Check.failed(
         "binding.compose", "binding.compose_mismatch",
         f"mr_config_id {other.hex()} != 01||sha256(app_compose) 01{compose_sha}{'00' * 15}")
-    assert check_compose_binding("{}", node.mr_config_id + b"\x00").detail == \
-        "mr_config_id is 49 bytes, expected 48"
+    assert check_compose_binding("{}", node.mr_config_id + b"\x00") == Check.failed(
+        "binding.compose", "binding.compose_mismatch", "mr_config_id is 49 bytes, expected 48")
     assert expected_mr_config_id(node.app_compose) == node.mr_config_id
 
 
@@ -581,8 +581,10 @@ def test_images_pinned_check_reads_exactly() -> None:
 
 def test_real_near_gateway_images_are_all_pinned() -> None:
     info = parse_info(REAL_REPORT["gateway_attestation"]["info"])
-    check = check_images_pinned(info.app_compose)
-    assert check.ok and check.detail.startswith("7 image(s) pinned: sha256:1653c232")
+    digests = sorted(ref.rsplit("@", 1)[1] for ref in compose_images(info.app_compose).references)
+    assert len(digests) == 7 and digests[0].startswith("sha256:1653c232")
+    assert check_images_pinned(info.app_compose) == Check.passed(
+        "binding.images_pinned", f"7 image(s) pinned: {', '.join(digests)}")
 
 
 def test_an_image_chosen_by_a_variable_is_not_pinned() -> None:

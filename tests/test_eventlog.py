@@ -90,6 +90,8 @@ def test_log_that_does_not_replay_fails_rtmr3_only() -> None:
         "eventlog.unique_system_events": Status.PASS,
     }
     assert report.runtime_events == {}
+    # The parsed events stay on a failed report (receipts keep what was served).
+    assert report.events == parse_event_log(node.event_log)
     with pytest.raises(
         VerificationFailed, match=r"replayed RTMR3 [0-9a-f]{96} != quote RTMR3"
     ) as info:
@@ -214,8 +216,9 @@ def test_malformed_log_fails_parse(raw: object, message: str) -> None:
         parse_event_log(raw)
     assert info.value.code == "eventlog.malformed"
     report = verify_event_log(raw, rtmr3=bytes(48))
-    assert [(c.name, c.code) for c in report.checks] == [("eventlog.parse", "eventlog.malformed")]
-    assert not report.ok and report.runtime_events == {}
+    assert report.checks == (
+        Check.failed("eventlog.parse", "eventlog.malformed", info.value.message),)
+    assert not report.ok and report.runtime_events == {} and report.events == ()
 
 
 def test_unknown_extra_keys_are_ignored() -> None:
@@ -401,6 +404,9 @@ def test_missing_name_and_payload_default_to_empty() -> None:
         ({k: v for k, v in _entry().items() if k != "digest"},
          "event log entry 1: 'digest' must be a hex string, got NoneType"),
         (_entry(digest="0x" + "00" * 49), "event log entry 1: 'digest' is longer than 48 bytes"),
+        # The bound is on the text: whitespace that bytes.fromhex would skip still counts.
+        (_entry(digest="0x" + "00" * 48 + " "),
+         "event log entry 1: 'digest' is longer than 48 bytes"),
         (_entry(digest="00" * 49), "event log entry 1: 'digest' is 49 bytes, above the bound 48"),
         (_entry(event="n" * (MAX_EVENT_NAME_CHARS + 1)),
          f"event log entry 1: event name is {MAX_EVENT_NAME_CHARS + 1} chars, above the bound "
@@ -410,7 +416,7 @@ def test_missing_name_and_payload_default_to_empty() -> None:
          f"event log entry 1: 'event_payload' is longer than {MAX_EVENT_PAYLOAD_BYTES} bytes"),
     ],
     ids=["imr-negative", "event-type-negative", "imr-missing", "digest-missing",
-         "digest-too-long-text", "digest-49-bytes", "name-too-long", "payload-not-string",
+         "digest-too-long-text", "digest-text-one-over", "digest-49-bytes", "name-too-long", "payload-not-string",
          "payload-too-long-text"],
 )
 def test_malformed_entry_message_names_the_entry(entry: dict[str, Any], message: str) -> None:

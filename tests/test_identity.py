@@ -121,9 +121,11 @@ def test_the_closest_pin_is_named_and_a_custom_code_is_used() -> None:
 def test_identity_of_a_node_that_did_not_pass_is_not_established() -> None:
     node = _node_from_real(REPORT["model_attestations"][0], "model",
                            checks=(Check.failed("x", "binding.nonce_mismatch", "no"),))
-    with pytest.raises(VerificationFailed, match="did not pass") as info:
+    with pytest.raises(VerificationFailed) as info:
         deployment_identity(node)
     assert info.value.code == "policy.identity_unestablished"
+    assert info.value.message == ("deployment identity of node node-0 not established: "
+                                  "the node did not pass every check")
 
 
 def test_identity_without_verified_deployment_facts_is_not_established() -> None:
@@ -208,6 +210,7 @@ def test_changed_identity_check_reads_exactly_with_every_kind_of_value() -> None
         pinned, os_image_hash=None, images=("a@sha256:" + "1" * 64, "b:latest"),
         key_provider='{"name":"local"}')
     check = check_identity(changed, [pinned], model=MODEL, source="pinned on first use")
+    assert check.name == "policy.identity"
     assert check.status is Status.FAIL and check.code == "policy.identity_changed"
     old_images = "[" + ", ".join(pinned.images) + "]"
     assert check.detail == (
@@ -228,6 +231,10 @@ def test_describe_change_cuts_only_hex_longer_than_16() -> None:
     assert describe_change(text, longer) == \
         "key_provider 0123456789abcdefg → 0123456789abcdef…"
     assert describe_change(pinned, pinned) == "no change"
+    # Only lower-case hex digits count as hex: an upper-case "0X" spelling is text, shown whole.
+    spelled = dataclasses.replace(pinned, key_provider="0X0123456789abcdef")
+    assert describe_change(exact, spelled) == \
+        "key_provider 0123456789abcdef → 0X0123456789abcdef"
 
 
 def test_differences_are_listed_firmware_first() -> None:
