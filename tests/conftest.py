@@ -31,3 +31,12 @@ def _reset_faults(request: pytest.FixtureRequest) -> Iterator[None]:
     if "stack" in request.fixturenames:
         stack: Stack = request.getfixturevalue("stack")
         stack.call(stack.simulator.faults.reset)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_configured() -> Iterator[None]:
+    """Every test starts from the logging set up above: a CLI command run by one test
+    (``configure_logging(..., "warning")``) must not silence the info lines the next test
+    captures, in whatever order a runner (pytest, mutmut) puts them."""
+    configure_logging("json", "info")
+    yield
