@@ -439,3 +439,40 @@ def test_no_bit_of_the_real_quote_is_malleable() -> None:
         if verify_real(bytes(tampered)).ok:
             accepted.append(offset)
     assert accepted == []
+
+
+# --- the library's refusals, each under its own code ---------------------------------------------
+
+
+def test_a_certificate_not_yet_valid_is_collateral_not_yet_valid(authority: TestTdxAuthority) -> None:
+    # The simulator's certificates are valid from 2025-01-01; collateral issued (and checked) ten
+    # seconds before that passes its own issue-date check, so only webpki's CertNotValidYet fails.
+    now = 1735689600 - 10
+    quote = authority.make_quote(**sim_measurements())
+    report = verify_tdx_quote(quote, authority.collateral_json(now),
+                              root_ca_der=authority.root_ca_der, now=now)
+
+    assert report.failure is not None
+    assert (report.failure.name, report.failure.code) == ("tdx.quote_signature",
+                                                           "tdx.collateral_not_yet_valid")
+    assert "CertNotValidYet" in report.failure.detail
+    assert report.measurements is None
+
+
+def test_a_tdx_module_below_the_signed_minimum_is_an_unmatched_tcb_level(
+    authority: TestTdxAuthority,
+) -> None:
+    # Genuine TCB info, re-signed by the simulator's TCB signing key, that requires a newer TDX
+    # module (ISVSVN 7) than the quote's (6): dcap-qvl says "below minimum", not "no matching".
+    collateral = json.loads(authority.collateral_json(SIM_NOW))
+    tcb_info = json.loads(collateral["tcb_info"])
+    tcb_info["tdxModuleIdentities"][0]["tcbLevels"][0]["tcb"]["isvsvn"] = 7
+    collateral["tcb_info"] = json.dumps(tcb_info)
+    collateral["tcb_info_signature"] = authority.sign_tcb_data(collateral["tcb_info"])
+    report = verify_tdx_quote(authority.make_quote(**sim_measurements()), json.dumps(collateral),
+                              root_ca_der=authority.root_ca_der, now=SIM_NOW)
+
+    assert report.failure is not None
+    assert (report.failure.name, report.failure.code) == ("tdx.quote_signature",
+                                                           "tdx.tcb_level_unmatched")
+    assert "ISVSVN 6 is below minimum" in report.failure.detail
