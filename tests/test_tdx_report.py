@@ -1,4 +1,5 @@
-"""``TdxQuoteReport`` and ``quote_platform`` at their fail-closed edges (``sidecar/verify/tdx.py``).
+"""``sidecar/verify/tdx.py`` at its fail-closed edges: ``TdxQuoteReport``, ``quote_platform``, a
+panic inside dcap-qvl, and collateral whose validity cannot be read.
 
 ``verify_tdx_quote`` always runs the format check and never returns passing checks without
 measurements; a report built any other way (a caller's, a future refactor's) must still refuse
@@ -9,15 +10,29 @@ as an unreachable PCS.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+import dcap_qvl
 import pytest
 
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.verify.checks import Check
-from sidecar.verify.tdx import MAX_QUOTE_BYTES, TdxQuoteReport, quote_platform
+from sidecar.verify.tdx import (
+    MAX_QUOTE_BYTES,
+    TdxQuoteReport,
+    collateral_next_update,
+    parse_quote_measurements,
+    quote_platform,
+    verify_tdx_quote,
+)
 
-REAL_QUOTE = (Path(__file__).parent / "assets" / "tdx" / "tdx_quote").read_bytes()
+ASSETS = Path(__file__).parent / "assets" / "tdx"
+REAL_QUOTE = (ASSETS / "tdx_quote").read_bytes()
+REAL_COLLATERAL = (ASSETS / "tdx_quote_collateral.json").read_text()
+INTEL_ROOT = (Path(__file__).parent.parent / "sidecar" / "anchors" / "intel_sgx_root_ca.der").read_bytes()
+REAL_NOW = 1750331763  # inside every validity window of the real collateral (test_tdx_quote.py)
 
 
 def test_a_report_without_checks_verified_nothing() -> None:
@@ -71,3 +86,106 @@ def test_a_quote_of_exactly_the_bound_is_read() -> None:
     # The real quote padded with zeros (which its layout allows) to the byte limit.
     padded = REAL_QUOTE + bytes(MAX_QUOTE_BYTES - len(REAL_QUOTE))
     assert quote_platform(padded) == ("B0C06F000000", "platform")
+
+
+# --- a Rust panic inside dcap-qvl fails the check; an interrupt still propagates ----------------
+
+
+class PanicException(BaseException):
+    """What pyo3 raises for a Rust panic: ``pyo3_runtime.PanicException``, a ``BaseException``
+    (so a plain ``except Exception`` would let a hostile quote crash the caller)."""
+
+
+def _raising(exc: BaseException) -> Any:
+    def call(*args: object, **kwargs: object) -> Any:
+        raise exc
+    return call
+
+
+def test_a_panic_in_the_quote_verification_fails_the_signature_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dcap_qvl, "verify_with_root_ca",
+                        _raising(PanicException("index out of bounds: the len is 4")))
+    report = verify_tdx_quote(REAL_QUOTE, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
+
+    assert report.failure is not None
+    assert (report.failure.name, report.failure.code, report.failure.detail) == (
+        "tdx.quote_signature", "tdx.quote_invalid", "index out of bounds: the len is 4")
+    assert report.measurements is None
+
+
+def test_a_panic_while_decoding_collateral_fails_the_collateral_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Collateral:
+        from_json = staticmethod(_raising(PanicException("attempt to subtract with overflow")))
+
+    monkeypatch.setattr(dcap_qvl, "QuoteCollateralV3", Collateral)
+    report = verify_tdx_quote(REAL_QUOTE, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
+
+    assert report.failure is not None
+    assert (report.failure.name, report.failure.code, report.failure.detail) == (
+        "tdx.collateral", "tdx.collateral_invalid", "collateral: attempt to subtract with overflow")
+
+
+def test_a_panic_while_reading_measurements_is_no_measurements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dcap_qvl, "parse_quote", _raising(PanicException("unreachable")))
+    assert parse_quote_measurements(REAL_QUOTE) is None
+
+
+@pytest.mark.parametrize("target", ["verify_with_root_ca", "parse_quote"])
+def test_an_interrupt_inside_dcap_qvl_is_not_taken_for_bad_evidence(
+    monkeypatch: pytest.MonkeyPatch, target: str,
+) -> None:
+    monkeypatch.setattr(dcap_qvl, target, _raising(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        verify_tdx_quote(REAL_QUOTE, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
+    if target == "parse_quote":
+        with pytest.raises(KeyboardInterrupt):
+            parse_quote_measurements(REAL_QUOTE)
+
+
+def test_an_interrupt_while_decoding_collateral_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Collateral:
+        from_json = staticmethod(_raising(KeyboardInterrupt()))
+
+    monkeypatch.setattr(dcap_qvl, "QuoteCollateralV3", Collateral)
+    with pytest.raises(KeyboardInterrupt):
+        verify_tdx_quote(REAL_QUOTE, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
+
+
+# --- collateral whose validity cannot be read ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("next_update", "reason"), [
+    pytest.param(1752920163, "nextUpdate is not a string", id="number"),
+    pytest.param("2025-07-19T10:16:03", "nextUpdate '2025-07-19T10:16:03' has no time zone",
+                 id="naive"),
+])
+def test_a_tcb_info_next_update_that_is_no_utc_time_is_unreadable(next_update: object,
+                                                                  reason: str) -> None:
+    document = json.loads(REAL_COLLATERAL)
+    tcb_info = json.loads(document["tcb_info"])
+    tcb_info["nextUpdate"] = next_update
+    document["tcb_info"] = json.dumps(tcb_info)
+
+    with pytest.raises(VerificationFailed) as raised:
+        collateral_next_update(json.dumps(document))
+    assert (raised.value.code, raised.value.message) == (
+        "tdx.collateral_invalid", f"cannot read collateral validity: {reason}")
+
+
+def test_a_panic_while_reading_the_platform_leaves_it_undecided(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dcap_qvl, "parse_quote", _raising(PanicException("unreachable")))
+    with pytest.raises(VerificationIncomplete) as raised:
+        quote_platform(REAL_QUOTE)
+    assert (raised.value.code, raised.value.message) == (
+        "tdx.collateral_unavailable", "cannot read the platform (FMSPC) from the quote: unreachable")
+    monkeypatch.setattr(dcap_qvl, "parse_quote", _raising(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        quote_platform(REAL_QUOTE)

@@ -469,7 +469,7 @@ def quote_platform(quote: bytes) -> tuple[str, str]:
     except BaseException as exc:
         # dcap-qvl raises ValueError, and pyo3 turns a Rust panic into PanicException (a
         # BaseException): neither may escape on a hostile quote. Interrupts still propagate.
-        if not (isinstance(exc, Exception) or type(exc).__name__ == "PanicException"):
+        if not _is_library_failure(exc):
             raise
         raise _platform_unreadable(f"cannot read the platform (FMSPC) from the quote: {exc}") from exc
     if len(fmspc) != 12 or any(c not in "0123456789ABCDEF" for c in fmspc):
