@@ -20,6 +20,7 @@ import pytest
 from sidecar.errors import VerificationFailed, VerificationIncomplete
 from sidecar.verify.checks import Check
 from sidecar.verify.tdx import (
+    MAX_COLLATERAL_BYTES,
     MAX_QUOTE_BYTES,
     TdxQuoteReport,
     collateral_next_update,
@@ -189,3 +190,22 @@ def test_a_panic_while_reading_the_platform_leaves_it_undecided(
     monkeypatch.setattr(dcap_qvl, "parse_quote", _raising(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         quote_platform(REAL_QUOTE)
+
+
+def test_collateral_of_exactly_the_bound_is_read_one_character_more_is_not() -> None:
+    # The real collateral padded with JSON whitespace: the same document, at and over the bound.
+    at_bound = REAL_COLLATERAL + " " * (MAX_COLLATERAL_BYTES - len(REAL_COLLATERAL))
+    assert collateral_next_update(at_bound) == 1752919235
+    assert verify_tdx_quote(REAL_QUOTE, at_bound, root_ca_der=INTEL_ROOT, now=REAL_NOW).ok
+
+    over = at_bound + " "
+    with pytest.raises(VerificationFailed) as raised:
+        collateral_next_update(over)
+    assert (raised.value.code, raised.value.message) == (
+        "tdx.collateral_invalid", "cannot read collateral validity: collateral is oversized")
+    report = verify_tdx_quote(REAL_QUOTE, over, root_ca_der=INTEL_ROOT, now=REAL_NOW)
+    assert report.failure is not None
+    assert (report.failure.name, report.failure.code, report.failure.detail) == (
+        "tdx.collateral", "tdx.collateral_invalid",
+        f"collateral: collateral is {MAX_COLLATERAL_BYTES + 1} characters, more than the "
+        f"{MAX_COLLATERAL_BYTES} allowed")
