@@ -209,3 +209,50 @@ def test_collateral_of_exactly_the_bound_is_read_one_character_more_is_not() -> 
         "tdx.collateral", "tdx.collateral_invalid",
         f"collateral: collateral is {MAX_COLLATERAL_BYTES + 1} characters, more than the "
         f"{MAX_COLLATERAL_BYTES} allowed")
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _children(sequence: bytes) -> list[bytes]:
+    """The DER elements inside one SEQUENCE (DER: definite lengths only)."""
+    first = sequence[1]
+    body = sequence[2 + (first & 0x7F if first & 0x80 else 0):]
+    elements, i = [], 0
+    while i < len(body):
+        first = body[i + 1]
+        count = first & 0x7F if first & 0x80 else 0
+        length = int.from_bytes(body[i + 2:i + 2 + count], "big") if count else first
+        elements.append(body[i:i + 2 + count + length])
+        i += 2 + count + length
+    return elements
+
+
+def _sequence(elements: list[bytes]) -> bytes:
+    content = b"".join(elements)
+    return b"\x30" + _der_length(len(content)) + content
+
+
+def _without_next_update(crl_der: bytes) -> bytes:
+    """The CRL with its (OPTIONAL, RFC 5280 section 5.1) nextUpdate left out: the second time
+    of the TBSCertList. The signature no longer verifies; only the validity reader sees it."""
+    tbs, *rest = _children(crl_der)
+    fields = _children(tbs)
+    times = [i for i, element in enumerate(fields) if element[0] in (0x17, 0x18)]
+    del fields[times[1]]
+    return _sequence([_sequence(fields), *rest])
+
+
+@pytest.mark.parametrize("field", ["pck_crl", "root_ca_crl"])
+def test_a_crl_without_next_update_has_no_readable_deadline(field: str) -> None:
+    document = json.loads(REAL_COLLATERAL)
+    document[field] = _without_next_update(bytes.fromhex(document[field])).hex()
+
+    with pytest.raises(VerificationFailed) as raised:
+        collateral_next_update(json.dumps(document))
+    assert (raised.value.code, raised.value.message) == (
+        "tdx.collateral_invalid", f"cannot read collateral validity: {field} has no nextUpdate")
