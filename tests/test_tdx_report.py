@@ -256,3 +256,42 @@ def test_a_crl_without_next_update_has_no_readable_deadline(field: str) -> None:
         collateral_next_update(json.dumps(document))
     assert (raised.value.code, raised.value.message) == (
         "tdx.collateral_invalid", f"cannot read collateral validity: {field} has no nextUpdate")
+
+
+class _Parsed:
+    """What ``dcap_qvl.parse_quote`` returns, as far as ``quote_platform`` reads it."""
+
+    def __init__(self, fmspc: str, ca: str) -> None:
+        self._fmspc, self._ca = fmspc, ca
+
+    def fmspc(self) -> str:
+        return self._fmspc
+
+    def ca(self) -> str:
+        return self._ca
+
+
+@pytest.mark.parametrize(("fmspc", "ca", "message"), [
+    pytest.param("b0c06f000000", "processor", None, id="lower_case_is_upper_cased"),
+    pytest.param("B0C06F0000", "platform", "quote names an invalid FMSPC 'B0C06F0000'",
+                 id="ten_digits"),
+    pytest.param("B0C06F00000X", "platform", "quote names an invalid FMSPC 'B0C06F00000X'",
+                 id="not_hex"),
+    pytest.param("../../admin?", "platform", "quote names an invalid FMSPC '../../admin?'",
+                 id="path"),
+    pytest.param("B0C06F000000", "root", "quote names an unknown PCK CA 'root'", id="ca"),
+    pytest.param("F" * 100, "platform", f"quote names an invalid FMSPC {'F' * 40!r}",
+                 id="long_is_cut_in_the_message"),
+])
+def test_the_platform_read_from_the_quote_must_be_a_fmspc_and_a_known_ca(
+    monkeypatch: pytest.MonkeyPatch, fmspc: str, ca: str, message: str | None,
+) -> None:
+    # Both values go into the PCS URL (``fmspc=…&ca=…``): only 12 hex digits and the two CA
+    # names Intel's PCS knows may get there, whatever the quote's certificate says.
+    monkeypatch.setattr(dcap_qvl, "parse_quote", lambda quote: _Parsed(fmspc, ca))
+    if message is None:
+        assert quote_platform(REAL_QUOTE) == (fmspc.upper(), ca)
+        return
+    with pytest.raises(VerificationIncomplete) as raised:
+        quote_platform(REAL_QUOTE)
+    assert (raised.value.code, raised.value.message) == ("tdx.collateral_unavailable", message)
