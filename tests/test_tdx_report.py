@@ -277,7 +277,7 @@ class _Parsed:
                  id="ten_digits"),
     pytest.param("B0C06F00000X", "platform", "quote names an invalid FMSPC 'B0C06F00000X'",
                  id="not_hex"),
-    pytest.param("../../admin?", "platform", "quote names an invalid FMSPC '../../admin?'",
+    pytest.param("../../admin?", "platform", "quote names an invalid FMSPC '../../ADMIN?'",
                  id="path"),
     pytest.param("B0C06F000000", "root", "quote names an unknown PCK CA 'root'", id="ca"),
     pytest.param("F" * 100, "platform", f"quote names an invalid FMSPC {'F' * 40!r}",
