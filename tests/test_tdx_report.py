@@ -83,10 +83,20 @@ def test_a_quote_without_a_readable_platform_is_undecided(quote: bytes, message:
     assert raised.value.message.startswith(message)
 
 
-def test_a_quote_of_exactly_the_bound_is_read() -> None:
+def test_a_quote_of_exactly_the_bound_is_read_and_verified_one_byte_more_is_not() -> None:
     # The real quote padded with zeros (which its layout allows) to the byte limit.
     padded = REAL_QUOTE + bytes(MAX_QUOTE_BYTES - len(REAL_QUOTE))
     assert quote_platform(padded) == ("B0C06F000000", "platform")
+    assert verify_tdx_quote(padded, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW).ok
+    assert parse_quote_measurements(padded) is not None
+
+    over = padded + bytes(1)
+    report = verify_tdx_quote(over, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
+    assert report.failure is not None
+    assert (report.failure.name, report.failure.code, report.failure.detail) == (
+        "tdx.quote_format", "tdx.quote_invalid",
+        f"quote is {MAX_QUOTE_BYTES + 1} bytes, more than the {MAX_QUOTE_BYTES} allowed")
+    assert parse_quote_measurements(over) is None
 
 
 # --- a Rust panic inside dcap-qvl fails the check; an interrupt still propagates ----------------
