@@ -11,6 +11,7 @@ as an unreachable PCS.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -305,3 +306,24 @@ def test_the_platform_read_from_the_quote_must_be_a_fmspc_and_a_known_ca(
     with pytest.raises(VerificationIncomplete) as raised:
         quote_platform(REAL_QUOTE)
     assert (raised.value.code, raised.value.message) == ("tdx.collateral_unavailable", message)
+
+
+# --- the format check's details name exactly what is wrong ---------------------------------------
+
+V5_HEADER = struct.pack("<H", 5) + REAL_QUOTE[2:48]
+
+
+@pytest.mark.parametrize(("quote", "detail"), [
+    pytest.param(REAL_QUOTE[:12] + bytes(16) + REAL_QUOTE[28:],
+                 f"QE vendor id {'00' * 16} is not Intel's", id="foreign_qe_vendor"),
+    pytest.param(V5_HEADER, "quote is truncated: v5 body descriptor at offset 48 is missing",
+                 id="v5_without_descriptor"),
+    pytest.param(V5_HEADER + struct.pack("<HI", 0xFFFF, 0xFFFFFFFF) + REAL_QUOTE[48:],
+                 "v5 body type 65535 with size 4294967295 is not a TD report",
+                 id="v5_descriptor_out_of_range"),
+])
+def test_the_format_detail_names_the_fault(quote: bytes, detail: str) -> None:
+    report = verify_tdx_quote(quote, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
+
+    assert [(c.name, c.code, c.detail) for c in report.checks] == [
+        ("tdx.quote_format", "tdx.quote_invalid", detail)]
