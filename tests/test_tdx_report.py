@@ -311,6 +311,16 @@ def test_the_platform_read_from_the_quote_must_be_a_fmspc_and_a_known_ca(
 # --- the format check's details name exactly what is wrong ---------------------------------------
 
 V5_HEADER = struct.pack("<H", 5) + REAL_QUOTE[2:48]
+SIG_DATA = 48 + 584 + 4  # the real v4 quote's signature data starts after header, body, length
+QE_CERT = SIG_DATA + 64 + 64  # then the quote signature and attestation key; then certification
+QE_REPORT_END = QE_CERT + 6 + 384 + 64  # data: header, QE report, QE report signature
+
+
+def signature_data(data: bytes, length: int | None = None) -> bytes:
+    """The real quote's header and body with ``data`` as signature data (its length field
+    ``length``, else the true one), then zero padding as Intel's quote buffers end in."""
+    size = len(data) if length is None else length
+    return REAL_QUOTE[:SIG_DATA - 4] + struct.pack("<I", size) + data + bytes(100)
 
 
 @pytest.mark.parametrize(("quote", "detail"), [
@@ -321,6 +331,20 @@ V5_HEADER = struct.pack("<H", 5) + REAL_QUOTE[2:48]
     pytest.param(V5_HEADER + struct.pack("<HI", 0xFFFF, 0xFFFFFFFF) + REAL_QUOTE[48:],
                  "v5 body type 65535 with size 4294967295 is not a TD report",
                  id="v5_descriptor_out_of_range"),
+    pytest.param(signature_data(REAL_QUOTE[SIG_DATA:], 0xFFFFFFFF),
+                 f"signature data length field says 4294967295 bytes, only "
+                 f"{len(REAL_QUOTE) - SIG_DATA + 100} follow", id="signature_data_length_max"),
+    pytest.param(signature_data(REAL_QUOTE[SIG_DATA:QE_CERT]),
+                 f"quote is truncated: certification data header at offset {QE_CERT} is missing",
+                 id="no_certification_data"),
+    pytest.param(signature_data(REAL_QUOTE[SIG_DATA:QE_CERT] + struct.pack("<HI", 6, 0xFFFFFFFF)
+                                + bytes(10)),
+                 "certification data length field says 4294967295 bytes, the signature data "
+                 "holds 10", id="certification_data_length_max"),
+    pytest.param(signature_data(REAL_QUOTE[SIG_DATA:QE_CERT] + struct.pack("<HI", 6, 448)
+                                + REAL_QUOTE[QE_CERT + 6:QE_REPORT_END]),
+                 f"quote is truncated: QE authentication data length at offset {QE_REPORT_END} "
+                 "is missing", id="no_qe_authentication_data"),
 ])
 def test_the_format_detail_names_the_fault(quote: bytes, detail: str) -> None:
     report = verify_tdx_quote(quote, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
