@@ -323,6 +323,13 @@ def signature_data(data: bytes, length: int | None = None) -> bytes:
     return REAL_QUOTE[:SIG_DATA - 4] + struct.pack("<I", size) + data + bytes(100)
 
 
+def certification_data(after_qe_report: bytes) -> bytes:
+    """The real signature, key, QE report and its signature, then ``after_qe_report``, as type-6
+    certification data of the right length."""
+    body = REAL_QUOTE[QE_CERT + 6:QE_REPORT_END] + after_qe_report
+    return signature_data(REAL_QUOTE[SIG_DATA:QE_CERT] + struct.pack("<HI", 6, len(body)) + body)
+
+
 @pytest.mark.parametrize(("quote", "detail"), [
     pytest.param(REAL_QUOTE[:12] + bytes(16) + REAL_QUOTE[28:],
                  f"QE vendor id {'00' * 16} is not Intel's", id="foreign_qe_vendor"),
@@ -345,6 +352,16 @@ def signature_data(data: bytes, length: int | None = None) -> bytes:
                                 + REAL_QUOTE[QE_CERT + 6:QE_REPORT_END]),
                  f"quote is truncated: QE authentication data length at offset {QE_REPORT_END} "
                  "is missing", id="no_qe_authentication_data"),
+    pytest.param(certification_data(struct.pack("<H", 0)),
+                 f"quote is truncated: nested certification data header at offset "
+                 f"{QE_REPORT_END + 2} is missing", id="no_nested_certification_data"),
+    pytest.param(certification_data(struct.pack("<H", 0xFFFF) + bytes(64)),
+                 f"quote is truncated: nested certification data header at offset "
+                 f"{QE_REPORT_END + 2 + 0xFFFF} is missing", id="qe_authentication_data_max"),
+    pytest.param(certification_data(struct.pack("<H", 0) + struct.pack("<HI", 5, 0xFFFFFFFF)
+                                    + bytes(8)),
+                 "PCK chain length field says 4294967295 bytes, the certification data holds 8",
+                 id="pck_chain_length_max"),
 ])
 def test_the_format_detail_names_the_fault(quote: bytes, detail: str) -> None:
     report = verify_tdx_quote(quote, REAL_COLLATERAL, root_ca_der=INTEL_ROOT, now=REAL_NOW)
