@@ -78,6 +78,10 @@ def test_real_quote_verifies_up_to_date_and_measurements_come_from_the_quote() -
     assert report.ok, report.checks
     assert report.tcb_status == "UpToDate"
     assert report.advisory_ids == ()
+    assert [c.detail for c in report.checks[:2]] == [
+        "TDX quote v4, 5006 bytes, PCK chain of 3 certificates",
+        "TD attributes 0000001000000000: DEBUG clear",
+    ]
     assert [c.name for c in report.checks] == [
         "tdx.quote_format",
         "tdx.td_attributes",
@@ -775,6 +779,10 @@ QE_CERT = SIG_DATA + 64 + 64  # then the quote signature and attestation key; th
 QE_REPORT_END = QE_CERT + 6 + 384 + 64  # data: header, QE report, QE report signature
 
 
+def _replaced(offset: int, byte: bytes) -> bytes:
+    return REAL_QUOTE[:offset] + byte + REAL_QUOTE[offset + 1:]
+
+
 def signature_data(data: bytes, length: int | None = None) -> bytes:
     """The real quote's header and body with ``data`` as signature data (its length field
     ``length``, else the true one), then zero padding as Intel's quote buffers end in."""
@@ -794,6 +802,20 @@ def certification_data(after_qe_report: bytes) -> bytes:
                  f"QE vendor id {'00' * 16} is not Intel's", id="foreign_qe_vendor"),
     pytest.param(V5_HEADER, "quote is truncated: v5 body descriptor at offset 48 is missing",
                  id="v5_without_descriptor"),
+    pytest.param(REAL_QUOTE[:SIG_DATA],
+                 "signature data length field says 4300 bytes, only 0 follow",
+                 id="nothing_after_the_length_field"),
+    pytest.param(certification_data(struct.pack("<H", 0) + struct.pack("<HI", 4, 8) + bytes(8)),
+                 "nested certification data type 4 is not 5 (PCK chain)",
+                 id="nested_certification_data_type_4"),
+    # Text after the last PEM block (the newline after END turned into "X"): not a certificate,
+    # covered by no signature, so refused.
+    pytest.param(_replaced(REAL_QUOTE.rindex(b"-----END CERTIFICATE-----") + 25, b"X"),
+                 "PCK chain is not a sequence of PEM certificates", id="text_after_the_chain"),
+    # "=" inside a PEM body: the lax decoder would stop there or skip it; the strict one refuses.
+    pytest.param(_replaced(REAL_QUOTE.index(b"-----BEGIN CERTIFICATE-----") + 28 + 100, b"="),
+                 "PCK chain holds invalid base64: Excess data after padding",
+                 id="padding_inside_a_certificate"),
     pytest.param(V5_HEADER + struct.pack("<HI", 0xFFFF, 0xFFFFFFFF) + REAL_QUOTE[48:],
                  "v5 body type 65535 with size 4294967295 is not a TD report",
                  id="v5_descriptor_out_of_range"),

