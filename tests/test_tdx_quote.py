@@ -221,6 +221,8 @@ def test_missing_collateral_is_incomplete_never_verified() -> None:
     assert report.measurements is None
     assert report.checks[-1].status is Status.INCOMPLETE
     assert report.checks[-1].code == "tdx.collateral_missing"
+    assert report.checks[-1].name == "tdx.collateral"
+    assert (report.tcb_status, report.advisory_ids) == (None, ())
     with pytest.raises(VerificationIncomplete, match="no DCAP collateral") as info:
         report.raise_for_failure()
     assert info.value.code == "tdx.collateral_missing"
@@ -230,7 +232,8 @@ def test_missing_collateral_is_incomplete_never_verified() -> None:
     ("collateral", "message"),
     [
         pytest.param("", "Expecting value", id="empty"),
-        pytest.param("[1, 2]", "not a JSON object", id="array"),
+        pytest.param("[1, 2]", ": collateral: collateral is not a JSON object$",
+                     id="array"),
         pytest.param("{}", "missing field `pck_crl_issuer_chain`", id="empty_object"),
         pytest.param("x" * (3 * 1024 * 1024), "more than the 2097152 allowed", id="oversized"),
     ],
@@ -849,3 +852,14 @@ def test_the_format_detail_names_the_fault(quote: bytes, detail: str) -> None:
 
     assert [(c.name, c.code, c.detail) for c in report.checks] == [
         ("tdx.quote_format", "tdx.quote_invalid", detail)]
+
+
+def test_a_library_error_without_a_message_is_named_by_its_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dcap_qvl, "verify_with_root_ca", _raising(ValueError()))
+    report = verify_real(REAL_QUOTE)
+
+    assert report.failure is not None
+    assert (report.failure.code, report.failure.detail) == ("tdx.quote_invalid", "ValueError")
+    assert (report.tcb_status, report.advisory_ids) == (None, ())

@@ -332,8 +332,9 @@ def verify_tdx_quote(
     """
     checks: list[Check] = []
 
-    def finish(tcb_status: str | None = None, advisories: tuple[str, ...] = ()) -> TdxQuoteReport:
-        return TdxQuoteReport(tuple(checks), tcb_status, advisories, None)
+    def finish() -> TdxQuoteReport:
+        # A report that stops early has no TCB facts and no measurements.
+        return TdxQuoteReport(tuple(checks), None, (), None)
 
     # (1) Structure, before any library parses the bytes; then the DEBUG attribute.
     structure, embedded_chain = _check_structure(bytes(quote))
