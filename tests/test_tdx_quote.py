@@ -78,9 +78,12 @@ def test_real_quote_verifies_up_to_date_and_measurements_come_from_the_quote() -
     assert report.ok, report.checks
     assert report.tcb_status == "UpToDate"
     assert report.advisory_ids == ()
-    assert [c.detail for c in report.checks[:2]] == [
+    assert [c.detail for c in report.checks] == [
         "TDX quote v4, 5006 bytes, PCK chain of 3 certificates",
         "TD attributes 0000001000000000: DEBUG clear",
+        "collateral decoded",
+        "quote, QE report and collateral verify to the given root (FMSPC B0C06F000000)",
+        "TCB status UpToDate (advisories: none); the policy judges them",
     ]
     assert [c.name for c in report.checks] == [
         "tdx.quote_format",
@@ -267,6 +270,10 @@ def test_real_quote_is_rejected_under_the_simulator_root() -> None:
     report = verify_real(REAL_QUOTE, root=SIMULATOR_ROOT)
 
     assert not report.ok
+    assert report.failure is not None
+    assert (report.failure.name, report.failure.code, report.failure.detail) == (
+        "tdx.quote_signature", "tdx.quote_invalid",
+        "the quote's PCK chain does not end in the trusted root CA certificate")
     with pytest.raises(VerificationFailed, match="does not end in the trusted root CA"):
         report.raise_for_failure()
 
@@ -863,3 +870,20 @@ def test_a_library_error_without_a_message_is_named_by_its_type(
     assert report.failure is not None
     assert (report.failure.code, report.failure.detail) == ("tdx.quote_invalid", "ValueError")
     assert (report.tcb_status, report.advisory_ids) == (None, ())
+
+
+@pytest.mark.parametrize("collateral", [REAL_COLLATERAL, None], ids=["with", "offline"])
+def test_a_debug_td_fails_from_its_attributes_with_or_without_collateral(
+    collateral: str | None,
+) -> None:
+    # TDATTRIBUTES is at offset 120 of the TD report body; bit 0 of its first byte is DEBUG.
+    quote = flip(REAL_QUOTE, BODY + 120)
+    report = verify_real(quote, collateral)
+
+    assert [(c.name, c.status, c.code, c.detail) for c in report.checks] == [
+        ("tdx.quote_format", Status.PASS, None,
+         "TDX quote v4, 5006 bytes, PCK chain of 3 certificates"),
+        ("tdx.td_attributes", Status.FAIL, "tdx.debug_enabled",
+         "TD attributes 0100001000000000 have DEBUG set: the host can read and change the TD"),
+    ]
+    assert report.measurements is None
