@@ -21,6 +21,7 @@ from sidecar.verify.tdx import (
     collateral_next_update,
     parse_quote_measurements,
     quote_platform,
+    td_attributes,
     verify_tdx_quote,
 )
 
@@ -887,3 +888,19 @@ def test_a_debug_td_fails_from_its_attributes_with_or_without_collateral(
          "TD attributes 0100001000000000 have DEBUG set: the host can read and change the TD"),
     ]
     assert report.measurements is None
+
+
+def test_td_attributes_are_read_after_the_v4_header_or_the_v5_body_descriptor() -> None:
+    attributes = REAL_QUOTE[BODY + 120:BODY + 128]
+    v5 = V5_HEADER + struct.pack("<HI", 2, 584) + REAL_QUOTE[BODY:]
+
+    assert attributes.hex() == "0000001000000000"
+    assert td_attributes(REAL_QUOTE) == attributes
+    assert td_attributes(v5) == attributes
+    # Exactly long enough, then one byte short (and too short to hold even a version).
+    assert td_attributes(REAL_QUOTE[:BODY + 128]) == attributes
+    assert td_attributes(v5[:BODY + 6 + 128]) == attributes
+    for short in (REAL_QUOTE[:BODY + 127], v5[:BODY + 6 + 127], b"\x05"):
+        with pytest.raises(ValueError) as raised:
+            td_attributes(short)
+        assert str(raised.value) == "quote too short for a TD report body"

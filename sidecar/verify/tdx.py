@@ -493,7 +493,8 @@ def td_attributes(quote: bytes) -> bytes:
     Raises:
         ValueError: the quote is too short to hold a TD report body.
     """
-    version = struct.unpack_from("<H", quote, 0)[0] if len(quote) >= 2 else 0
+    # The little-endian version field; a quote too short to hold it fails the length test below.
+    version = int.from_bytes(quote[:2], "little")
     start = _HEADER_LEN + (6 if version == 5 else 0) + _TD_ATTRIBUTES_OFFSET
     if len(quote) < start + 8:
         raise ValueError("quote too short for a TD report body")
