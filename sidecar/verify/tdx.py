@@ -561,7 +561,8 @@ def collateral_next_update(collateral_json: str) -> int:
 def _rfc3339(text: Any) -> int:
     if not isinstance(text, str):
         raise TypeError("nextUpdate is not a string")
-    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    # Python 3.11's fromisoformat reads Intel's trailing "Z" as UTC itself.
+    moment = dt.datetime.fromisoformat(text)
     if moment.tzinfo is None:
         # A naive time would silently be read in the local zone; Intel always writes UTC "Z".
         raise ValueError(f"nextUpdate {text!r} has no time zone")
