@@ -226,6 +226,8 @@ def test_missing_collateral_is_incomplete_never_verified() -> None:
     assert report.checks[-1].status is Status.INCOMPLETE
     assert report.checks[-1].code == "tdx.collateral_missing"
     assert report.checks[-1].name == "tdx.collateral"
+    assert report.checks[-1].detail == (
+        "no DCAP collateral (TCB info, QE identity, CRLs) was available for this quote")
     assert (report.tcb_status, report.advisory_ids) == (None, ())
     with pytest.raises(VerificationIncomplete, match="no DCAP collateral") as info:
         report.raise_for_failure()
@@ -765,6 +767,8 @@ class _Parsed:
     pytest.param("../../admin?", "platform", "quote names an invalid FMSPC '../../ADMIN?'",
                  id="path"),
     pytest.param("B0C06F000000", "root", "quote names an unknown PCK CA 'root'", id="ca"),
+    pytest.param("B0C06F000000", "c" * 100, f"quote names an unknown PCK CA {'c' * 40!r}",
+                 id="long_ca_is_cut_in_the_message"),
     pytest.param("F" * 100, "platform", f"quote names an invalid FMSPC {'F' * 40!r}",
                  id="long_is_cut_in_the_message"),
 ])
@@ -904,3 +908,11 @@ def test_td_attributes_are_read_after_the_v4_header_or_the_v5_body_descriptor() 
         with pytest.raises(ValueError) as raised:
             td_attributes(short)
         assert str(raised.value) == "quote too short for a TD report body"
+
+
+def test_every_advisory_is_named_in_the_tcb_fact() -> None:
+    report = _sim_report(TestTdxAuthority(advisory_ids=["INTEL-SA-00837", "INTEL-SA-00615"]))
+
+    assert report.advisory_ids == ("INTEL-SA-00837", "INTEL-SA-00615")
+    assert report.checks[-1].detail == ("TCB status UpToDate (advisories: INTEL-SA-00837, "
+                                        "INTEL-SA-00615); the policy judges them")
