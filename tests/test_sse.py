@@ -211,3 +211,27 @@ def test_canonical_framing_of_a_genuine_event_is_byte_identical() -> None:
     events = SseFramer().feed(STREAM)
     assert b"".join(e.canonical() for e in events) == STREAM
     assert SseFramer().feed(b": keep-alive\r\n\r\n")[0].canonical() == b""
+
+
+# -- the stream-leading BOM, and nothing else, is skipped (WHATWG: "one leading U+FEFF") --------
+
+
+def test_a_short_first_chunk_that_cannot_start_a_bom_is_framed_at_once() -> None:
+    # Only a prefix of the BOM waits for more bytes; a blank keep-alive line is an event now.
+    framer = SseFramer()
+    assert [e.raw for e in framer.feed(b"\n\n")] == [b"\n", b"\n"]
+    assert framer.pending == b""
+    waiting = SseFramer()
+    assert waiting.feed(b"\xef\xbb") == [] and waiting.pending == b"\xef\xbb"
+    assert [e.data for e in waiting.feed(b'\xbfdata: {"id": "chatcmpl-a"}\n\n')] == [
+        b'{"id": "chatcmpl-a"}']
+
+
+def test_a_bom_after_the_first_event_is_not_skipped_so_it_hides_no_done() -> None:
+    # A BOM later in the stream is part of the field name ("\ufeffdata"), an unknown field the
+    # standard ignores: the event has no data and does not end the stream.
+    framer = SseFramer()
+    framer.feed(b'data: {"id": "chatcmpl-a"}\n\n')
+    [event] = framer.feed(b"\xef\xbb\xbfdata: [DONE]\n\n")
+    assert event.data is None and not event.is_done
+    assert framer.done is False and framer.done_data is None

@@ -251,8 +251,10 @@ def _check_quote_layout(quote: bytes) -> tuple[str, list[bytes]]:
 def _unpack(
     fmt: str, data: bytes, offset: int, what: str, limit: int | None = None
 ) -> tuple[int, ...]:
+    # Offsets start at the 48-byte header and only grow by constants and unsigned length fields,
+    # so only the end can be overrun.
     size = struct.calcsize(fmt)
-    if offset < 0 or offset + size > (len(data) if limit is None else limit):
+    if offset + size > (len(data) if limit is None else limit):
         raise _Malformed(f"quote is truncated: {what} at offset {offset} is missing")
     return struct.unpack_from(fmt, data, offset)
 
@@ -330,8 +332,9 @@ def verify_tdx_quote(
     """
     checks: list[Check] = []
 
-    def finish(tcb_status: str | None = None, advisories: tuple[str, ...] = ()) -> TdxQuoteReport:
-        return TdxQuoteReport(tuple(checks), tcb_status, advisories, None)
+    def finish() -> TdxQuoteReport:
+        # A report that stops early has no TCB facts and no measurements.
+        return TdxQuoteReport(tuple(checks), None, (), None)
 
     # (1) Structure, before any library parses the bytes; then the DEBUG attribute.
     structure, embedded_chain = _check_structure(bytes(quote))
@@ -469,7 +472,7 @@ def quote_platform(quote: bytes) -> tuple[str, str]:
     except BaseException as exc:
         # dcap-qvl raises ValueError, and pyo3 turns a Rust panic into PanicException (a
         # BaseException): neither may escape on a hostile quote. Interrupts still propagate.
-        if not (isinstance(exc, Exception) or type(exc).__name__ == "PanicException"):
+        if not _is_library_failure(exc):
             raise
         raise _platform_unreadable(f"cannot read the platform (FMSPC) from the quote: {exc}") from exc
     if len(fmspc) != 12 or any(c not in "0123456789ABCDEF" for c in fmspc):
@@ -490,7 +493,8 @@ def td_attributes(quote: bytes) -> bytes:
     Raises:
         ValueError: the quote is too short to hold a TD report body.
     """
-    version = struct.unpack_from("<H", quote, 0)[0] if len(quote) >= 2 else 0
+    # The little-endian version field; a quote too short to hold it fails the length test below.
+    version = int.from_bytes(quote[:2], "little")
     start = _HEADER_LEN + (6 if version == 5 else 0) + _TD_ATTRIBUTES_OFFSET
     if len(quote) < start + 8:
         raise ValueError("quote too short for a TD report body")
@@ -557,7 +561,8 @@ def collateral_next_update(collateral_json: str) -> int:
 def _rfc3339(text: Any) -> int:
     if not isinstance(text, str):
         raise TypeError("nextUpdate is not a string")
-    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    # Python 3.11's fromisoformat reads Intel's trailing "Z" as UTC itself.
+    moment = dt.datetime.fromisoformat(text)
     if moment.tzinfo is None:
         # A naive time would silently be read in the local zone; Intel always writes UTC "Z".
         raise ValueError(f"nextUpdate {text!r} has no time zone")
