@@ -523,7 +523,12 @@ def publish(results: list[dict[str, object]], meta: dict[str, object], *, write_
     print(text)
     if write_docs:
         report.write_doc(ROOT / "docs" / "benchmarks.md", text, meta)
-        report.chart(results, ROOT / "docs" / "benchmarks.svg", meta)
+        try:
+            report.chart(results, ROOT / "docs" / "benchmarks.svg", meta)
+        except ImportError:  # run without `make bench`, which installs the bench extra
+            print("wrote docs/benchmarks.md; the chart needs matplotlib (`make bench`, or "
+                  "pip install -e '.[bench]', then --from-json bench/results/latest.json)")
+            return
         print("wrote docs/benchmarks.md and docs/benchmarks.svg")
 
 
