@@ -93,17 +93,21 @@ class Floor:
             answer = await resp.read()
             content_type = resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
         stream = content_type.startswith("text/event-stream")
-        first = answer[answer.index(b"data: ") + 6:answer.index(b"\n", 6)] if stream else answer
+        if stream:  # the completion id is in the first data event
+            start = answer.index(b"data: ") + 6
+            first = answer[start:answer.index(b"\n", start)]
+        else:
+            first = answer
         chat_id = json.loads(first)["id"]
+        response_sha256 = hashlib.sha256(answer).hexdigest()
         try:
-            record = await self.verify(body, chat_id, request_sha256,
-                                       hashlib.sha256(answer).hexdigest())
+            record = await self.verify(body, chat_id, request_sha256, response_sha256)
         except Rejected as exc:
             return web.Response(status=502, text=str(exc))
         if self.receipts is not None:
             await self.receipts.append_async(Receipt(
                 time=receipt_time(), model=MODEL, request_sha256=request_sha256,
-                response_sha256=hashlib.sha256(answer).hexdigest(), chat_id=chat_id,
+                response_sha256=response_sha256, chat_id=chat_id,
                 text=record["text"], signature=record["signature"],
                 signing_address=record["signing_address"], signing_algo="ecdsa",
                 evidence_sha256="0" * 64, nonce="0" * 64, verdict="verified",
